@@ -1,0 +1,1 @@
+"""Ray Serve applications: the PRMU reward service (FastAPI ingress) and its client."""

@@ -1,0 +1,234 @@
+"""The ``tagpr`` command line.
+
+User mistakes (bad config, bad data, bad arguments) end with one ``error:`` line and exit code 2;
+heavy libraries are imported only by the subcommands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tagpr.config import TagPRConfig, dump_config, load_config, write_resolved
+from tagpr.errors import TagPRError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set rl.group_size=4 (repeatable)")
+
+
+def _load(args: argparse.Namespace) -> TagPRConfig:
+    return load_config(args.config, args.overrides)
+
+
+# ---------------------------------------------------------------- config
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    sys.stdout.write(dump_config(_load(args)))
+    return 0
+
+
+# ---------------------------------------------------------------- data
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from tagpr.lamp.synthetic import write_synthetic
+
+    cfg = _load(args)
+    root = Path(args.out or cfg.data.root)
+    console = _console()
+    start = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("synthetic users", total=len(cfg.data.tasks))
+        counts = {}
+        for task in cfg.data.tasks:
+            progress.update(bar, description=f"synthetic users: {task}")
+            counts.update(write_synthetic(root, cfg.data.synthetic, [task]))
+            progress.advance(bar)
+    write_resolved(cfg, root)
+    total = sum(n for splits in counts.values() for n in splits.values())
+    console.print(f"wrote {total} questions for {len(counts)} tasks to {root} in {time.perf_counter() - start:.1f}s")
+    if args.report:
+        from tagpr.lamp.synthetic import dev_baselines
+
+        d = cfg.data
+        results = dev_baselines(root, d.tasks, d.train_split, d.dev_split)
+        _print_baselines(results, d.dev_split, console)
+        (root / "baselines.json").write_text(json.dumps(results, indent=1))
+        console.print(f"baseline scores written to {root / 'baselines.json'}")
+    return 0
+
+
+def _print_baselines(results: dict, dev_split: str, console) -> None:
+    from rich.table import Table
+
+    from tagpr.lamp.tasks import get_task
+
+    table = Table(title=f"Profile reader vs user-blind baseline on {dev_split}")
+    for col in ("task", "metric", "profile reader", "user-blind", "gap"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for task, scores in results.items():
+        metric = get_task(task).primary_metric
+        reader, blind = scores["profile_reader"][metric], scores["user_blind"][metric]
+        table.add_row(task, metric, f"{reader:.3f}", f"{blind:.3f}", f"{reader - blind:+.3f}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tagpr.pipeline import run_pipeline
+
+    cfg = load_config(args.config_file, args.overrides)
+    console = _console()
+    steps = args.steps.split(",") if args.steps else cfg.run.steps
+    start = time.perf_counter()
+    ctx = run_pipeline(cfg, steps, log=console.print)
+    if "data" in ctx.results:
+        _print_baselines(ctx.results["data"]["baselines"], cfg.data.dev_split, console)
+    console.print(f"run finished in {time.perf_counter() - start:.1f}s: {ctx.run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tagpr.lamp.io import load_outputs, write_outputs
+    from tagpr.lamp.metrics import score_task
+    from tagpr.lamp.tasks import get_task
+
+    task = get_task(args.task)
+    _, golds = load_outputs(args.golds, task)
+    _, preds = load_outputs(args.predictions, task)
+    scores = score_task(task, preds, golds)
+    result = {"task": task.name, "n": len(golds), **scores}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.write_predictions:
+        write_outputs(args.write_predictions, task.name, {i: preds[i] for i in golds})
+    return 0
+
+
+# ---------------------------------------------------------------- model
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from tagpr.models import build_tiny_policy
+
+    cfg = _load(args)
+    out = Path(args.out or cfg.model.policy)
+    if (out / "config.json").exists() and not args.force:
+        print(f"{out} already holds a model (use --force to rebuild)")
+        return 0
+    start = time.perf_counter()
+    build_tiny_policy(cfg.model, cfg.tags, out)
+    write_resolved(cfg, out)
+    print(f"tiny policy written to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+# ---------------------------------------------------------------- tags
+
+
+def cmd_tags_check(args: argparse.Namespace) -> int:
+    from tagpr.lamp.tasks import get_task
+    from tagpr.tags import TagSet
+
+    cfg = _load(args)
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    checked = TagSet(cfg.tags).check(text, get_task(args.task).task_type)
+    print(json.dumps({
+        "parses": checked.parses,
+        "score": checked.score,
+        "answer": checked.answer,
+        "sections": [s.tag for s in checked.parsed.sections],
+        "violations": [{"constraint": v.constraint, "reason": v.reason} for v in checked.violations],
+    }, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagpr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the fully resolved config (validates it)")
+    _config_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
+    synth = data.add_parser("synth", help="write the synthetic LaMP-format users")
+    _config_args(synth)
+    synth.add_argument("--out", help="output folder (default: data.root)")
+    synth.add_argument("--report", action="store_true", help="score profile-reading vs user-blind baselines")
+    synth.set_defaults(func=cmd_data_synth)
+
+    run = sub.add_parser("run", help="run the main job (the steps in run.steps) into a new run directory")
+    run.add_argument("config_file", nargs="?", default=None, help="YAML config (default: configs/default.yaml)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value (repeatable)")
+    run.add_argument("--steps", help="comma-separated steps to run instead of run.steps")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="score predictions with LaMP's official metrics")
+    ev.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7")
+    ev.add_argument("--predictions", required=True, help="predictions in the outputs shape")
+    ev.add_argument("--golds", required=True, help="{split}_outputs.json")
+    ev.add_argument("--out", help="write the scores here as JSON")
+    ev.add_argument("--write-predictions", help="rewrite the scored predictions in the official shape")
+    ev.set_defaults(func=cmd_eval)
+
+    model = sub.add_parser("model", help="policy models").add_subparsers(dest="action", required=True)
+    init = model.add_parser("init", help="build the embedded tiny default policy")
+    _config_args(init)
+    init.add_argument("--out", help="output folder (default: model.policy)")
+    init.add_argument("--force", action="store_true", help="rebuild even if the folder holds a model")
+    init.set_defaults(func=cmd_model_init)
+
+    tags = sub.add_parser("tags", help="the tagged-thought format").add_subparsers(dest="action", required=True)
+    check = tags.add_parser("check", help="parse a response and list violated tag constraints")
+    _config_args(check)
+    check.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7 (sets the required tags)")
+    check.add_argument("file", help="response text file, or - for standard input")
+    check.set_defaults(func=cmd_tags_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TagPRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

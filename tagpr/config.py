@@ -1,0 +1,433 @@
+"""Typed configuration: pydantic models loaded from YAML with ``--set a.b=c`` overrides.
+
+This module must stay importable without torch, Ray or vLLM (a test checks it): the CLI, the
+Ray job entrypoints and the Serve app all read configs before anything heavy is imported.
+
+A section may be given inline or as the path of a YAML file (relative to the config file that
+names it); ``configs/default.yaml`` loads the tag set from ``configs/tags.yaml`` that way. The
+fully resolved config, with every include expanded, is what ``write_resolved`` puts in a run
+directory, so a run can be reproduced from that one file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tagpr.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+TaskType = Literal["classification", "rating", "generation"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- model
+
+
+class TinyModelConfig(Section):
+    """Shape of the embedded default policy built by ``tagpr model init``."""
+
+    family: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(256, ge=32)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(768, ge=1)
+    vocab_size: int = Field(2048, ge=300, le=65536)
+    max_position_embeddings: int = Field(2048, ge=128)
+    corpus_lines: int = Field(6000, ge=100)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if not 32 <= self.hidden_size // self.num_heads <= 512:
+            raise ValueError("head size (hidden_size / num_heads) must be in 32..512 for vLLM's CPU attention")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class ModelConfig(Section):
+    policy: str = Field("artifacts/tiny-policy", description="HF folder or hub id of the policy")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    allow_hub: bool = Field(False, description="allow hub downloads (off: local files only)")
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+# ---------------------------------------------------------------- data
+
+
+class SyntheticConfig(Section):
+    seed: int = 0
+    users: dict[str, int] = Field(default_factory=lambda: {"train": 48, "dev": 16})
+    questions_per_user: int = Field(4, ge=1)
+    profile_size: int = Field(8, ge=2, le=500)
+
+    @model_validator(mode="after")
+    def _splits(self) -> SyntheticConfig:
+        for split, n in self.users.items():
+            if n < 1:
+                raise ValueError(f"users.{split} must be at least 1")
+        return self
+
+
+class DataConfig(Section):
+    root: str = Field("data/synthetic", description="folder with LaMP_k/{split}_questions.json")
+    tasks: list[str] = Field(
+        default_factory=lambda: [f"LaMP_{k}" for k in range(1, 8)], min_length=1
+    )
+    train_split: str = "train"
+    dev_split: str = "dev"
+    skip_invalid: bool = False
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _tasks(self) -> DataConfig:
+        known = {f"LaMP_{k}" for k in range(1, 8)}
+        bad = [t for t in self.tasks if t not in known]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; known: LaMP_1 .. LaMP_7")
+        return self
+
+
+# ---------------------------------------------------------------- tags
+
+
+class TagSpec(Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = Field(min_length=1)
+
+
+class TagsConfig(Section):
+    """The tag set and its constraints (TAGPR.md section 2); lives in ``configs/tags.yaml``."""
+
+    primary: list[TagSpec] = Field(min_length=1)
+    answer: str = Field("answer", pattern=r"^[a-z][a-z0-9_]*$")
+    required: dict[str, list[str]] = Field(default_factory=dict)
+    order: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TagsConfig:
+        names = [t.name for t in self.primary]
+        if len(set(names)) != len(names):
+            raise ValueError("primary tag names must be unique")
+        if self.answer in names:
+            raise ValueError("the answer tag must not also be a primary tag")
+        allowed_keys = {"always", "classification", "rating", "generation"}
+        for key, tags in self.required.items():
+            if key not in allowed_keys:
+                raise ValueError(f"required: unknown task type {key!r} (use {sorted(allowed_keys)})")
+            for tag in tags:
+                if tag not in names:
+                    raise ValueError(f"required.{key}: {tag!r} is not a primary tag")
+        for tag in self.order:
+            if tag not in names:
+                raise ValueError(f"order: {tag!r} is not a primary tag")
+        return self
+
+
+# ---------------------------------------------------------------- rewards and RL stages
+
+
+class RewardConfig(Section):
+    generation_metric: Literal["rougeL", "mean_rouge1_rougeL"] = "rougeL"
+    prmu_transform: Literal["sigmoid", "group_sigmoid"] = "sigmoid"
+
+
+class StageConfig(Section):
+    """One RL stage; ``weights`` maps registered reward-term names to their coefficients."""
+
+    name: str = Field(min_length=1)
+    steps: int = Field(ge=1)
+    weights: dict[str, float]
+    plateau_patience: int = Field(0, ge=0, description="0: never stop early")
+    plateau_delta: float = Field(0.005, ge=0)
+
+
+def _default_stages() -> list[StageConfig]:
+    return [
+        StageConfig(name="guided", steps=40, weights={"format_task": 1.0, "tag": 0.2, "prmu": 0.3}),
+        StageConfig(name="exploratory", steps=40, weights={"format_task": 1.0}),
+    ]
+
+
+class RLConfig(Section):
+    stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
+    group_size: int = Field(8, ge=2)
+    prompts_per_step: int = Field(8, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    clip_eps_low: float = Field(0.2, ge=0)
+    clip_eps_high: float = Field(0.28, ge=0)
+    kl_coef: float = Field(0.0, ge=0)
+    is_cap: float = Field(2.0, ge=1.0, description="truncated importance-sampling cap")
+    scale_by_std: bool = True
+    dynamic_sampling: bool = False
+    max_staleness: int = Field(1, ge=0, description="0: strictly on-policy and synchronous")
+
+
+# ---------------------------------------------------------------- PRMU, SFT
+
+
+class PRMUConfig(Section):
+    variant: Literal["encoder", "causal_lm"] = "encoder"
+    encoder: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or an HF path/id")
+    hidden_size: int = Field(256, ge=8)
+    user_id_embedding: bool = True
+    prefix_tokens: int = Field(4, ge=1, description="soft prefix tokens (causal_lm variant)")
+    include_reasoning: bool = False
+    checkpoint: str | None = None
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class SFTConfig(Section):
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(1024, ge=16)
+    packing: bool = False
+    lora: LoraConfig = LoraConfig()
+
+
+# ---------------------------------------------------------------- the Ray roles
+
+
+class RolloutConfig(Section):
+    engine: Literal["vllm", "hf"] = "vllm"
+    num_workers: int = Field(1, ge=0)
+    min_workers: int = Field(0, ge=0)
+    max_workers: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    stop: list[str] = Field(default_factory=lambda: ["</answer>"])
+    kv_cache_gib: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RolloutConfig:
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+        if not self.min_workers <= self.num_workers <= self.max_workers:
+            raise ValueError("num_workers must lie within [min_workers, max_workers]")
+        return self
+
+
+class LearnerConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    strategy: Literal["deepspeed", "ddp"] = "ddp"
+    zero_stage: Literal[2, 3] = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accum: int = Field(1, ge=1)
+    sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")
+    lora: LoraConfig = LoraConfig()
+
+
+class ServiceLimits(Section):
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_batch_items: int = Field(256, ge=1)
+    max_text_chars: int = Field(16384, ge=1)
+    max_profile_items: int = Field(512, ge=1)
+
+
+class ServiceConfig(Section):
+    host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
+    port: int = Field(8000, ge=1, le=65535)
+    token_env: str = Field("TAGPR_REWARD_TOKEN", description="env var holding the bearer token")
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(32, gt=0)
+    limits: ServiceLimits = ServiceLimits()
+
+
+class ClusterConfig(Section):
+    address: str = Field("local", description="'local' starts Ray here; 'auto' or ray://host:port joins")
+    namespace: str = "tagpr"
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class RunConfig(Section):
+    name: str = Field("tagpr", pattern=r"^[A-Za-z0-9_.-]+$")
+    root: str = "runs"
+    seed: int = 0
+    steps: list[str] = Field(default_factory=lambda: ["data", "model"], min_length=1,
+                             description="pipeline steps of `tagpr run`, in order")
+
+
+# ---------------------------------------------------------------- root
+
+
+class TagPRConfig(Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    tags: TagsConfig
+    reward: RewardConfig = RewardConfig()
+    prmu: PRMUConfig = PRMUConfig()
+    sft: SFTConfig = SFTConfig()
+    rl: RLConfig = RLConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    service: ServiceConfig = ServiceConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path, source: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read {path}: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, "", f"invalid YAML{where}: {problem}") from None
+
+
+def _expand_includes(raw: dict[str, Any], base: Path, source: str) -> dict[str, Any]:
+    """Replace a top-level section given as a string with the YAML file it names."""
+    out = dict(raw)
+    for key, value in raw.items():
+        if isinstance(value, str) and key in TagPRConfig.model_fields:
+            path = (base / value).resolve()
+            loaded = _read_yaml(path, f"{source} -> {value}")
+            if not isinstance(loaded, dict):
+                raise ConfigError(str(path), key, "an included section must be a YAML mapping")
+            out[key] = loaded
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` -> (["a", "b", "0", "c"], parsed YAML value)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError("--set", text, "expected KEY.PATH=VALUE")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError("--set", ".".join(path[: i + 1]), f"no list item {part!r}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                nxt = node.get(part)
+                if not isinstance(nxt, (dict, list)):
+                    nxt = node[part] = {}
+                node = nxt
+        else:
+            raise ConfigError("--set", ".".join(path[:i]), f"is a value, cannot set {text!r} inside it")
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = err.get("msg", "invalid value")
+    if kind.startswith("value_error"):
+        msg = msg.removeprefix("Value error, ")
+    if "input" in err and kind not in ("model_type",) and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def validate_config(data: dict[str, Any], source: str) -> TagPRConfig:
+    try:
+        return TagPRConfig.model_validate(data)
+    except ValidationError as exc:
+        issues = [(source, ".".join(str(p) for p in e["loc"]) or "(root)", _describe(e)) for e in exc.errors()]
+        raise ConfigError(*issues[0], more=issues[1:]) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> TagPRConfig:
+    """Load a YAML config (default: ``configs/default.yaml``), apply overrides, validate.
+
+    The file is validated first, so its errors name the file; overrides then apply to the
+    resolved values (defaults included, so ``--set rl.stages.0.steps=5`` works without the file
+    spelling out the stages) and their errors name ``--set``.
+    """
+    cfg_path = Path(path) if path is not None else DEFAULT_CONFIG
+    source = str(cfg_path)
+    raw = _read_yaml(cfg_path, source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "", "the top level must be a YAML mapping of sections")
+    cfg = validate_config(_expand_includes(raw, cfg_path.resolve().parent, source), source)
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value, text)
+    return validate_config(data, "--set")
+
+
+def dump_config(cfg: TagPRConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+RESOLVED_NAME = "tagpr_config.yaml"
+
+
+def write_resolved(cfg: TagPRConfig, run_dir: str | os.PathLike[str]) -> Path:
+    """Write the fully resolved config into ``run_dir/tagpr_config.yaml``."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / RESOLVED_NAME
+    target.write_text(dump_config(cfg), encoding="utf-8")
+    return target
+
+
+def new_run_dir(cfg: TagPRConfig, kind: str) -> Path:
+    """A fresh ``runs/<name>-<kind>-<UTC time>`` folder holding the resolved config."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    run_dir = Path(cfg.run.root) / f"{cfg.run.name}-{kind}-{stamp}"
+    write_resolved(cfg, run_dir)
+    return run_dir

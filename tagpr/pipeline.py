@@ -1,0 +1,77 @@
+"""The main job as a sequence of named steps, each recorded in the run directory.
+
+``tagpr run CONFIG`` creates ``runs/<name>-run-<time>/`` with the resolved config, runs the
+configured steps in order and writes ``summary.json`` (each step's outputs and seconds). Steps
+are registered by name; a step whose output already exists reuses it, so rerunning is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tagpr.config import TagPRConfig, new_run_dir
+from tagpr.registry import Registry
+
+
+@dataclass
+class RunContext:
+    cfg: TagPRConfig
+    run_dir: Path
+    log: Callable[[str], None] = print
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+Step = Callable[[RunContext], dict[str, Any]]
+STEPS: Registry[Step] = Registry("pipeline step")
+
+
+@STEPS.register("data")
+def step_data(ctx: RunContext) -> dict[str, Any]:
+    """Synthetic LaMP-format users (kept if present), and the profile-reader vs user-blind baselines."""
+    from tagpr.lamp.io import split_paths
+    from tagpr.lamp.synthetic import dev_baselines, write_synthetic
+
+    cfg = ctx.cfg
+    root = Path(cfg.data.root)
+    missing = [t for t in cfg.data.tasks
+               if not all(p.exists() for s in cfg.data.synthetic.users for p in split_paths(root, t, s))]
+    if missing:
+        write_synthetic(root, cfg.data.synthetic, missing)
+        ctx.log(f"data: wrote synthetic users for {', '.join(missing)} under {root}")
+    else:
+        ctx.log(f"data: reusing {root}")
+    d = cfg.data
+    baselines = dev_baselines(root, d.tasks, d.train_split, d.dev_split, d.skip_invalid)
+    (ctx.run_dir / "baselines.json").write_text(json.dumps(baselines, indent=1))
+    return {"root": str(root), "written": missing, "baselines": baselines}
+
+
+@STEPS.register("model")
+def step_model(ctx: RunContext) -> dict[str, Any]:
+    """The embedded tiny policy (built if the configured folder holds no model)."""
+    from tagpr.models import build_tiny_policy
+
+    path = Path(ctx.cfg.model.policy)
+    if (path / "config.json").exists():
+        ctx.log(f"model: reusing {path}")
+        return {"policy": str(path), "built": False}
+    build_tiny_policy(ctx.cfg.model, ctx.cfg.tags, path)
+    ctx.log(f"model: built the tiny policy in {path}")
+    return {"policy": str(path), "built": True}
+
+
+def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] = print) -> RunContext:
+    funcs = [(name, STEPS.get(name)) for name in steps]  # unknown names fail before any work
+    ctx = RunContext(cfg, new_run_dir(cfg, "run"), log)
+    summary: dict[str, Any] = {"run_dir": str(ctx.run_dir), "steps": {}}
+    for name, func in funcs:
+        start = time.perf_counter()
+        out = func(ctx)
+        ctx.results[name] = out
+        summary["steps"][name] = {"seconds": round(time.perf_counter() - start, 2), **out}
+        (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return ctx

@@ -1,0 +1,60 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tagpr.cli import main
+
+
+def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    rc = main(["eval", "--task", "LaMP_3", "--predictions", str(fixtures_dir / "LaMP_3/dev_predictions.json"),
+               "--golds", str(fixtures_dir / "LaMP_3/dev_outputs.json"), "--out", str(out)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text()) and printed["mae"] == pytest.approx(5 / 3) and printed["n"] == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--task", "LaMP_9", "--predictions", "p", "--golds", "g"], "unknown LaMP task 'LaMP_9'"),
+        (["eval", "--task", "LaMP_2", "--predictions", "missing.json", "--golds", "missing.json"], "cannot open"),
+        (["config", "show", "--set", "rl.group_size=1"], "--set: rl.group_size"),
+        (["config", "show", "--config", "nope.yaml"], "file not found"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(argv, message):
+    run = subprocess.run([sys.executable, "-m", "tagpr.cli", *argv], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.startswith("error: ")
+
+
+def test_bad_lamp_file_names_record_and_field(tmp_path, fixtures_dir):
+    golds = tmp_path / "g.json"
+    golds.write_text(json.dumps({"task": "LaMP_2", "golds": [{"id": "1", "output": ["x"]}]}))
+    run = subprocess.run([sys.executable, "-m", "tagpr.cli", "eval", "--task", "LaMP_2", "--predictions",
+                          str(golds), "--golds", str(golds)], capture_output=True, text=True)
+    assert run.returncode == 2 and "record '1': field 'output'" in run.stderr
+
+
+def test_data_synth_report(tmp_path, capsys):
+    rc = main(["data", "synth", "--out", str(tmp_path), "--report",
+               "--set", "data.synthetic.users={train: 10, dev: 6}", "--set", "data.tasks=[LaMP_2, LaMP_3]"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "LaMP_2" in text and "profile reader" in text
+    report = json.loads((tmp_path / "baselines.json").read_text())
+    assert set(report) == {"LaMP_2", "LaMP_3"}
+    assert (tmp_path / "tagpr_config.yaml").exists() and (tmp_path / "LaMP_3" / "dev_outputs.json").exists()
+
+
+def test_tags_check_reads_stdin():
+    run = subprocess.run([sys.executable, "-m", "tagpr.cli", "tags", "check", "--task", "LaMP_4", "-"],
+                         input="<draft>x</draft><answer>Title</answer>", capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["parses"] and result["answer"] == "Title"
+    assert {v["constraint"] for v in result["violations"]} == {"required"}

@@ -1,0 +1,121 @@
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tagpr.config import DEFAULT_CONFIG, RESOLVED_NAME, load_config, new_run_dir, write_resolved
+from tagpr.errors import ConfigError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def minimal(tmp_path, extra=""):
+    return write(tmp_path, f"tags: {DEFAULT_CONFIG.parent / 'tags.yaml'}\n" + textwrap.dedent(extra))
+
+
+def test_default_config_loads_with_tag_set(cfg):
+    assert [t.name for t in cfg.tags.primary][:2] == ["examine_examples", "identify_patterns"]
+    assert len(cfg.tags.primary) == 9 and cfg.tags.answer == "answer"
+    assert cfg.service.host == "127.0.0.1"
+    assert [s.name for s in cfg.rl.stages] == ["guided", "exploratory"]
+    assert cfg.rl.stages[0].weights == {"format_task": 1.0, "tag": 0.2, "prmu": 0.3}
+
+
+def test_import_does_not_pull_heavy_libraries():
+    code = (
+        "import sys, tagpr.config, tagpr.tags, tagpr.errors\n"
+        "tagpr.config.load_config()\n"
+        "heavy = [m for m in ('torch', 'ray', 'vllm', 'transformers') if m in sys.modules]\n"
+        "print(heavy); sys.exit(1 if heavy else 0)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_unknown_key_names_file_and_path(tmp_path):
+    p = minimal(tmp_path, "rl:\n  group_sise: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.source == str(p) and e.value.key == "rl.group_sise" and e.value.reason == "unknown key"
+
+
+def test_wrong_type_and_out_of_range(tmp_path):
+    p = minimal(tmp_path, "rl:\n  group_size: many\nservice:\n  port: 70000\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    keys = {k: r for _, k, r in e.value.issues}
+    assert "valid integer" in keys["rl.group_size"] and "'many'" in keys["rl.group_size"]
+    assert "less than or equal to 65535" in keys["service.port"]
+
+
+def test_cross_field_rule(tmp_path):
+    p = minimal(tmp_path, "model:\n  tiny:\n    hidden_size: 64\n    num_heads: 4\n")
+    with pytest.raises(ConfigError, match="head size"):
+        load_config(p)
+
+
+def test_tag_set_consistency_checked(tmp_path):
+    tags = write(tmp_path, "primary:\n  - {name: a, description: x}\nrequired:\n  always: [b]\n", "tags.yaml")
+    p = write(tmp_path, f"tags: {tags.name}\n")
+    with pytest.raises(ConfigError, match="'b' is not a primary tag"):
+        load_config(p)
+
+
+def test_missing_required_section(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "run: {name: x}\n"))
+    assert e.value.key == "tags" and "missing" in e.value.reason
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML at line 3, column 5: mapping values"):
+        load_config(write(tmp_path, "rl:\n  group_size: 4\n   x: y\n"))
+
+
+def test_missing_file_and_include(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(write(tmp_path, "tags: nope.yaml\n"))
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_overrides_reach_defaults_and_lists():
+    overrides = ["rl.group_size=4", "rl.stages.1.steps=7", "service.host=0.0.0.0", "rl.stages.0.weights.prmu=0.5"]
+    cfg = load_config(None, overrides)
+    assert cfg.rl.group_size == 4 and cfg.rl.stages[1].steps == 7
+    assert cfg.service.host == "0.0.0.0" and cfg.rl.stages[0].weights["prmu"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "override, key, reason",
+    [
+        ("rl.group_size=1", "rl.group_size", "greater than or equal to 2"),
+        ("rl.nope=1", "rl.nope", "unknown key"),
+        ("rl.stages.9.steps=1", "rl.stages.9", "no list item"),
+        ("justakey", "justakey", "KEY.PATH=VALUE"),
+    ],
+)
+def test_bad_override_names_set(override, key, reason):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert e.value.source == "--set" and e.value.key == key and reason in e.value.reason
+
+
+def test_resolved_config_round_trips(tmp_path, cfg):
+    cfg2 = load_config(None, ["run.root=" + str(tmp_path), "rl.group_size=3"])
+    run_dir = new_run_dir(cfg2, "test")
+    written = run_dir / RESOLVED_NAME
+    assert written.exists() and run_dir.parent == tmp_path
+    again = load_config(written)
+    assert again == cfg2
+    assert write_resolved(again, tmp_path / "x").read_text() == written.read_text()

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from tagpr.config import SyntheticConfig
+from tagpr.lamp.io import load_split
+from tagpr.lamp.synthetic import baseline_report, write_synthetic
+
+ALL = [f"LaMP_{k}" for k in range(1, 8)]
+# How much better the profile reader must do than the user-blind baseline on dev, per task.
+MARGIN = {"LaMP_1": 0.3, "LaMP_2": 0.3, "LaMP_3": 0.4, "LaMP_4": 0.15, "LaMP_5": 0.1, "LaMP_6": 0.15, "LaMP_7": 0.1}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    cfg = SyntheticConfig(seed=3, users={"train": 40, "dev": 20}, questions_per_user=3, profile_size=8)
+    counts = write_synthetic(root, cfg, ALL)
+    return root, cfg, counts
+
+
+def test_official_format_and_sizes(synth):
+    root, _, counts = synth
+    for task in ALL:
+        assert counts[task] == {"train": 120, "dev": 60}
+        dev = load_split(root, task, "dev")
+        assert len(dev.questions) == 60 and all(len(q.profile) == 8 for q in dev.questions)
+        assert all(dev.task.in_answer_space(g) for g in dev.golds.values())
+        users = json.loads((root / task / "users.json").read_text())
+        assert len(users) == 60 and {q.user_id for q in dev.questions} <= set(users)
+
+
+def test_deterministic_by_seed(tmp_path, synth):
+    root, cfg, _ = synth
+    reference = (root / "LaMP_2" / "dev_questions.json").read_bytes()
+    write_synthetic(tmp_path, cfg, ["LaMP_2"])
+    assert (tmp_path / "LaMP_2" / "dev_questions.json").read_bytes() == reference
+    write_synthetic(tmp_path, cfg.model_copy(update={"seed": 4}), ["LaMP_2"])
+    assert (tmp_path / "LaMP_2" / "dev_questions.json").read_bytes() != reference
+
+
+def test_train_and_dev_users_differ(synth):
+    root, _, _ = synth
+    train, dev = load_split(root, "LaMP_3", "train"), load_split(root, "LaMP_3", "dev")
+    assert not {q.user_id for q in train.questions} & {q.user_id for q in dev.questions}
+
+
+@pytest.mark.parametrize("task", ALL)
+def test_gold_depends_on_the_user_and_profile_reveals_it(synth, task):
+    root, _, _ = synth
+    train, dev = load_split(root, task, "train"), load_split(root, task, "dev")
+    scores = baseline_report(task, train.questions, train.golds, dev.questions, dev.golds)
+    metric = dev.task.primary_metric
+    reader, blind = scores["profile_reader"][metric], scores["user_blind"][metric]
+    gain = reader - blind if dev.task.higher_is_better else blind - reader
+    assert gain >= MARGIN[task], (task, reader, blind)
