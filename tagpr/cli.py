@@ -80,6 +80,15 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from tagpr.lamp.io import load_split
+
+    split = load_split(args.root, args.task, args.split, skip_invalid=args.skip_invalid, require_golds=False)
+    golds = "no outputs file" if split.golds is None else f"{len(split.golds)} golds"
+    print(f"{split.task.name} {args.split}: {split.report.summary()}; {golds}")
+    return 0
+
+
 def _print_baselines(results: dict, dev_split: str, console) -> None:
     from rich.table import Table
 
@@ -200,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--report", action="store_true", help="score profile-reading vs user-blind baselines")
     synth.set_defaults(func=cmd_data_synth)
 
+    check = data.add_parser("check", help="validate a LaMP folder's {split}_questions/outputs files")
+    check.add_argument("--root", required=True, help="folder holding LaMP_k/{split}_questions.json")
+    check.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7")
+    check.add_argument("--split", default="dev", help="file prefix, e.g. train, dev, test (default: dev)")
+    check.add_argument("--skip-invalid", action="store_true", help="count and skip bad records instead of failing")
+    check.set_defaults(func=cmd_data_check)
+
     run = sub.add_parser("run", help="run the main job (the steps in run.steps) into a new run directory")
     _config_args(run, positional=True)
     run.add_argument("--steps", help="comma-separated steps to run instead of run.steps")
@@ -226,11 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     gguf.set_defaults(func=cmd_model_import_gguf)
 
     tags = sub.add_parser("tags", help="the tagged-thought format").add_subparsers(dest="action", required=True)
-    check = tags.add_parser("check", help="parse a response and list violated tag constraints")
-    _config_args(check)
-    check.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7 (sets the required tags)")
-    check.add_argument("file", help="response text file, or - for standard input")
-    check.set_defaults(func=cmd_tags_check)
+    tcheck = tags.add_parser("check", help="parse a response and list violated tag constraints")
+    _config_args(tcheck)
+    tcheck.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7 (sets the required tags)")
+    tcheck.add_argument("file", help="response text file, or - for standard input")
+    tcheck.set_defaults(func=cmd_tags_check)
     return parser
 
 

@@ -58,3 +58,15 @@ def test_tags_check_reads_stdin():
     result = json.loads(run.stdout)
     assert result["parses"] and result["answer"] == "Title"
     assert {v["constraint"] for v in result["violations"]} == {"required"}
+
+
+def test_data_check_fails_then_skips(tmp_path, capsys):
+    d = tmp_path / "LaMP_2"
+    d.mkdir()
+    good = {"id": "1", "input": "x", "profile": [{"id": "p", "description": "d", "tag": "comedy"}]}
+    (d / "dev_questions.json").write_text(json.dumps([good, {"id": "2", "input": "y"}]))
+    argv = ["data", "check", "--root", str(tmp_path), "--task", "LaMP_2"]
+    assert main(argv) == 2
+    assert "record '2': field 'profile': missing" in capsys.readouterr().err
+    assert main([*argv, "--skip-invalid"]) == 0
+    assert "1 loaded, 1 skipped (1 profile: missing); no outputs file" in capsys.readouterr().out
