@@ -170,6 +170,40 @@ def cmd_model_import_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- prmu
+
+
+def _print_prmu(result: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"PRMU pairwise accuracy on held-out users ({result['version']})")
+    for col in ("task", "PRMU", "user-blind (u = 0)"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task in result["prmu"]:
+        table.add_row(task, f"{result['prmu'][task]:.3f}", f"{result['user_blind'][task]:.3f}")
+    console.print(table)
+
+
+def cmd_prmu_train(args: argparse.Namespace) -> int:
+    from tagpr.jobs.prmu import train
+
+    console = _console()
+    result = train(_load(args), args.out, log=console.print)
+    _print_prmu(result, console)
+    console.print(f"checkpoint {result['checkpoint']} ({result['seconds']}s)")
+    return 0
+
+
+def cmd_prmu_eval(args: argparse.Namespace) -> int:
+    from tagpr.jobs.prmu import eval_checkpoint
+
+    result = eval_checkpoint(_load(args), args.checkpoint, args.split)
+    _print_prmu(result, _console())
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------- tags
 
 
@@ -240,6 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     gguf.add_argument("--gguf", required=True, help="path of the .gguf file")
     gguf.add_argument("--out", required=True, help="output folder")
     gguf.set_defaults(func=cmd_model_import_gguf)
+
+    prmu = sub.add_parser("prmu", help="the personalization reward model").add_subparsers(dest="action",
+                                                                                           required=True)
+    ptrain = prmu.add_parser("train", help="train on Ray Train, then evaluate on held-out users")
+    _config_args(ptrain)
+    ptrain.add_argument("--out", help="checkpoint folder (default: <run dir>/prmu)")
+    ptrain.set_defaults(func=cmd_prmu_train)
+    peval = prmu.add_parser("eval", help="pairwise accuracy vs the user-blind ablation")
+    _config_args(peval)
+    peval.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
+    peval.add_argument("--split", help="split to evaluate (default: data.dev_split)")
+    peval.add_argument("--out", help="write the result here as JSON")
+    peval.set_defaults(func=cmd_prmu_eval)
 
     tags = sub.add_parser("tags", help="the tagged-thought format").add_subparsers(dest="action", required=True)
     tcheck = tags.add_parser("check", help="parse a response and list violated tag constraints")

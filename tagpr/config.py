@@ -182,16 +182,26 @@ class RLConfig(Section):
 
 
 class PRMUConfig(Section):
+    """The personalization reward model (TAGPR.md section 4); the sentence encoder stays frozen."""
+
     variant: Literal["encoder", "causal_lm"] = "encoder"
     encoder: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or an HF path/id")
+    backbone: str | None = Field(None, description="causal_lm variant: backbone HF folder (default: model.policy)")
+    max_length: int = Field(128, ge=8, le=512, description="encoder tokens per text")
     hidden_size: int = Field(256, ge=8)
     user_id_embedding: bool = True
+    user_id_dropout: float = Field(0.5, ge=0, le=1, description="train the history-only (cold-start) path this often")
     prefix_tokens: int = Field(4, ge=1, description="soft prefix tokens (causal_lm variant)")
     include_reasoning: bool = False
+    negatives_per_question: int = Field(3, ge=1)
     checkpoint: str | None = None
-    epochs: int = Field(3, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(1, ge=1, le=64, description="Ray Train workers")
+    embedding_cache: int = Field(50000, ge=0, description="texts whose embeddings are kept in memory")
+    seed: int = 0
 
 
 class LoraConfig(Section):

@@ -1,0 +1,27 @@
+"""Joining or starting Ray, the one place that calls ``ray.init``."""
+
+from __future__ import annotations
+
+import os
+
+from tagpr.config import ClusterConfig
+
+
+def connect(cfg: ClusterConfig, **kwargs):
+    """Join ``cfg.address`` (``auto``, ``ray://...``, ``host:port``) or, for ``local``, start Ray here.
+
+    Inside a ``ray job submit`` job, Ray sets ``RAY_ADDRESS``; that wins over the config so the
+    job runs on the cluster it was submitted to. Token authentication is left as Ray sets it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    init_kwargs = {"namespace": cfg.namespace, "log_to_driver": True, **kwargs}
+    if address == "local":
+        init_kwargs.setdefault("include_dashboard", False)
+        if cfg.num_cpus:
+            init_kwargs.setdefault("num_cpus", cfg.num_cpus)
+    ray.init(address=address, **init_kwargs)
+    return ray.get_runtime_context()

@@ -1,0 +1,62 @@
+"""PRMU training on Ray Train: a TorchTrainer whose workers run ``tagpr.prmu.train.fit`` under DDP.
+
+The driver encodes the pairs once (the sentence encoder is frozen) and puts the features in the
+object store; each worker trains on its shard of pairs with gloo all-reduce, and rank 0 writes
+the checkpoint that Ray Train persists.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tagpr.config import PRMUConfig
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from tagpr.prmu import checkpoint
+    from tagpr.prmu.train import fit
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = PRMUConfig.model_validate(config["prmu"])
+    data = ray.get(config["data"])
+    torch.manual_seed(cfg.seed)
+    net = checkpoint.build_net(cfg, config["dim"], len(config["user_index"]), config.get("backbone"))
+    model = ray.train.torch.prepare_model(net) if world > 1 else net
+    history = fit(model, data, cfg, rank, world)
+    metrics = {"loss": history[-1]["loss"], "epochs": len(history), "world_size": world}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            checkpoint.save(net, tmp, cfg, config["encoder"], config["dim"], config["user_index"],
+                            {"train_loss": history})
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def train_on_ray(cfg: PRMUConfig, data: Any, dim: int, user_index: dict[str, int], encoder: str,
+                 storage: Path, backbone: str | None = None) -> Path:
+    """Run the TorchTrainer; returns the local folder of the checkpoint it reported."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"prmu": cfg.model_dump(mode="json"), "data": ray.put(data), "dim": dim,
+                           "user_index": user_index, "encoder": encoder, "backbone": backbone},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(name="prmu", storage_path=str(storage.resolve())),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("PRMU training reported no checkpoint")
+    return Path(result.checkpoint.path)

