@@ -78,6 +78,12 @@ class RewardTerm(ABC):
 REWARD_TERMS: Registry[type[RewardTerm]] = Registry("reward term")
 
 
+def judge(tags: TagSet, item: RewardInput) -> Judged:
+    """Parse and check a response once; every term reads the result."""
+    task = get_task(item.task)
+    return Judged(item, task, tags.check(item.response, task.task_type))
+
+
 def r_format(j: Judged) -> float:
     """1 if the response parses and its answer lies in the task's answer space."""
     return float(j.checked.parses and j.task.in_answer_space(j.checked.answer))
@@ -135,6 +141,18 @@ class PRMUTerm(RewardTerm):
         return [{self.name: _sigmoid(v), "prmu_raw": r} for v, r in zip(values, raw)]
 
 
+class FixedScores:
+    """A ``PersonalizationScorer`` that returns scores computed elsewhere (e.g. by a remote PRMU)."""
+
+    def __init__(self, scores: Sequence[float]):
+        self.scores = list(scores)
+
+    def score(self, batch: Sequence[Judged]) -> list[float]:
+        if len(batch) != len(self.scores):
+            raise RuntimeError(f"{len(self.scores)} precomputed PRMU scores for {len(batch)} samples")
+        return self.scores
+
+
 class CompositeReward:
     """The weighted sum of registered terms, scored per batch (a GRPO group is one batch)."""
 
@@ -151,11 +169,12 @@ class CompositeReward:
         return cls(stages[stage].weights, RewardContext(TagSet(cfg.tags), cfg.reward, prmu))
 
     def judge(self, item: RewardInput) -> Judged:
-        task = get_task(item.task)
-        return Judged(item, task, self.ctx.tags.check(item.response, task.task_type))
+        return judge(self.ctx.tags, item)
 
     def score(self, items: Sequence[RewardInput]) -> list[RewardResult]:
-        batch = [self.judge(i) for i in items]
+        return self.score_judged([self.judge(i) for i in items])
+
+    def score_judged(self, batch: Sequence[Judged]) -> list[RewardResult]:
         results = [RewardResult(0.0) for _ in batch]
         for term in self.terms:
             weight = self.weights[term.name]

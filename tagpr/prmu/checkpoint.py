@@ -73,16 +73,23 @@ def save(net: PRMUNet, out_dir: str | Path, cfg: PRMUConfig, encoder: str, dim: 
     return version
 
 
-def load(path: str | Path) -> tuple[PRMUNet, dict[str, Any], dict[str, int]]:
-    """(network in eval mode, metadata, user index) of a checkpoint folder."""
-    from safetensors.torch import load_file
-
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``prmu.json``, after checking that the folder is a checkpoint this code reads."""
     ckpt = Path(path)
     if not (ckpt / META).is_file() or not (ckpt / WEIGHTS).is_file():
         raise TagPRError(f"{ckpt} is not a PRMU checkpoint (expected {META} and {WEIGHTS})")
     meta = json.loads((ckpt / META).read_text())
     if meta.get("format") != FORMAT:
         raise TagPRError(f"{ckpt}: checkpoint format {meta.get('format')!r}, this version reads {FORMAT}")
+    return meta
+
+
+def load(path: str | Path) -> tuple[PRMUNet, dict[str, Any], dict[str, int]]:
+    """(network in eval mode, metadata, user index) of a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(path)
+    meta = load_meta(ckpt)
     cfg = PRMUConfig.model_validate(meta["config"])
     user_index = json.loads((ckpt / USERS).read_text())
     if meta["variant"] == "causal_lm":

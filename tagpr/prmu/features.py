@@ -40,6 +40,16 @@ def make_example(task: str, profile: Sequence[Mapping[str, Any]], input_text: st
     return PRMUExample(t.name, tuple(t.profile_item_text(item) for item in profile), input_text, text, user_id)
 
 
+def example_from_judged(j, include_reasoning: bool = False) -> PRMUExample:
+    """A judged response (``tagpr.rewards.Judged``) as the PRMU sees it: the parsed answer, or the
+    whole response when no answer parses; optionally the reasoning sections before it."""
+    answer = j.checked.answer if j.checked.answer is not None else j.item.response
+    reasoning = None
+    if include_reasoning and j.checked.answer is not None:
+        reasoning = "\n".join(s.text for s in j.checked.parsed.sections[:-1])  # all but the answer
+    return make_example(j.task.name, j.item.profile, j.item.input, answer, j.item.user_id, reasoning)
+
+
 @dataclass
 class PRMUBatch:
     items: torch.Tensor  # [B, P, D] profile item embeddings (zero-padded)

@@ -9,7 +9,7 @@ import torch
 
 from tagpr.prmu import checkpoint
 from tagpr.prmu.encoder import SentenceEncoder
-from tagpr.prmu.features import PRMUExample, make_example
+from tagpr.prmu.features import PRMUExample, example_from_judged
 from tagpr.rewards import Judged
 
 
@@ -36,14 +36,6 @@ class PRMUScorer:
             return []
         return self.net(self.net.featurize(examples, self.encoder, self.user_index)).tolist()
 
-    def example(self, j: Judged) -> PRMUExample:
-        """A judged response as the PRMU sees it: the parsed answer, or the whole text when none parses."""
-        answer = j.checked.answer if j.checked.answer is not None else j.item.response
-        reasoning = None
-        if self.include_reasoning and j.checked.answer is not None:
-            reasoning = "\n".join(s.text for s in j.checked.parsed.sections[:-1])  # all but the answer
-        return make_example(j.task.name, j.item.profile, j.item.input, answer, j.item.user_id, reasoning)
-
     def score(self, batch: Sequence[Judged]) -> list[float]:
         """``PersonalizationScorer`` for ``tagpr.rewards``."""
-        return self.score_examples([self.example(j) for j in batch])
+        return self.score_examples([example_from_judged(j, self.include_reasoning) for j in batch])

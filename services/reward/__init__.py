@@ -1,0 +1,1 @@
+"""The PRMU reward service: a Ray Serve application with a FastAPI ingress, and its client."""

@@ -1,0 +1,401 @@
+"""The reward service as a Ray Serve application.
+
+Two deployments:
+
+- ``PRMUScorer``: holds the PRMU and scores lists of ``PRMUExample``; concurrent calls are
+  merged by ``@serve.batch`` (batch size counted in items), and it autoscales on ongoing
+  requests. A new checkpoint arrives through ``user_config`` (``reconfigure``): the model is
+  swapped in one assignment, so a batch already running finishes on the model it started with.
+- ``RewardIngress``: the FastAPI app. It validates requests, parses tagged responses, computes
+  the TagPR composite reward (``tagpr.rewards``) and asks the scorer for PRMU scores.
+
+Client mistakes get 401, 413 or 422 with the field path and reason; a scorer that cannot answer
+gives 503 with ``Retry-After``; nothing a client sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Optional
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.reward.schemas import (
+    ErrorResponse, ModelInfo, OpenRLHFRequest, OpenRLHFResponse, RewardRequest, RewardResponse, RewardResult,
+    ScoreRequest, ScoreResponse,
+)
+from tagpr.config import TagPRConfig
+from tagpr.lamp.tasks import get_task
+from tagpr.rewards import CompositeReward, FixedScores, Judged, RewardContext, RewardInput, judge
+from tagpr.tags import TagSet
+
+log = logging.getLogger("tagpr.reward")
+
+OPEN_ROUTES = {"/healthz", "/readyz"}
+
+
+class ClientError(HTTPException):
+    """A request the service refuses: status, message, offending fields. An ``HTTPException`` so
+    that FastAPI passes it through unchanged even when raised while the body is being read."""
+
+    def __init__(self, status: int, error: str, issues: list[tuple[str, str]] = (), headers: dict | None = None):
+        super().__init__(status_code=status, detail=error, headers=headers)
+        self.status, self.error, self.issues = status, error, list(issues)
+
+    def response(self) -> JSONResponse:
+        body = ErrorResponse(error=self.error, issues=[{"field": f, "reason": r} for f, r in self.issues])
+        return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers or {})
+
+
+# ---------------------------------------------------------------- the scorer deployment
+
+
+@serve.deployment(name="PRMUScorer")
+class PRMUScorerDeployment:
+    def __init__(self):
+        from services.reward.metrics import ScorerMetrics
+
+        self.scorer = None
+        self.checkpoint: Optional[str] = None
+        self.metrics = ScorerMetrics()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        from tagpr.prmu.scorer import PRMUScorer
+
+        self.score_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
+        self.score_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
+        checkpoint = user_config["checkpoint"]
+        if checkpoint != self.checkpoint:
+            previous = self.scorer.version if self.scorer else None
+            scorer = PRMUScorer.load(checkpoint, allow_hub=bool(user_config.get("allow_hub", False)))
+            self.scorer, self.checkpoint = scorer, checkpoint  # one assignment: in-flight batches keep theirs
+            self.metrics.model(scorer.version, previous)
+            log.info("PRMU %s loaded from %s", scorer.version, checkpoint)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda reqs: sum(len(r) for r in reqs))
+    async def score_batch(self, requests: list[list[Any]]) -> list[tuple[list[float], str]]:
+        scorer = self.scorer
+        flat = [e for r in requests for e in r]
+        scores = await asyncio.get_running_loop().run_in_executor(None, scorer.score_examples, flat)
+        self.metrics.batch(len(flat))
+        out, i = [], 0
+        for r in requests:
+            out.append((scores[i : i + len(r)], scorer.version))
+            i += len(r)
+        return out
+
+    async def score(self, examples: list[Any]) -> tuple[list[float], str]:
+        return await self.score_batch(examples)
+
+    def info(self) -> dict[str, Any]:
+        m = self.scorer.meta
+        return {"version": m["version"], "variant": m["variant"], "encoder": m["encoder"],
+                "created": m.get("created"), "config": m["config"], "metrics": m.get("metrics", {})}
+
+
+# ---------------------------------------------------------------- the FastAPI ingress
+
+
+app = FastAPI(
+    title="TagPR reward service",
+    description="PRMU scores and the TagPR composite reward over HTTP. Send `Authorization: Bearer <token>` "
+    "when the service was started with a token.",
+    version="1",
+)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 once a request body exceeds ``service.limits.max_body_bytes``."""
+
+    def __init__(self, asgi):
+        self.asgi = asgi
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.asgi(scope, receive, send)
+        from services.reward import runtime
+
+        limit = runtime.ingress.limits.max_body_bytes if runtime.ingress else 8 << 20
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = ClientError(413, "payload too large", [("body", f"more than {limit} bytes")])
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await too_big.response()(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise too_big
+            return message
+
+        try:
+            await self.asgi(scope, counted, send)
+        except ClientError as exc:
+            await exc.response()(scope, receive, send)
+
+
+app.add_middleware(BodyLimit)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    issues = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            issues.append(("body", f"invalid JSON at position {err['loc'][-1]}: {err.get('ctx', {}).get('error', '')}"))
+            continue
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        reason = err.get("msg", "invalid").removeprefix("Value error, ")
+        issues.append((".".join(loc) or "body", reason))
+    return ClientError(422, "invalid request", issues).response()
+
+
+@app.exception_handler(ClientError)
+async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
+    return exc.response()
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return ClientError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s", request.url.path)
+    return ClientError(500, "internal error").response()
+
+
+@app.middleware("http")
+async def _auth_and_metrics(request: Request, call_next):
+    from services.reward import runtime
+
+    ingress = runtime.ingress
+    start = time.perf_counter()
+    if ingress is not None and ingress.token_sha256 and request.url.path not in OPEN_ROUTES:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+        if not hmac.compare_digest(digest, ingress.token_sha256):
+            response = ClientError(401, "unauthorized", [("Authorization", "missing or wrong bearer token")],
+                                   {"WWW-Authenticate": "Bearer"}).response()
+            ingress.metrics.observe(request.url.path, 401, time.perf_counter() - start)
+            return response
+    response = await call_next(request)
+    if ingress is not None:
+        items = getattr(request.state, "items", 0)
+        ingress.metrics.observe(request.url.path, response.status_code, time.perf_counter() - start, items)
+    return response
+
+
+# Everything the ingress class uses must be defined above it: @serve.ingress serializes the app
+# (and with it the routes' globals) when the class is decorated.
+ERRORS = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+          503: {"model": ErrorResponse}}
+
+
+def _label_fields(label: str, task: Optional[str], i: int) -> dict[str, Any]:
+    text = label.strip()
+    if text.startswith("{"):
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ClientError(422, "invalid request", [(f"labels.{i}", f"invalid JSON: {exc.msg}")]) from None
+        if not isinstance(fields, dict):
+            raise ClientError(422, "invalid request", [(f"labels.{i}", "expected a JSON object")])
+        if task and "task" not in fields:
+            fields["task"] = task
+        return fields
+    if not task:
+        raise ClientError(422, "invalid request", [
+            (f"labels.{i}", 'a plain gold string needs ?task=LaMP_k; or send {"task": ..., "gold": ...}')])
+    return {"task": task, "gold": label}
+
+
+@serve.deployment(name="RewardIngress")
+@serve.ingress(app)
+class RewardIngress:
+    def __init__(self, scorer, config: dict[str, Any], token_sha256: Optional[str] = None):
+        from services.reward.metrics import IngressMetrics
+
+        self.scorer = scorer
+        self.cfg = TagPRConfig.model_validate(config)
+        self.limits = self.cfg.service.limits
+        self.tags = TagSet(self.cfg.tags)
+        self.stages = {s.name: s.weights for s in self.cfg.rl.stages}
+        self.token_sha256 = token_sha256
+        self.metrics = IngressMetrics()
+        self.profiles: OrderedDict[str, list[dict]] = OrderedDict()  # user_id -> profile, per ingress replica
+        from services.reward import runtime
+
+        runtime.ingress = self
+
+    # ------------------------------------------------------------ input handling
+
+    def _check_limits(self, items: list[Any], texts: tuple[str, ...]) -> None:
+        lim = self.limits
+        if len(items) > lim.max_batch_items:
+            raise ClientError(413, "payload too large", [("items", f"{len(items)} items, limit {lim.max_batch_items}")])
+        issues = []
+        for i, item in enumerate(items):
+            for name in texts:
+                value = getattr(item, name, None) or ""
+                if len(value) > lim.max_text_chars:
+                    issues.append((f"items.{i}.{name}", f"{len(value)} characters, limit {lim.max_text_chars}"))
+            profile = item.profile or []
+            if len(profile) > lim.max_profile_items:
+                issues.append((f"items.{i}.profile", f"{len(profile)} items, limit {lim.max_profile_items}"))
+            for j, p in enumerate(profile):
+                for key, value in p.items():
+                    if isinstance(value, str) and len(value) > lim.max_text_chars:
+                        issues.append((f"items.{i}.profile.{j}.{key}", f"longer than {lim.max_text_chars} characters"))
+        if issues:
+            raise ClientError(413, "payload too large", issues)
+
+    def _profile(self, item: Any, i: int, needed: bool) -> tuple[dict, ...]:
+        task = get_task(item.task)
+        if item.profile is not None:
+            issues = []
+            for j, p in enumerate(item.profile):
+                for f in task.profile_fields:
+                    if p.get(f) is None:
+                        issues.append((f"items.{i}.profile.{j}.{f}", f"missing (required for {task.name})"))
+            if issues:
+                raise ClientError(422, "invalid request", issues)
+            if item.user_id:
+                self._remember(item.user_id, item.profile)
+            return tuple(item.profile)
+        if item.user_id and item.user_id in self.profiles:
+            self.profiles.move_to_end(item.user_id)
+            return tuple(self.profiles[item.user_id])
+        if needed:
+            raise ClientError(422, "invalid request", [(f"items.{i}.user_id", "unknown user: send its profile once")])
+        return ()
+
+    def _remember(self, user_id: str, profile: list[dict]) -> None:
+        self.profiles[user_id] = profile
+        self.profiles.move_to_end(user_id)
+        while len(self.profiles) > self.cfg.prmu.embedding_cache:
+            self.profiles.popitem(last=False)
+
+    async def _prmu(self, judged: list[Judged]) -> tuple[list[float], str]:
+        from tagpr.prmu.features import example_from_judged
+
+        examples = [example_from_judged(j, self.cfg.prmu.include_reasoning) for j in judged]
+        try:
+            return await self.scorer.score.remote(examples)
+        except Exception as exc:  # replica died, scorer overloaded or not loaded
+            log.warning("PRMU scorer unavailable: %s", exc)
+            raise ClientError(503, "PRMU scorer unavailable", headers={"Retry-After": "1"}) from None
+
+    def _stage(self, stage: Optional[str]) -> tuple[str, dict[str, float]]:
+        name = stage or next(iter(self.stages))
+        if name not in self.stages:
+            raise ClientError(422, "invalid request", [("stage", f"unknown stage {name!r}; known: {list(self.stages)}")])
+        return name, self.stages[name]
+
+    async def compute_rewards(self, stage: Optional[str], items: list[Any]) -> RewardResponse:
+        """The composite reward of a batch; the route and in-cluster handle callers share it."""
+        name, weights = self._stage(stage)
+        needs_prmu = weights.get("prmu", 0) != 0
+        self._check_limits(items, ("input", "response", "gold"))
+        inputs = [RewardInput(x.task, x.response, x.gold, x.input, self._profile(x, i, needs_prmu), x.user_id)
+                  for i, x in enumerate(items)]
+        judged = [judge(self.tags, x) for x in inputs]
+        raw, version = await self._prmu(judged) if needs_prmu else ([], None)
+        composite = CompositeReward(weights, RewardContext(self.tags, self.cfg.reward, FixedScores(raw)))
+        results = composite.score_judged(judged)
+        return RewardResponse(stage=name, model_version=version,
+                              results=[RewardResult(reward=r.reward, components=r.components) for r in results])
+
+    # ------------------------------------------------------------ routes
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> dict:
+        try:
+            info = await asyncio.wait_for(self.scorer.info.remote(), timeout=5)
+        except Exception:
+            raise ClientError(503, "PRMU not loaded", headers={"Retry-After": "1"}) from None
+        return {"status": "ready", "model_version": info["version"]}
+
+    @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS)
+    async def model(self) -> ModelInfo:
+        try:
+            return ModelInfo(**await self.scorer.info.remote())
+        except Exception:
+            raise ClientError(503, "PRMU not loaded", headers={"Retry-After": "1"}) from None
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS)
+    async def score(self, req: ScoreRequest, request: Request) -> ScoreResponse:
+        """PRMU scores of a batch of (user, input, response)."""
+        request.state.items = len(req.items)
+        self._check_limits(req.items, ("input", "response"))
+        judged = [judge(self.tags, RewardInput(x.task, x.response, "", x.input, self._profile(x, i, True), x.user_id))
+                  for i, x in enumerate(req.items)]
+        scores, version = await self._prmu(judged)
+        return ScoreResponse(scores=scores, model_version=version)
+
+    @app.post("/v1/reward", response_model=RewardResponse, responses=ERRORS)
+    async def reward(self, req: RewardRequest, request: Request) -> RewardResponse:
+        """The TagPR composite reward of a batch, with every component."""
+        request.state.items = len(req.items)
+        return await self.compute_rewards(req.stage, req.items)
+
+    @app.post("/get_reward", response_model=OpenRLHFResponse, responses=ERRORS)
+    async def get_reward(self, req: OpenRLHFRequest, request: Request, task: Optional[str] = None,
+                         stage: Optional[str] = None) -> OpenRLHFResponse:
+        """OpenRLHF's remote reward-model protocol: point ``--remote_rm_url`` here."""
+        from services.reward.schemas import RewardItem
+
+        request.state.items = len(req.query)
+        n = len(req.query)
+        issues = [(k, f"has {len(v)} entries, query has {n}") for k, v in (("prompts", req.prompts),
+                  ("labels", req.labels)) if v is not None and len(v) != n]
+        if req.labels is None:
+            issues.append(("labels", "required: the gold answers (JSON objects, or strings with ?task=)"))
+        if issues:
+            raise ClientError(422, "invalid request", issues)
+        items = []
+        for i, (query, label) in enumerate(zip(req.query, req.labels)):
+            prompt = req.prompts[i] if req.prompts else ""
+            response = query[len(prompt):] if prompt and query.startswith(prompt) else query
+            fields = _label_fields(label, task, i)
+            fields.setdefault("input", prompt)
+            try:
+                items.append(RewardItem(response=response, **fields))
+            except Exception as exc:
+                errors = getattr(exc, "errors", lambda: [{"loc": (), "msg": str(exc)}])()
+                raise ClientError(422, "invalid request", [
+                    (".".join([f"labels.{i}", *map(str, e["loc"])]), e["msg"]) for e in errors]) from None
+        out = await self.compute_rewards(stage, items)
+        logs: dict[str, list[float]] = {}
+        for r in out.results:
+            for k in r.components:
+                logs.setdefault(k, [])
+        for r in out.results:
+            for k in logs:
+                logs[k].append(r.components.get(k, 0.0))
+        rewards = [r.reward for r in out.results]
+        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=logs)

@@ -1,0 +1,72 @@
+"""Deploying the reward service: build the Serve application from a config and a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Optional
+
+from tagpr.config import TagPRConfig
+from tagpr.errors import TagPRError
+
+APP_NAME = "tagpr-reward"
+
+
+def token_digest(token_env: str) -> Optional[str]:
+    """sha256 of the bearer token in ``$token_env``; the token itself never enters Serve's config."""
+    token = os.environ.get(token_env, "").strip()
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
+def scorer_user_config(cfg: TagPRConfig, checkpoint: str) -> dict:
+    s = cfg.service
+    return {"checkpoint": os.path.abspath(checkpoint), "max_batch_size": s.max_batch_size,
+            "batch_wait_timeout_s": s.batch_wait_timeout_s, "allow_hub": cfg.model.allow_hub}
+
+
+def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = None, batching: bool = True):
+    """The application: autoscaled, batching PRMU scorer behind the FastAPI ingress.
+
+    ``batching=False`` serves one item per call (the unbatched baseline the benchmark compares with).
+    """
+    from services.reward.app import PRMUScorerDeployment, RewardIngress
+    from tagpr.prmu import checkpoint as ckpt
+
+    ckpt.load_meta(checkpoint)  # fail here, not in a replica, when the folder is not a checkpoint
+    s = cfg.service
+    user_config = scorer_user_config(cfg, checkpoint)
+    if not batching:
+        user_config["max_batch_size"] = 1
+        user_config["batch_wait_timeout_s"] = 0.0
+    scorer = PRMUScorerDeployment.options(
+        max_ongoing_requests=max(2 * s.max_batch_size, 8),
+        autoscaling_config={"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
+                            "target_ongoing_requests": s.target_ongoing_requests},
+        user_config=user_config,
+    ).bind()
+    return RewardIngress.options(max_ongoing_requests=max(4 * s.max_batch_size, 64)).bind(
+        scorer, cfg.model_dump(mode="json"), token_sha256)
+
+
+def deploy(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, batching: bool = True,
+           name: str = APP_NAME) -> None:
+    """Deploy the application, or update a running one.
+
+    Redeploying with only a new checkpoint changes only the scorer's ``user_config``, so Serve
+    reconfigures the live replicas in place (no downtime); requests already in a batch finish on
+    the old model.
+    """
+    from ray import serve
+
+    digest = token_digest(token_env or cfg.service.token_env)
+    serve.run(build_app(cfg, checkpoint, digest, batching), name=name, route_prefix="/")
+
+
+def serve_reward(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, batching: bool = True,
+                 name: str = APP_NAME) -> str:
+    """Start Serve's proxy on ``service.host:service.port`` (loopback by default), deploy; returns the URL."""
+    from ray import serve
+
+    serve.start(http_options={"host": cfg.service.host, "port": cfg.service.port})
+    deploy(cfg, checkpoint, token_env, batching, name)
+    return f"http://{cfg.service.host}:{cfg.service.port}"

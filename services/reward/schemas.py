@@ -1,0 +1,101 @@
+"""Request and response schemas of the reward service (shown in ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TaskName = Literal["LaMP_1", "LaMP_2", "LaMP_3", "LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7"]
+FieldValue = Optional[Union[str, int, float]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoreItem(Strict):
+    task: TaskName
+    input: str = Field(min_length=1, description="the LaMP input the response answers")
+    response: str = Field(description="the full response; its <answer> is scored when it parses")
+    profile: Optional[list[dict[str, FieldValue]]] = Field(
+        None, description="the user's profile items in LaMP's shape; cached under user_id when both are given")
+    user_id: Optional[str] = Field(None, min_length=1, max_length=256,
+                                   description="a user whose profile an earlier request sent")
+
+    @model_validator(mode="after")
+    def _who(self) -> "ScoreItem":
+        if self.profile is None and self.user_id is None:
+            raise ValueError("give the user's profile, or a user_id whose profile was sent before")
+        return self
+
+
+class ScoreRequest(Strict):
+    items: list[ScoreItem] = Field(min_length=1)
+
+
+class ScoreResponse(BaseModel):
+    scores: list[float] = Field(description="raw PRMU scores, one per item (higher: more personalized)")
+    model_version: str
+
+
+class RewardItem(Strict):
+    task: TaskName
+    input: str = Field("", description="the LaMP input; needed by stages that weight the PRMU")
+    response: str
+    gold: str = Field(description="the gold output the task metric compares against")
+    profile: Optional[list[dict[str, FieldValue]]] = None
+    user_id: Optional[str] = Field(None, min_length=1, max_length=256)
+
+
+class RewardRequest(Strict):
+    stage: Optional[str] = Field(None, description="RL stage whose weights apply (default: the first stage)")
+    items: list[RewardItem] = Field(min_length=1)
+
+
+class RewardResult(BaseModel):
+    reward: float
+    components: dict[str, float]
+
+
+class RewardResponse(BaseModel):
+    stage: str
+    results: list[RewardResult]
+    model_version: Optional[str] = Field(None, description="PRMU version, when the stage used it")
+
+
+class OpenRLHFRequest(BaseModel):
+    """OpenRLHF's remote reward-model request (``--remote_rm_url``).
+
+    Each label is a JSON object ``{"task", "gold", "input"?, "profile"?, "user_id"?}``, or the
+    plain gold string when the task is given as the ``task`` query parameter.
+    """
+
+    query: list[str] = Field(min_length=1, description="prompt + response texts")
+    prompts: Optional[list[str]] = None
+    labels: Optional[list[str]] = None
+
+
+class OpenRLHFResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
+
+
+class ModelInfo(BaseModel):
+    version: str
+    variant: str
+    encoder: str
+    created: Optional[str] = None
+    config: dict
+    metrics: dict = Field(default_factory=dict)
+
+
+class Issue(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    issues: list[Issue] = Field(default_factory=list)
