@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -204,6 +205,37 @@ def cmd_prmu_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve_prmu(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.host:
+        overrides.append(f"service.host={args.host}")
+    if args.port:
+        overrides.append(f"service.port={args.port}")
+    if args.token_env:
+        overrides.append(f"service.token_env={args.token_env}")
+    cfg = load_config(args.config, overrides)
+    from actors.cluster import connect
+    from services.reward.deploy import serve_reward
+    from tagpr.prmu.checkpoint import load_meta
+
+    meta = load_meta(args.checkpoint)
+    connect(cfg.cluster)
+    url = serve_reward(cfg, args.checkpoint)
+    auth = f"bearer token from ${cfg.service.token_env}" if os.environ.get(cfg.service.token_env) else "no token"
+    print(f"reward service {meta['version']} at {url} ({auth}); docs at {url}/docs", flush=True)
+    if args.detach:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping")
+    return 0
+
+
 # ---------------------------------------------------------------- tags
 
 
@@ -287,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     peval.add_argument("--split", help="split to evaluate (default: data.dev_split)")
     peval.add_argument("--out", help="write the result here as JSON")
     peval.set_defaults(func=cmd_prmu_eval)
+
+    serve_p = sub.add_parser("serve", help="services").add_subparsers(dest="action", required=True)
+    sprmu = serve_p.add_parser("prmu", help="serve the PRMU reward service over HTTP (Ray Serve)")
+    _config_args(sprmu)
+    sprmu.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
+    sprmu.add_argument("--host", help="bind address (default: service.host, 127.0.0.1)")
+    sprmu.add_argument("--port", type=int, help="port (default: service.port)")
+    sprmu.add_argument("--token-env", help="env var holding the bearer token (default: service.token_env)")
+    sprmu.add_argument("--detach", action="store_true", help="return after deploying (on a running cluster)")
+    sprmu.set_defaults(func=cmd_serve_prmu)
 
     tags = sub.add_parser("tags", help="the tagged-thought format").add_subparsers(dest="action", required=True)
     tcheck = tags.add_parser("check", help="parse a response and list violated tag constraints")

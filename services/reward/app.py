@@ -27,12 +27,20 @@ from typing import Any, Optional
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.reward.schemas import (
-    ErrorResponse, ModelInfo, OpenRLHFRequest, OpenRLHFResponse, RewardRequest, RewardResponse, RewardResult,
-    ScoreRequest, ScoreResponse,
+    ErrorResponse,
+    ModelInfo,
+    OpenRLHFRequest,
+    OpenRLHFResponse,
+    RewardRequest,
+    RewardResponse,
+    RewardResult,
+    ScoreRequest,
+    ScoreResponse,
 )
 from tagpr.config import TagPRConfig
 from tagpr.lamp.tasks import get_task
@@ -41,7 +49,7 @@ from tagpr.tags import TagSet
 
 log = logging.getLogger("tagpr.reward")
 
-OPEN_ROUTES = {"/healthz", "/readyz"}
+OPEN_ROUTES = ("/healthz", "/readyz")  # path suffixes: the app may sit under a route prefix
 
 
 class ClientError(HTTPException):
@@ -87,7 +95,7 @@ class PRMUScorerDeployment:
         scorer = self.scorer
         flat = [e for r in requests for e in r]
         scores = await asyncio.get_running_loop().run_in_executor(None, scorer.score_examples, flat)
-        self.metrics.batch(len(flat))
+        self.metrics.batch(len(flat), scorer.version)
         out, i = [], 0
         for r in requests:
             out.append((scores[i : i + len(r)], scorer.version))
@@ -186,7 +194,7 @@ async def _auth_and_metrics(request: Request, call_next):
 
     ingress = runtime.ingress
     start = time.perf_counter()
-    if ingress is not None and ingress.token_sha256 and request.url.path not in OPEN_ROUTES:
+    if ingress is not None and ingress.token_sha256 and not request.url.path.endswith(OPEN_ROUTES):
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         digest = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
@@ -305,7 +313,8 @@ class RewardIngress:
     def _stage(self, stage: Optional[str]) -> tuple[str, dict[str, float]]:
         name = stage or next(iter(self.stages))
         if name not in self.stages:
-            raise ClientError(422, "invalid request", [("stage", f"unknown stage {name!r}; known: {list(self.stages)}")])
+            known = ", ".join(self.stages)
+            raise ClientError(422, "invalid request", [("stage", f"unknown stage {name!r}; known: {known}")])
         return name, self.stages[name]
 
     async def compute_rewards(self, stage: Optional[str], items: list[Any]) -> RewardResponse:
@@ -385,8 +394,8 @@ class RewardIngress:
             fields.setdefault("input", prompt)
             try:
                 items.append(RewardItem(response=response, **fields))
-            except Exception as exc:
-                errors = getattr(exc, "errors", lambda: [{"loc": (), "msg": str(exc)}])()
+            except (ValidationError, TypeError) as exc:
+                errors = exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
                 raise ClientError(422, "invalid request", [
                     (".".join([f"labels.{i}", *map(str, e["loc"])]), e["msg"]) for e in errors]) from None
         out = await self.compute_rewards(stage, items)

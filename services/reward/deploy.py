@@ -7,7 +7,6 @@ import os
 from typing import Optional
 
 from tagpr.config import TagPRConfig
-from tagpr.errors import TagPRError
 
 APP_NAME = "tagpr-reward"
 
@@ -49,7 +48,7 @@ def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = N
 
 
 def deploy(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, batching: bool = True,
-           name: str = APP_NAME) -> None:
+           name: str = APP_NAME, route_prefix: str = "/") -> None:
     """Deploy the application, or update a running one.
 
     Redeploying with only a new checkpoint changes only the scorer's ``user_config``, so Serve
@@ -59,7 +58,7 @@ def deploy(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, b
     from ray import serve
 
     digest = token_digest(token_env or cfg.service.token_env)
-    serve.run(build_app(cfg, checkpoint, digest, batching), name=name, route_prefix="/")
+    serve.run(build_app(cfg, checkpoint, digest, batching), name=name, route_prefix=route_prefix)
 
 
 def serve_reward(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, batching: bool = True,

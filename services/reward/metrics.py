@@ -51,11 +51,12 @@ class ScorerMetrics:
         self._version = rm.Gauge("tagpr_prmu_model_info", "1 for the PRMU version being served",
                                  tag_keys=("version",))
 
-    def batch(self, size: int) -> None:
+    def batch(self, size: int, version: str) -> None:
         self._batch.observe(size)
         self._items.inc(size)
+        self._version.set(1, tags={"version": version})
 
     def model(self, version: str, previous: str | None) -> None:
-        if previous:
+        if previous and previous != version:
             self._version.set(0, tags={"version": previous})
         self._version.set(1, tags={"version": version})

@@ -45,11 +45,19 @@ class LampTask:
             return parse_rating(answer) is not None
         return bool(answer)
 
+    def profile_item_parts(self, item: dict[str, Any]) -> tuple[str, str]:
+        """(what the user produced, e.g. ``tag: comedy``; the rest of the item, e.g. its description)."""
+        label = f"{self.profile_output}: {item.get(self.profile_output, '')}"
+        rest = " | ".join(f"{f}: {item.get(f, '')}" for f in self.profile_fields if f != self.profile_output)
+        return label, rest
+
     def profile_item_text(self, item: dict[str, Any]) -> str:
-        """One line per profile item, label first: what the PRMU and prompts show of it."""
-        parts = [f"{self.profile_output}: {item.get(self.profile_output, '')}"]
-        parts += [f"{f}: {item.get(f, '')}" for f in self.profile_fields if f != self.profile_output]
-        return " | ".join(parts)
+        """One line per profile item, label first: what prompts show of it."""
+        return " | ".join(x for x in self.profile_item_parts(item) if x)
+
+    def output_text(self, output: str) -> str:
+        """An answer written like a profile item's label, so the two embed alike."""
+        return f"{self.profile_output}: {output}"
 
 
 def parse_rating(text: str) -> float | None:

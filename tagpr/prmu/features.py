@@ -15,9 +15,9 @@ from tagpr.prmu.encoder import SentenceEncoder
 @dataclass(frozen=True)
 class PRMUExample:
     task: str
-    profile: tuple[str, ...]  # one text per profile item, label first (LampTask.profile_item_text)
+    profile: tuple[tuple[str, str], ...]  # per item: (label text, context text), LampTask.profile_item_parts
     input: str
-    answer: str
+    answer: str  # written like a profile label (LampTask.output_text)
     user_id: str | None = None
 
 
@@ -34,10 +34,10 @@ def answer_text(task: LampTask, input_text: str, answer: str) -> str:
 def make_example(task: str, profile: Sequence[Mapping[str, Any]], input_text: str, answer: str,
                  user_id: str | None = None, reasoning: str | None = None) -> PRMUExample:
     t = get_task(task)
-    text = answer_text(t, input_text, answer)
+    text = t.output_text(answer_text(t, input_text, answer))
     if reasoning:
         text = f"{reasoning}\n{text}"
-    return PRMUExample(t.name, tuple(t.profile_item_text(item) for item in profile), input_text, text, user_id)
+    return PRMUExample(t.name, tuple(t.profile_item_parts(item) for item in profile), input_text, text, user_id)
 
 
 def example_from_judged(j, include_reasoning: bool = False) -> PRMUExample:
@@ -52,7 +52,7 @@ def example_from_judged(j, include_reasoning: bool = False) -> PRMUExample:
 
 @dataclass
 class PRMUBatch:
-    items: torch.Tensor  # [B, P, D] profile item embeddings (zero-padded)
+    items: torch.Tensor  # [B, P, 2D] profile items: [label embedding; context embedding], zero-padded
     mask: torch.Tensor  # [B, P] True where an item exists
     query: torch.Tensor  # [B, D] input embedding
     answer: torch.Tensor  # [B, D] answer embedding
@@ -67,16 +67,17 @@ def embed_examples(examples: Sequence[PRMUExample], encoder: SentenceEncoder,
     """Encode every distinct text once and assemble padded tensors."""
     user_index = user_index or {}
     n, p = len(examples), max((len(e.profile) for e in examples), default=0) or 1
-    texts = [t for e in examples for t in e.profile] + [e.input for e in examples] + [e.answer for e in examples]
+    texts = [t for e in examples for part in e.profile for t in part]
+    texts += [e.input for e in examples] + [e.answer for e in examples]
     vecs = encoder.encode(texts)
-    items = torch.zeros(n, p, encoder.dim)
+    items = torch.zeros(n, p, 2 * encoder.dim)
     mask = torch.zeros(n, p, dtype=torch.bool)
     offset = 0
     for i, e in enumerate(examples):
         k = len(e.profile)
-        items[i, :k] = vecs[offset : offset + k]
+        items[i, :k] = vecs[offset : offset + 2 * k].reshape(k, 2 * encoder.dim)
         mask[i, :k] = True
-        offset += k
+        offset += 2 * k
     query, answer = vecs[offset : offset + n], vecs[offset + n : offset + 2 * n]
     user_idx = torch.tensor([user_index.get(e.user_id, -1) if e.user_id else -1 for e in examples], dtype=torch.long)
     return PRMUBatch(items, mask, query, answer, user_idx)

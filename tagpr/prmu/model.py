@@ -5,7 +5,11 @@ with the current input's embedding as the query (which past items matter depends
 asked), plus, for users seen in training, a learned user-id embedding. Unseen users get the
 history-pooled vector alone; training drops the id at random so that path is learned too.
 
-- ``encoder`` (default): an MLP head over ``[u; h; u*h]`` where ``h`` encodes (input, answer).
+- ``encoder`` (default): an MLP head over ``[u; h; u*h; m]`` where ``h`` encodes (input, answer)
+  and ``m`` are match features: cosine similarities between the answer and the labels the user
+  gave in the past (max, mean, and weighted by how similar each past item is to the input).
+  They carry the inductive bias that generalizes to unseen users; without them a small head
+  memorizes training users through ``h``.
 - ``causal_lm`` (large scale): a causal LM backbone reads ``k`` soft prefix tokens projected
   from ``u`` followed by the input and answer tokens; a value head on the last token scores it.
 """
@@ -29,7 +33,8 @@ class UserPooling(nn.Module):
 
     def __init__(self, dim: int, hidden: int, num_users: int):
         super().__init__()
-        self.q, self.k, self.v = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(dim, hidden)
+        self.q = nn.Linear(dim, hidden)  # from the input
+        self.k, self.v = nn.Linear(2 * dim, hidden), nn.Linear(2 * dim, hidden)  # from [label; context]
         self.ids = nn.Embedding(num_users, hidden) if num_users > 0 else None
         self.scale = 1.0 / math.sqrt(hidden)
 
@@ -68,6 +73,19 @@ class EncoderFeatures:
         return self.batch.query.shape[0]
 
 
+def match_features(b: PRMUBatch, temperature: float = 0.1) -> torch.Tensor:
+    """[B, 3]: answer-to-past-label cosine similarity: max, mean, and input-relevance weighted."""
+    dim = b.query.shape[-1]
+    labels, contexts = b.items[..., :dim], b.items[..., dim:]
+    sim = torch.einsum("bd,bpd->bp", b.answer, labels)
+    count = b.mask.sum(-1).clamp(min=1)
+    best = sim.masked_fill(~b.mask, -1.0).max(-1).values.masked_fill(~b.mask.any(-1), 0.0)
+    mean = (sim * b.mask).sum(-1) / count
+    relevance = torch.einsum("bd,bpd->bp", b.query, contexts) / temperature
+    weights = torch.nan_to_num(torch.softmax(relevance.masked_fill(~b.mask, float("-inf")), dim=-1))
+    return torch.stack([best, mean, (weights * sim).sum(-1)], dim=-1)
+
+
 class EncoderPRMU(PRMUNet):
     variant = "encoder"
 
@@ -75,18 +93,19 @@ class EncoderPRMU(PRMUNet):
         super().__init__()
         self.user = UserPooling(dim, hidden, num_users)
         self.response = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.head = nn.Sequential(nn.Linear(3 * hidden + 3, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def featurize(self, examples, encoder, user_index):
         return EncoderFeatures(embed_examples(examples, encoder, user_index))
 
     def forward(self, f: EncoderFeatures, zero_user: bool = False) -> torch.Tensor:
+        """Scores; ``zero_user`` removes everything user-derived (u and the match features)."""
         b = f.batch
-        u = self.user(b)
+        u, m = self.user(b), match_features(b)
         if zero_user:
-            u = torch.zeros_like(u)
+            u, m = torch.zeros_like(u), torch.zeros_like(m)
         h = self.response(torch.cat([b.query, b.answer], dim=-1))
-        return self.head(torch.cat([u, h, u * h], dim=-1)).squeeze(-1)
+        return self.head(torch.cat([u, h, u * h, m], dim=-1)).squeeze(-1)
 
 
 @dataclass

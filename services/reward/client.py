@@ -1,0 +1,132 @@
+"""Clients of the reward service: over HTTP (httpx), or in-cluster through a Serve handle.
+
+Both return the same shapes. The HTTP client retries connection errors and 5xx answers with
+exponential backoff (honouring ``Retry-After``); client mistakes (4xx) are not retried. When a
+batch still fails, the failure policy decides: ``raise`` (default), or ``default``: every item
+of that batch gets ``default_reward`` and the failure is counted and logged, so a training run
+can ride out a reward-service outage without mistaking the default for a real score.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence
+
+import httpx
+
+log = logging.getLogger("tagpr.reward.client")
+
+FailurePolicy = Literal["raise", "default"]
+RETRY_STATUS = frozenset({500, 502, 503, 504})
+
+
+class RewardServiceError(RuntimeError):
+    def __init__(self, message: str, status: Optional[int] = None, body: Any = None):
+        super().__init__(message)
+        self.status, self.body = status, body
+
+
+@dataclass
+class RewardOutcome:
+    reward: float
+    components: dict[str, float] = field(default_factory=dict)
+    defaulted: bool = False  # True when the failure policy filled this value in
+
+
+class RewardClient:
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 30.0, retries: int = 3,
+                 backoff: float = 0.5, failure_policy: FailurePolicy = "raise", default_reward: float = 0.0,
+                 transport: Optional[httpx.BaseTransport] = None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers, transport=transport)
+        self.retries, self.backoff = retries, backoff
+        self.failure_policy, self.default_reward = failure_policy, default_reward
+        self.failed_items = 0  # items that got the default reward
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "RewardClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _post(self, path: str, payload: dict) -> dict:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self._delay(attempt, last))
+            try:
+                resp = self.http.post(path, json=payload)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if resp.status_code in RETRY_STATUS:
+                last = RewardServiceError(f"{path}: HTTP {resp.status_code}", resp.status_code, _body(resp))
+                last.retry_after = resp.headers.get("retry-after")  # type: ignore[attr-defined]
+                continue
+            if resp.status_code >= 400:
+                raise RewardServiceError(f"{path}: HTTP {resp.status_code}: {_body(resp)}", resp.status_code,
+                                         _body(resp))
+            return resp.json()
+        raise RewardServiceError(f"{path}: gave up after {self.retries + 1} attempts: {last}",
+                                 getattr(last, "status", None))
+
+    def _delay(self, attempt: int, last: Exception | None) -> float:
+        retry_after = getattr(last, "retry_after", None)
+        if retry_after and str(retry_after).replace(".", "", 1).isdigit():
+            return min(float(retry_after), 30.0)
+        return self.backoff * 2 ** (attempt - 1)
+
+    def _fallback(self, n: int, exc: RewardServiceError) -> list[RewardOutcome]:
+        if self.failure_policy == "raise" or (exc.status is not None and 400 <= exc.status < 500):
+            raise exc
+        self.failed_items += n
+        log.warning("reward service failed (%s); %d item(s) get the default reward %s (%d so far)",
+                    exc, n, self.default_reward, self.failed_items)
+        return [RewardOutcome(self.default_reward, defaulted=True) for _ in range(n)]
+
+    def score(self, items: Sequence[dict]) -> tuple[list[float], str]:
+        """Raw PRMU scores and the model version (``/v1/score``); always raises on failure."""
+        out = self._post("/v1/score", {"items": list(items)})
+        return out["scores"], out["model_version"]
+
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
+        """Composite rewards with components (``/v1/reward``), under the failure policy."""
+        try:
+            out = self._post("/v1/reward", {"stage": stage, "items": list(items)})
+        except RewardServiceError as exc:
+            return self._fallback(len(items), exc)
+        return [RewardOutcome(r["reward"], r["components"]) for r in out["results"]]
+
+    def get(self, path: str) -> dict:
+        resp = self.http.get(path)
+        if resp.status_code >= 400:
+            raise RewardServiceError(f"{path}: HTTP {resp.status_code}: {_body(resp)}", resp.status_code, _body(resp))
+        return resp.json()
+
+
+def _body(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text[:500]
+
+
+class HandleRewardClient:
+    """In-cluster: the same calls through a Serve deployment handle, skipping HTTP."""
+
+    def __init__(self, app_name: str = "tagpr-reward"):
+        from ray import serve
+
+        self.handle = serve.get_deployment_handle("RewardIngress", app_name=app_name)
+
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
+        from services.reward.schemas import RewardItem
+
+        parsed = [RewardItem.model_validate(i) for i in items]
+        out = self.handle.compute_rewards.remote(stage, parsed).result()
+        return [RewardOutcome(r.reward, r.components) for r in out.results]

@@ -1,0 +1,263 @@
+"""The reward service on real Ray Serve over HTTP, inside the session's Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from services.reward.client import HandleRewardClient, RewardClient, RewardServiceError
+from services.reward.deploy import deploy
+from tagpr.config import load_config
+from tagpr.prmu import checkpoint
+from tagpr.prmu.scorer import PRMUScorer
+from tagpr.rewards import CompositeReward, RewardInput
+
+from .conftest import free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+TOKEN_ENV = "TAGPR_TEST_REWARD_TOKEN"
+PROFILE = [{"id": "p1", "description": "A film about a starship crew, with two lovers.", "tag": "sci-fi"},
+           {"id": "p2", "description": "A film about alien contact, with grim jokes.", "tag": "sci-fi"}]
+LAMP2_INPUT = "Which tag does this movie relate to? description: A film about a distant galaxy, with a wedding plan."
+TAGGED = ("<examine_examples>Both past films are sci-fi.</examine_examples><identify_patterns>sci-fi recurs"
+          "</identify_patterns><infer_preference>Likes sci-fi.</infer_preference><compare_options>sci-fi over "
+          "romance</compare_options><answer>{}</answer>")
+
+
+def service_cfg(base):
+    return base.model_copy(update={"service": base.service.model_copy(update={
+        "max_batch_size": 16, "batch_wait_timeout_s": 0.005,
+        "limits": base.service.limits.model_copy(update={
+            "max_body_bytes": 65536, "max_batch_items": 8, "max_text_chars": 2000, "max_profile_items": 20}),
+    })})
+
+
+@pytest.fixture(scope="module")
+def service(prmu_job, serve_port):
+    cfg, result = prmu_job
+    cfg = service_cfg(cfg)
+    os.environ[TOKEN_ENV] = "s3cret-test-token"
+    deploy(cfg, result["checkpoint"], token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
+    deploy(cfg, result["checkpoint"], token_env=TOKEN_ENV, name="reward-secure", route_prefix="/secure")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60)
+    assert wait_for(lambda: client.get("/readyz").status_code == 200, 60)
+    yield cfg, result, client
+    client.close()
+
+
+def score_item(response, **kw):
+    return {"task": "LaMP_2", "input": LAMP2_INPUT, "response": response, "profile": PROFILE, **kw}
+
+
+def reward_items():
+    return [
+        {**score_item(TAGGED.format("sci-fi")), "gold": "sci-fi"},
+        {**score_item(TAGGED.format("romance")), "gold": "sci-fi"},
+        {**score_item("<answer>sci-fi</answer>"), "gold": "sci-fi"},
+        {"task": "LaMP_3", "input": "review: Works well, solid build.", "response": "<answer>4</answer>",
+         "gold": "5", "profile": [{"id": "r", "text": "Good value.", "score": "5"}]},
+    ]
+
+
+def test_health_model_and_scores_match_in_process(service):
+    cfg, result, client = service
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["model_version"] == result["version"]
+    info = client.get("/v1/model").json()
+    assert info["version"] == result["version"] and info["encoder"] == "minilm" and info["variant"] == "encoder"
+    items = [score_item(TAGGED.format("sci-fi")), score_item("romance")]
+    r = client.post("/v1/score", json={"items": items})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    local = PRMUScorer.load(result["checkpoint"])
+    tags = CompositeReward.for_stage(cfg, "exploratory")
+    expected = local.score([tags.judge(RewardInput("LaMP_2", x["response"], "", LAMP2_INPUT, tuple(PROFILE)))
+                            for x in items])
+    assert body["scores"] == pytest.approx(expected, abs=1e-4) and body["model_version"] == result["version"]
+
+
+@pytest.mark.parametrize("stage", ["guided", "exploratory"])
+def test_reward_matches_tagpr_rewards(service, stage):
+    cfg, result, client = service
+    items = reward_items()
+    r = client.post("/v1/reward", json={"stage": stage, "items": items})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    prmu = PRMUScorer.load(result["checkpoint"]) if stage == "guided" else None
+    expected = CompositeReward.for_stage(cfg, stage, prmu).score(
+        [RewardInput(x["task"], x["response"], x["gold"], x["input"], tuple(x["profile"])) for x in items])
+    assert body["stage"] == stage and len(body["results"]) == len(items)
+    for got, want in zip(body["results"], expected):
+        assert got["reward"] == pytest.approx(want.reward, abs=1e-4)
+        assert set(got["components"]) == set(want.components)
+    assert body["results"][0]["reward"] > body["results"][1]["reward"]  # right label beats wrong one
+    assert (body["model_version"] == result["version"]) == (stage == "guided")
+
+
+def test_cached_user_id(service):
+    _, _, client = service
+    first = client.post("/v1/score", json={"items": [score_item("sci-fi", user_id="cached-user")]}).json()
+    again = client.post("/v1/score", json={"items": [{"task": "LaMP_2", "input": LAMP2_INPUT, "response": "sci-fi",
+                                                      "user_id": "cached-user"}]})
+    assert again.status_code == 200 and again.json()["scores"] == pytest.approx(first["scores"], abs=1e-5)
+
+
+def test_openrlhf_protocol(service):
+    _, _, client = service
+    prompt = "<|im_start|>user\nWhich tag?<|im_end|>\n<|im_start|>assistant\n"
+    label = json.dumps({"task": "LaMP_2", "gold": "sci-fi", "input": LAMP2_INPUT, "profile": PROFILE})
+    r = client.post("/get_reward", json={"query": [prompt + TAGGED.format("sci-fi"), prompt + "<answer>x</answer>"],
+                                         "prompts": [prompt, prompt], "labels": [label, label]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["rewards"]) == 2 and body["rewards"] == body["scores"]
+    assert body["rewards"][0] > body["rewards"][1] and body["extra_logs"]["format"] == [1.0, 0.0]
+    plain = client.post("/get_reward?task=LaMP_2&stage=exploratory",
+                        json={"query": ["<answer>sci-fi</answer>"], "labels": ["sci-fi"]})
+    assert plain.status_code == 200 and plain.json()["rewards"] == [1.0]
+
+
+BIG = "word " * 500
+
+
+@pytest.mark.parametrize(
+    "path, payload, status, field",
+    [
+        ("/v1/score", {"items": []}, 422, "items"),
+        ("/v1/score", {"items": [score_item("x", task="LaMP_9")]}, 422, "items.0.task"),
+        ("/v1/score", {"items": [{"task": "LaMP_2", "input": "x", "response": "y"}]}, 422, "items.0"),
+        ("/v1/score", {"items": [{"task": "LaMP_2", "input": "x", "response": "y", "user_id": "ghost"}]}, 422,
+         "items.0.user_id"),
+        ("/v1/score", {"items": [score_item("x", profile=[{"tag": "sci-fi"}])]}, 422, "items.0.profile.0.description"),
+        ("/v1/score", {"items": [score_item("x", extra=1)]}, 422, "items.0.extra"),
+        ("/v1/score", {"items": [score_item(1.5)]}, 422, "items.0.response"),
+        ("/v1/reward", {"stage": "warmup", "items": [{**score_item("x"), "gold": "y"}]}, 422, "stage"),
+        ("/v1/reward", {"items": [score_item("x")]}, 422, "items.0.gold"),
+        ("/get_reward", {"query": ["a", "b"], "labels": ["x"]}, 422, "labels"),
+        ("/get_reward", {"query": ["a"], "labels": ["plain gold, no task"]}, 422, "labels.0"),
+        ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_2"}']}, 422, "labels.0.gold"),
+        ("/v1/score", {"items": [score_item("x")] * 9}, 413, "items"),
+        ("/v1/score", {"items": [score_item("x" * 2001)]}, 413, "items.0.response"),
+        ("/v1/score", {"items": [score_item("x", profile=PROFILE * 11)]}, 413, "items.0.profile"),
+        ("/v1/score", {"items": [score_item(BIG * 6)] * 5}, 413, "body"),
+    ],
+)
+def test_bad_input_is_a_client_error_and_the_service_keeps_serving(service, path, payload, status, field):
+    _, _, client = service
+    r = client.post(path, json=payload)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] and field in [i["field"] for i in body["issues"]], body
+    assert "Traceback" not in r.text
+    assert client.post("/v1/score", json={"items": [score_item("sci-fi")]}).status_code == 200
+
+
+def test_malformed_json_and_wrong_method(service):
+    _, _, client = service
+    r = client.post("/v1/score", content=b'{"items": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["issues"][0]["field"] == "body"
+    assert client.get("/v1/score").status_code == 405
+    assert client.get("/nope").status_code == 404
+
+
+def test_bearer_token(service):
+    _, _, client = service
+    body = {"items": [score_item("sci-fi")]}
+    assert client.get("/secure/healthz").status_code == 200
+    missing = client.post("/secure/v1/score", json=body)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong = client.post("/secure/v1/score", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = client.post("/secure/v1/score", json=body, headers={"Authorization": "Bearer s3cret-test-token"})
+    assert ok.status_code == 200, ok.text
+    assert client.post("/v1/score", json=body).status_code == 200  # the open app needs no token
+
+
+def test_clients(service, serve_port):
+    cfg, result, _ = service
+    with RewardClient(f"http://127.0.0.1:{serve_port}") as c:
+        scores, version = c.score([score_item("sci-fi")])
+        assert len(scores) == 1 and version == result["version"]
+        outcomes = c.reward([{**score_item("<answer>sci-fi</answer>"), "gold": "sci-fi"}], stage="exploratory")
+        assert outcomes[0].reward == 1.0 and not outcomes[0].defaulted
+        with pytest.raises(RewardServiceError) as e:
+            c.reward([{**score_item("x"), "gold": "y"}], stage="warmup")
+        assert e.value.status == 422
+    dead = RewardClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01, failure_policy="default",
+                        default_reward=-1.0)
+    out = dead.reward([{**score_item("x"), "gold": "y"}] * 3)
+    assert [o.reward for o in out] == [-1.0] * 3 and all(o.defaulted for o in out) and dead.failed_items == 3
+    in_cluster = HandleRewardClient("reward-open")
+    got = in_cluster.reward([{**score_item("<answer>sci-fi</answer>"), "gold": "sci-fi"}], stage="exploratory")
+    assert got[0].reward == 1.0
+
+
+def test_checkpoint_swap_under_traffic(service, tmp_path):
+    cfg, result, client = service
+    net, meta, users = checkpoint.load(result["checkpoint"])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01)
+    new_version = checkpoint.save(net, tmp_path / "v2", cfg.prmu, meta["encoder"], meta["dim"], users)
+    statuses, versions, stop = [], [], threading.Event()
+
+    def traffic():
+        with httpx.Client(base_url=client.base_url, timeout=60) as c:
+            while not stop.is_set():
+                r = c.post("/v1/score", json={"items": [score_item("sci-fi")]})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.append(r.json()["model_version"])
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(versions) >= 5, 60)
+    deploy(cfg, str(tmp_path / "v2"), token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
+    assert wait_for(lambda: client.get("/v1/model").json()["version"] == new_version, 60)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert versions[0] == result["version"] and versions[-1] == new_version
+    assert set(versions) == {result["version"], new_version}
+    deploy(cfg, result["checkpoint"], token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
+    assert wait_for(lambda: client.get("/v1/model").json()["version"] == result["version"], 60)
+
+
+def test_metrics_on_rays_endpoint_and_ingress(service, ray_cluster):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, _, client = service
+    for _ in range(3):
+        client.post("/v1/score", json={"items": [score_item("sci-fi")]})
+    client.post("/v1/score", json={"items": []})
+    url = f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics"
+
+    def routes(found):
+        return {(s.labels.get("route"), s.labels.get("code")) for s in found["ray_tagpr_reward_requests"].samples}
+
+    def families():
+        text = httpx.get(url, timeout=10).text
+        found = {f.name: f for f in text_string_to_metric_families(text)}
+        if {"ray_tagpr_reward_requests", "ray_tagpr_prmu_batch_size", "ray_tagpr_prmu_model_info"} <= set(found):
+            return found if {("/v1/score", "200"), ("/v1/score", "422")} <= routes(found) else None
+        return None
+
+    found = wait_for(families, 60, 2.0)
+    assert found, "tagpr request series (200 and 422) never appeared on Ray's metrics endpoint"
+    assert any(s.name.endswith("_count") and s.value > 0 for s in found["ray_tagpr_prmu_batch_size"].samples)
+    ingress = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert any(s.labels.get("route") == "/v1/score" for s in ingress["tagpr_ingress_requests"].samples)
+
+
+def test_service_binds_loopback_by_default():
+    assert load_config().service.host == "127.0.0.1"
