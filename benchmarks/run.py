@@ -1,6 +1,6 @@
 """Run every ``benchmarks/bench_*.py``; write ``results/<name>.json``, ``<name>.png`` and ``summary.md``.
 
-A benchmark module defines ``run() -> dict`` returning at least ``name``, ``figure`` (what the
+A benchmark module defines ``run()`` returning a result dict (or a list of them) with at least ``name``, ``figure`` (what the
 ratio means), ``ratio``, ``target`` (a comparison such as ``"<= 0.25"``) and ``details``, and
 ``plot(result, path)``. Ratios are measured side by side in one process, so machine noise cancels
 as far as it can; absolute times are kept in ``details`` for context only.
@@ -45,12 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     for mod_name in modules:
         mod = importlib.import_module(f"benchmarks.{mod_name}")
         print(f"running {mod_name} ...", flush=True)
-        result = mod.run()
-        result.update(machine=machine(), date=dt.date.today().isoformat(), met=meets(result["ratio"], result["target"]))
-        (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
-        mod.plot(result, RESULTS / f"{result['name']}.png")
-        rows.append(result)
-        print(f"  {result['figure']}: {result['ratio']:.3f} (target {result['target']})", flush=True)
+        results = mod.run()
+        for result in results if isinstance(results, list) else [results]:
+            result.update(machine=machine(), date=dt.date.today().isoformat(),
+                          met=meets(result["ratio"], result["target"]))
+            (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
+            mod.plot(result, RESULTS / f"{result['name']}.png")
+            rows.append(result)
+            print(f"  {result['figure']}: {result['ratio']:.3f} (target {result['target']})", flush=True)
     table = ["| benchmark | figure | ratio | target | met | machine | date |", "|---|---|---|---|---|---|---|"]
     for name in sorted(p.stem for p in RESULTS.glob("*.json")):
         r = json.loads((RESULTS / f"{name}.json").read_text())

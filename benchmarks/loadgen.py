@@ -1,0 +1,86 @@
+"""A bounded HTTP load generator, run as its own process so it does not share the server's GIL.
+
+    python -m benchmarks.loadgen --url http://127.0.0.1:8000/v1/score --payloads P.json \\
+        --concurrency 32 --duration 8 [--token-env VAR]
+
+Each of ``concurrency`` workers posts payloads from the file in turn (a fresh ``{i}`` in every
+text keeps the encoder cache honest) until ``duration`` seconds pass; prints one JSON line with
+requests/s, items/s, latency percentiles and error counts. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from urllib.parse import urlparse
+
+import httpx
+
+
+def _fill(payload: dict, i: int) -> dict:
+    return json.loads(json.dumps(payload).replace("{i}", str(i)))
+
+
+async def run(url: str, payloads: list[dict], concurrency: int, duration: float, token: str | None) -> dict:
+    host = urlparse(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"refusing to load a non-loopback host: {host}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    latencies: list[float] = []
+    items = 0
+    errors: dict[str, int] = {}
+    counter = 0
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
+        async def worker() -> None:
+            nonlocal items, counter
+            while time.perf_counter() < deadline:
+                counter += 1
+                payload = _fill(payloads[counter % len(payloads)], counter)
+                start = time.perf_counter()
+                try:
+                    r = await client.post(url, json=payload)
+                    code = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                latencies.append(time.perf_counter() - start)
+                if code == "200":
+                    items += len(payload.get("items", ())) or 1
+                else:
+                    errors[code] = errors.get(code, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
+
+    return {"concurrency": concurrency, "seconds": elapsed, "requests": len(lat), "requests_per_s": len(lat) / elapsed,
+            "items_per_s": items / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "errors": errors}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", required=True)
+    p.add_argument("--payloads", required=True, help="JSON file with a list of request bodies")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--token-env", default=None)
+    args = p.parse_args()
+    with open(args.payloads) as fh:
+        payloads = json.load(fh)
+    token = os.environ.get(args.token_env) if args.token_env else None
+    print(json.dumps(asyncio.run(run(args.url, payloads, args.concurrency, args.duration, token))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
