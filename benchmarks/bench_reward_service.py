@@ -1,14 +1,20 @@
 """The reward service under load: batching vs one item per request, and the cost of serving.
 
 One run, one Ray cluster, two Serve applications of the same PRMU checkpoint side by side:
-``/batched`` (``@serve.batch``, up to 32 items a forward pass) and ``/single`` (one item per
-forward pass, the way a plain OpenRLHF-style reward server works). A second process sends
-single-item ``/v1/score`` requests at concurrency 1, 8, 32 and 128. Then the same model scores
-the same kind of items in-process, 32 at a time, with no HTTP at all.
+
+- ``/batched``: the service as shipped. Clients send what a rollout worker sends, one GRPO group
+  (``GROUP`` responses to one prompt) per request, and ``@serve.batch`` merges concurrent
+  requests into forward passes of up to 32 items.
+- ``/single``: the same model served one item per request and per forward pass, the way a plain
+  per-sample reward server works; clients send the same items one per request.
+
+A second process drives each at concurrency 1, 8, 32 and 128 (``benchmarks/loadgen.py``). Then
+the same model scores the same kind of items in-process, 32 at a time, with no HTTP at all.
 
 Figures: (a) items/s at c=32, batched / single (target >= 4); (b) items/s at c=32, batched
-service / in-process forward passes of batch 32 (target >= 0.8). The PRMU reads the reasoning
-too (``prmu.include_reasoning``), as it does when it scores full tagged responses.
+service / in-process forward passes of batch 32 (target >= 0.8). ``TAGPR_BENCH_REASONING=true``
+makes the PRMU read the reasoning too, which turns a cheap, overhead-bound model into a
+compute-bound one; the default config does not.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import time
 from pathlib import Path
 
 LEVELS = (1, 8, 32, 128)
+GROUP = 8
 DURATION = float(os.environ.get("TAGPR_BENCH_SECONDS", "8"))
 REASONING = ("<examine_examples>Past films {i}: {a}; {b}.</examine_examples><identify_patterns>The user tags "
              "{t} whenever it appears.</identify_patterns><infer_preference>Prefers {t}.</infer_preference>"
              "<compare_options>{t} against the other themes of this film.</compare_options><answer>{t}</answer>")
 
 
-def _payloads() -> list[dict]:
+def _payloads(group: int) -> list[dict]:
     from tagpr.config import SyntheticConfig
     from tagpr.lamp.synthetic import generate_split
 
@@ -39,8 +46,9 @@ def _payloads() -> list[dict]:
         gold = split.golds[q["id"]]
         p = q["profile"]
         response = REASONING.replace("{a}", p[0]["description"]).replace("{b}", p[1]["description"])
-        out.append({"items": [{"task": "LaMP_2", "input": q["input"], "profile": p,
-                               "response": response.replace("{t}", gold)}]})
+        item = {"task": "LaMP_2", "input": q["input"], "profile": p, "response": response.replace("{t}", gold)}
+        out.append({"items": [{**item, "response": item["response"].replace("{i}", f"{{i}}-{k}")}
+                              for k in range(group)]})
     return out
 
 
@@ -60,8 +68,10 @@ def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds:
 
     scorer = PRMUScorer.load(checkpoint_dir)
     tags = TagSet(load_config().tags)
-    items, n, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    n = 0
+
+    def one_batch() -> None:
+        nonlocal n
         examples = []
         for _ in range(batch):
             n += 1
@@ -69,8 +79,54 @@ def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds:
             j = judge(tags, RewardInput(it["task"], it["response"], "", it["input"], tuple(it["profile"])))
             examples.append(example_from_judged(j, scorer.include_reasoning))
         scorer.score_examples(examples)
+
+    warm_until = time.perf_counter() + 2.0  # as the services get a warm-up run
+    while time.perf_counter() < warm_until:
+        one_batch()
+    items, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one_batch()
         items += batch
     return {"batch": batch, "items_per_s": items / (time.perf_counter() - start)}
+
+
+def _variant(reasoning: bool, port: int, tmp: Path) -> dict:
+    """Deploy both apps for one PRMU config, drive them, and measure the in-process baseline."""
+    from ray import serve
+
+    from services.reward.deploy import deploy
+    from tagpr.config import load_config
+    from tagpr.prmu import checkpoint
+
+    tag = "reasoning" if reasoning else "answer"
+    cfg = load_config(None, [f"prmu.include_reasoning={str(reasoning).lower()}", "service.max_batch_size=32",
+                             "service.batch_wait_timeout_s=0.005", "service.min_replicas=1",
+                             "service.max_replicas=1", "service.limits.max_batch_items=64"])
+    ckpt = tmp / f"prmu-{tag}"
+    version = checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
+    payloads = {"batched": _payloads(GROUP), "single": _payloads(1)}
+    levels: dict[str, list[dict]] = {}
+    for app, body in payloads.items():
+        name = f"bench-{tag}-{app}"
+        deploy(cfg, str(ckpt), token_env="TAGPR_BENCH_NO_TOKEN", batching=app == "batched", name=name,
+               route_prefix=f"/{name}")
+        file = tmp / f"{name}.json"
+        file.write_text(json.dumps(body))
+        url = f"http://127.0.0.1:{port}/{name}/v1/score"
+        _load(url, file, 8, 2.0)  # warm-up
+        levels[app] = [_load(url, file, c, DURATION) for c in LEVELS]
+        serve.delete(name)
+        for r in levels[app]:
+            print(f"  {tag:9s} {app:8s} c={r['concurrency']:<4d} {r['items_per_s']:7.1f} items/s  "
+                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
+    raw = _in_process(ckpt, payloads["single"], cfg.service.max_batch_size, DURATION)
+    print(f"  {tag:9s} in-process batch {raw['batch']}: {raw['items_per_s']:.1f} items/s", flush=True)
+    at32 = {app: next(r for r in rs if r["concurrency"] == 32) for app, rs in levels.items()}
+    return {"levels": levels, "in_process": raw, "model_version": version, "include_reasoning": reasoning,
+            "group_size": GROUP, "seconds_per_level": DURATION, "p99_ms_at_32_batched": at32["batched"]["p99_ms"],
+            "errors": sum(sum(r["errors"].values()) for rs in levels.values() for r in rs),
+            "batching_ratio": at32["batched"]["items_per_s"] / at32["single"]["items_per_s"],
+            "overhead_ratio": at32["batched"]["items_per_s"] / raw["items_per_s"]}
 
 
 def run() -> list[dict]:
@@ -78,48 +134,26 @@ def run() -> list[dict]:
     import ray
     from ray import serve
 
-    from services.reward.deploy import deploy
-    from tagpr.config import load_config
-    from tagpr.prmu import checkpoint
     from tests.integration.conftest import free_port
 
-    cfg = load_config(None, ["prmu.include_reasoning=true", "service.max_batch_size=32",
-                             "service.batch_wait_timeout_s=0.005", "service.min_replicas=1",
-                             "service.max_replicas=1", "service.limits.max_batch_items=64"])
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "prmu"
-        net = checkpoint.build_net(cfg.prmu, 384, 0)
-        version = checkpoint.save(net, ckpt, cfg.prmu, "minilm", 384, {})
-        payload_file = Path(tmp) / "payloads.json"
-        payloads = _payloads()
-        payload_file.write_text(json.dumps(payloads))
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy(cfg, str(ckpt), token_env="TAGPR_BENCH_NO_TOKEN", name="bench-batched", route_prefix="/batched")
-        deploy(cfg, str(ckpt), token_env="TAGPR_BENCH_NO_TOKEN", batching=False, name="bench-single",
-               route_prefix="/single")
-        base = f"http://127.0.0.1:{port}"
-        levels: dict[str, list[dict]] = {}
-        for app in ("batched", "single"):
-            _load(f"{base}/{app}/v1/score", payload_file, 8, 2.0)  # warm-up
-            levels[app] = [_load(f"{base}/{app}/v1/score", payload_file, c, DURATION) for c in LEVELS]
-            for r in levels[app]:
-                print(f"  {app:8s} c={r['concurrency']:<4d} {r['items_per_s']:7.1f} items/s  "
-                      f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            answer = _variant(False, port, Path(tmp))
+            reasoning = _variant(True, port, Path(tmp))
+    finally:
         serve.shutdown()
         ray.shutdown()
-        raw = _in_process(ckpt, payloads, cfg.service.max_batch_size, DURATION)
-    at32 = {app: next(r for r in rs if r["concurrency"] == 32) for app, rs in levels.items()}
-    errors = sum(sum(r["errors"].values()) for rs in levels.values() for r in rs)
-    details = {"levels": levels, "in_process": raw, "model_version": version, "seconds_per_level": DURATION,
-               "p99_ms_at_32_batched": at32["batched"]["p99_ms"], "errors": errors}
     return [
         {"name": "reward_service_batching", "figure": "items/s at c=32, batched / one item per request",
-         "ratio": at32["batched"]["items_per_s"] / at32["single"]["items_per_s"], "target": ">= 4",
-         "details": details},
+         "ratio": answer["batching_ratio"], "target": ">= 4", "details": answer},
         {"name": "reward_service_overhead", "figure": "items/s at c=32, batched service / in-process batch 32",
-         "ratio": at32["batched"]["items_per_s"] / raw["items_per_s"], "target": ">= 0.8", "details": details},
+         "ratio": answer["overhead_ratio"], "target": ">= 0.8", "details": answer},
+        {"name": "reward_service_overhead_reasoning",
+         "figure": "same, PRMU reading the reasoning (compute-bound)",
+         "ratio": reasoning["overhead_ratio"], "target": ">= 0.8", "details": reasoning},
     ]
 
 

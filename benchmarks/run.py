@@ -1,9 +1,9 @@
-"""Run every ``benchmarks/bench_*.py``; write ``results/<name>.json``, ``<name>.png`` and ``summary.md``.
+"""Run every ``benchmarks/bench_*.py``; write ``results/<name>.json``, ``<name>.png``, ``summary.md``.
 
-A benchmark module defines ``run()`` returning a result dict (or a list of them) with at least ``name``, ``figure`` (what the
-ratio means), ``ratio``, ``target`` (a comparison such as ``"<= 0.25"``) and ``details``, and
-``plot(result, path)``. Ratios are measured side by side in one process, so machine noise cancels
-as far as it can; absolute times are kept in ``details`` for context only.
+A benchmark module defines ``run()`` returning a result dict (or a list of them) with at least
+``name``, ``figure`` (what the ratio means), ``ratio``, ``target`` (a comparison such as
+``"<= 0.25"``) and ``details``, and ``plot(result, path)``. Ratios are measured side by side in
+one run, so machine noise cancels as far as it can; absolute times stay in ``details`` as context.
 """
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def _update_readme(table: str) -> None:
+    """Replace the table between the README's bench markers with the current summary."""
+    readme = HERE.parent / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="benchmark names (default: all)")
@@ -59,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append(f"| {r['name']} | {r['figure']} | {r['ratio']:.3f} | {r['target']} | "
                      f"{'yes' if r['met'] else 'no'} | {r['machine']} | {r['date']} |")
     (RESULTS / "summary.md").write_text("\n".join(table) + "\n")
+    _update_readme("\n".join(table))
     print("\n".join(table))
     return 0 if all(r["met"] for r in rows) else 1
 

@@ -64,6 +64,16 @@ def step_model(ctx: RunContext) -> dict[str, Any]:
     return {"policy": str(path), "built": True}
 
 
+@STEPS.register("prmu")
+def step_prmu(ctx: RunContext) -> dict[str, Any]:
+    """Train the PRMU on Ray Train into ``<run dir>/prmu`` and evaluate it on held-out users."""
+    from tagpr.jobs.prmu import train
+
+    result = train(ctx.cfg, log=ctx.log, run_dir=ctx.run_dir)
+    ctx.log(f"prmu: pairwise accuracy {result['prmu']['all']:.3f} vs user-blind {result['user_blind']['all']:.3f}")
+    return result
+
+
 def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] = print) -> RunContext:
     funcs = [(name, STEPS.get(name)) for name in steps]  # unknown names fail before any work
     ctx = RunContext(cfg, new_run_dir(cfg, "run"), log)

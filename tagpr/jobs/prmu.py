@@ -25,13 +25,15 @@ def _encoder(cfg: TagPRConfig) -> SentenceEncoder:
     return SentenceEncoder(p.encoder, p.max_length, cache_size=p.embedding_cache, allow_hub=cfg.model.allow_hub)
 
 
-def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
-    """Train a PRMU on the train split, evaluate it on held-out dev users, write the checkpoint."""
+def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
+          run_dir: Path | None = None) -> dict:
+    """Train a PRMU on the train split, evaluate it on held-out dev users, write the checkpoint
+    (default ``<run dir>/prmu``; a new run directory unless one is given)."""
     from actors.cluster import connect
     from actors.prmu_trainer import train_on_ray
 
     start = time.perf_counter()
-    run_dir = new_run_dir(cfg, "prmu")
+    run_dir = run_dir or new_run_dir(cfg, "prmu")
     out = Path(out) if out else run_dir / "prmu"
     d, p = cfg.data, cfg.prmu
     encoder = _encoder(cfg)

@@ -159,6 +159,13 @@ def test_bad_input_is_a_client_error_and_the_service_keeps_serving(service, path
     assert client.post("/v1/score", json={"items": [score_item("sci-fi")]}).status_code == 200
 
 
+def test_openapi_documents_every_route(service):
+    _, _, client = service
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/score", "/v1/reward", "/get_reward", "/healthz", "/readyz", "/v1/model"} <= set(spec["paths"])
+    assert "ScoreRequest" in spec["components"]["schemas"] and client.get("/docs").status_code == 200
+
+
 def test_malformed_json_and_wrong_method(service):
     _, _, client = service
     r = client.post("/v1/score", content=b'{"items": [', headers={"content-type": "application/json"})
