@@ -118,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = run_pipeline(cfg, steps, log=console.print)
     if "data" in ctx.results:
         _print_baselines(ctx.results["data"]["baselines"], cfg.data.dev_split, console)
+    if "prmu" in ctx.results:
+        _print_prmu(ctx.results["prmu"], console)
     console.print(f"run finished in {time.perf_counter() - start:.1f}s: {ctx.run_dir}")
     return 0
 
