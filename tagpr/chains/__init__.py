@@ -1,0 +1,1 @@
+"""Tagged-thought data: teachers write reasoning, labelers tag its steps, a filter keeps good chains."""
