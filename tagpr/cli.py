@@ -207,6 +207,40 @@ def cmd_prmu_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- chains
+
+
+def cmd_chains_generate(args: argparse.Namespace) -> int:
+    from tagpr.jobs.chains import generate
+
+    console = _console()
+    summary = generate(_load(args), log=console.print)
+    for split, s in summary.items():
+        console.print(f"{split}: {s['chains']} chains ({s['kept_this_run']} kept this run, dropped "
+                      f"{s['dropped_this_run']}) in {s['seconds']}s")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from tagpr.jobs.sft import train
+
+    console = _console()
+    result = train(_load(args), args.out, log=console.print)
+    for when in ("before", "after"):
+        if when in result:
+            r = result[when]
+            console.print(f"{when} SFT: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
+                          + ", ".join(f"{t} {v[get_primary(t)]:.3f}" for t, v in r["tasks"].items()))
+    console.print(f"policy {result['policy']} ({result['seconds']}s)")
+    return 0
+
+
+def get_primary(task: str) -> str:
+    from tagpr.lamp.tasks import get_task
+
+    return get_task(task).primary_metric
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -321,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     peval.add_argument("--split", help="split to evaluate (default: data.dev_split)")
     peval.add_argument("--out", help="write the result here as JSON")
     peval.set_defaults(func=cmd_prmu_eval)
+
+    chains = sub.add_parser("chains", help="tagged-thought chains").add_subparsers(dest="action", required=True)
+    cgen = chains.add_parser("generate", help="generate, label and filter chains on Ray Data (resumable)")
+    _config_args(cgen)
+    cgen.set_defaults(func=cmd_chains_generate)
+
+    sft = sub.add_parser("sft", help="SFT on the tagged chains (Ray Train), evaluated on dev before and after")
+    _config_args(sft)
+    sft.add_argument("--out", help="policy folder (default: <run dir>/policy)")
+    sft.set_defaults(func=cmd_sft)
 
     serve_p = sub.add_parser("serve", help="services").add_subparsers(dest="action", required=True)
     sprmu = serve_p.add_parser("prmu", help="serve the PRMU reward service over HTTP (Ray Serve)")

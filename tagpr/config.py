@@ -92,6 +92,7 @@ class DataConfig(Section):
     train_split: str = "train"
     dev_split: str = "dev"
     skip_invalid: bool = False
+    prompt_profile_items: int = Field(8, ge=0, description="profile items shown in the policy prompt")
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @model_validator(mode="after")
@@ -213,12 +214,37 @@ class LoraConfig(Section):
 
 
 class SFTConfig(Section):
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(6, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(16, ge=1)
     max_length: int = Field(1024, ge=16)
     packing: bool = False
+    num_workers: int = Field(1, ge=1, le=64, description="Ray Train workers (DDP over gloo on CPUs)")
+    resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
+    eval_limit: int = Field(0, ge=0, description="dev questions generated after training (0: all)")
     lora: LoraConfig = LoraConfig()
+
+
+class ChainsConfig(Section):
+    """Tagged-chain generation (TAGPR.md section 5)."""
+
+    teacher: str = Field("programmatic", description="registered teacher: programmatic, openai")
+    labeler: str = Field("embedding", description="registered labeler")
+    samples_per_question: int = Field(2, ge=1)
+    mistake_rate: float = Field(0.15, ge=0, le=1, description="programmatic teacher: wrong answers/steps")
+    min_score: dict[str, float] = Field(
+        default_factory=lambda: {"classification": 1.0, "rating": 1.0, "generation": 0.7},
+        description="task metric a chain's answer must reach, per task type")
+    out: str = "data/chains"
+    batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _types(self) -> "ChainsConfig":
+        missing = {"classification", "rating", "generation"} - set(self.min_score)
+        if missing:
+            raise ValueError(f"min_score needs a threshold for {sorted(missing)}")
+        return self
 
 
 # ---------------------------------------------------------------- the Ray roles
@@ -297,6 +323,7 @@ class TagPRConfig(Section):
     tags: TagsConfig
     reward: RewardConfig = RewardConfig()
     prmu: PRMUConfig = PRMUConfig()
+    chains: ChainsConfig = ChainsConfig()
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
     rollout: RolloutConfig = RolloutConfig()

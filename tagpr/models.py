@@ -123,7 +123,7 @@ def resolve_model_path(name_or_path: str, allow_hub: bool) -> str:
     if path.exists():
         if not (path / "config.json").exists():
             raise TagPRError(f"model folder {path} has no config.json (is it an HF model folder?)")
-        return str(path)
+        return str(path.resolve())  # absolute: Ray workers do not share the driver's working directory
     if not allow_hub:
         raise TagPRError(
             f"model {name_or_path!r} is not a local folder and hub downloads are off "

@@ -1,0 +1,165 @@
+"""Tagged-chain generation on Ray Data: generate -> label -> filter -> JSONL + stats + plot.
+
+    python -m tagpr.jobs.chains [--config C] [--set k=v]      (also `tagpr chains generate`)
+
+Per split, ``<chains.out>/{split}.jsonl`` holds the kept chains and ``{split}.done`` the ids
+already processed (kept or dropped), so a rerun skips them: the job resumes where it stopped.
+Teacher and labeler run inside Ray Data batch workers; the filter runs on the driver because
+de-duplication is global.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tagpr.config import TagPRConfig
+
+
+class GenerateAndLabel:
+    """Ray Data batch UDF: teacher samples for each question, then tagged by the labeler."""
+
+    def __init__(self, config: dict[str, Any]):
+        from tagpr.chains.labelers import LABELERS
+        from tagpr.chains.teachers import TEACHERS
+        from tagpr.prmu.encoder import SentenceEncoder
+        from tagpr.tags import TagSet
+
+        cfg = TagPRConfig.model_validate(config)
+        self.n = cfg.chains.samples_per_question
+        teacher_cls = TEACHERS.get(cfg.chains.teacher)
+        if cfg.chains.teacher == "programmatic":
+            self.teacher = teacher_cls(cfg.data.root, cfg.chains.mistake_rate, cfg.run.seed)
+        else:
+            self.teacher = teacher_cls(cfg)
+        encoder = SentenceEncoder(cfg.prmu.encoder, cfg.prmu.max_length, allow_hub=cfg.model.allow_hub)
+        self.labeler = LABELERS.get(cfg.chains.labeler)(TagSet(cfg.tags), encoder)
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        from tagpr.chains.teachers import TeacherRequest, split_answer
+
+        reqs = [TeacherRequest(r.id, r.task, r.input, tuple(json.loads(r.profile)), r.user_id or None)
+                for r in batch.itertuples()]
+        outs = self.teacher.generate(reqs, self.n)
+        rows, items = [], []
+        for (_, r), out in zip(batch.iterrows(), outs):
+            if not out.samples:
+                rows.append({**r.to_dict(), "response": "", "error": ",".join(out.errors) or "no sample"})
+                items.append(("", None))
+            for sample in out.samples:
+                reasoning, answer = split_answer(sample)
+                rows.append({**r.to_dict(), "response": "", "error": "" if answer else "no answer"})
+                items.append((reasoning, answer))
+        labeled = self.labeler.label([(r, a or "") for r, a in items])
+        for row, text, (_, answer) in zip(rows, labeled, items):
+            if answer:
+                row["response"] = text
+        return pd.DataFrame(rows)
+
+
+def _records(cfg: TagPRConfig, split: str, done: set[str]) -> list[dict[str, Any]]:
+    from tagpr.lamp.io import load_split
+
+    rows = []
+    for task in cfg.data.tasks:
+        s = load_split(cfg.data.root, task, split, cfg.data.skip_invalid)
+        for q in s.questions:
+            key = f"{task}/{q.id}"
+            if key not in done:
+                rows.append({"key": key, "id": q.id, "task": task, "input": q.input, "gold": s.golds[q.id],
+                             "user_id": q.user_id or "", "profile": json.dumps(list(q.profile))})
+    return rows
+
+
+def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict:
+    import ray
+
+    from actors.cluster import connect
+    from tagpr.chains.filter import ChainFilter
+    from tagpr.tags import TagSet
+
+    out = Path(cfg.chains.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Ray workers do not share the driver's working directory.
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(Path(cfg.data.root).resolve())})})
+    tags = TagSet(cfg.tags)
+    connect(cfg.cluster)
+    summary: dict[str, Any] = {}
+    for split in splits or [cfg.data.train_split, cfg.data.dev_split]:
+        start = time.perf_counter()
+        chains_path, done_path = out / f"{split}.jsonl", out / f"{split}.done"
+        done = set(done_path.read_text().split()) if done_path.exists() else set()
+        flt = ChainFilter(tags, cfg.chains.min_score, cfg.reward.generation_metric)
+        if chains_path.exists():
+            flt.seen.update(" ".join(json.loads(line)["response"].split()) for line in chains_path.open())
+        todo = _records(cfg, split, done)
+        log(f"chains {split}: {len(todo)} questions to do, {len(done)} already done")
+        if todo:
+            ds = ray.data.from_items(todo).map_batches(
+                GenerateAndLabel, fn_constructor_kwargs={"config": cfg.model_dump(mode="json")},
+                batch_size=cfg.chains.batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=1))
+            with chains_path.open("a") as chains, done_path.open("a") as done_file:
+                for batch in ds.iter_batches(batch_size=cfg.chains.batch_size, batch_format="pandas"):
+                    for r in batch.to_dict("records"):
+                        if r["error"]:
+                            flt.stats.dropped[r["error"]] += 1
+                        elif not flt.keep([r]):
+                            continue
+                        else:
+                            chains.write(json.dumps({k: r[k] for k in ("id", "task", "input", "gold", "user_id",
+                                                                          "profile", "response")}) + "\n")
+                    done_file.write("".join(f"{k}\n" for k in dict.fromkeys(batch["key"])))
+                    chains.flush()
+                    done_file.flush()
+        summary[split] = _stats(cfg, chains_path, flt, time.perf_counter() - start)
+    (out / "stats.json").write_text(json.dumps(summary, indent=1))
+    _plot(summary, out / "tag_distribution.png")
+    return summary
+
+
+def _stats(cfg: TagPRConfig, path: Path, flt, seconds: float) -> dict[str, Any]:
+    from tagpr.tags import TagSet
+
+    chains = [json.loads(line) for line in path.open()] if path.exists() else []
+    tags = TagSet(cfg.tags)
+    return {"chains": len(chains), "kept_this_run": flt.stats.kept, "dropped_this_run": dict(flt.stats.dropped),
+            "per_task": dict(Counter(c["task"] for c in chains)),
+            "tag_distribution": dict(tags.distribution([c["response"] for c in chains])),
+            "seconds": round(seconds, 1)}
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / max(len(summary), 1)
+    for i, (split, s) in enumerate(summary.items()):
+        names = list(s["tag_distribution"])
+        ax.bar([x + i * width for x in range(len(names))], list(s["tag_distribution"].values()), width, label=split)
+        ax.set_xticks([x + width * (len(summary) - 1) / 2 for x in range(len(names))], names, rotation=30,
+                      ha="right", fontsize=8)
+    ax.set_ylabel("sections")
+    ax.set_title("Tag distribution of kept chains")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tagpr.cli import main as cli_main
+
+    return cli_main(["chains", "generate", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

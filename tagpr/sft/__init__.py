@@ -1,0 +1,1 @@
+"""Supervised fine-tuning on tagged chains: tokenization with assistant-only labels, the loss, evaluation."""
