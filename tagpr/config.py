@@ -226,6 +226,21 @@ class SFTConfig(Section):
     lora: LoraConfig = LoraConfig()
 
 
+class OpenAITeacherConfig(Section):
+    """An OpenAI-compatible chat endpoint (``vllm serve``, a hosted API) used as the teacher."""
+
+    base_url: str = "http://127.0.0.1:8001/v1"
+    model: str = "Qwen/Qwen3-8B"
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the key (unset: no key sent)")
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120, gt=0)
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    rate_limit_rps: float = Field(0, ge=0, description="requests per second at most (0: no limit)")
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(1024, ge=1)
+
+
 class ChainsConfig(Section):
     """Tagged-chain generation (TAGPR.md section 5)."""
 
@@ -238,6 +253,7 @@ class ChainsConfig(Section):
         description="task metric a chain's answer must reach, per task type")
     out: str = "data/chains"
     batch_size: int = Field(64, ge=1)
+    openai: OpenAITeacherConfig = OpenAITeacherConfig()
 
     @model_validator(mode="after")
     def _types(self) -> "ChainsConfig":

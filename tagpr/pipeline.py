@@ -74,6 +74,22 @@ def step_prmu(ctx: RunContext) -> dict[str, Any]:
     return result
 
 
+@STEPS.register("chains")
+def step_chains(ctx: RunContext) -> dict[str, Any]:
+    """Tagged chains on Ray Data into ``chains.out`` (resumes where an earlier run stopped)."""
+    from tagpr.jobs.chains import generate
+
+    return generate(ctx.cfg, log=ctx.log)
+
+
+@STEPS.register("sft")
+def step_sft(ctx: RunContext) -> dict[str, Any]:
+    """SFT on the chains (Ray Train) into ``<run dir>/policy``, evaluated on dev before and after."""
+    from tagpr.jobs.sft import train
+
+    return train(ctx.cfg, log=ctx.log, run_dir=ctx.run_dir)
+
+
 def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] = print) -> RunContext:
     funcs = [(name, STEPS.get(name)) for name in steps]  # unknown names fail before any work
     ctx = RunContext(cfg, new_run_dir(cfg, "run"), log)

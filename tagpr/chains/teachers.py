@@ -103,6 +103,96 @@ class ProgrammaticTeacher(Teacher):
         return "\n".join(reasoning) + f"\nAnswer: {answer}"
 
 
+TEACHER_PROMPT = (
+    "You are given a user's history and a task. Reason step by step, one step per line, about what the "
+    "history shows of this user's preferences, then give the final answer on the last line as "
+    "'Answer: <answer>'. The answer must follow the task's format exactly."
+)
+
+
+@TEACHERS.register("openai")
+class OpenAITeacher(Teacher):
+    """Any OpenAI-compatible ``/chat/completions`` endpoint, with concurrency, retries and a rate limit.
+
+    Malformed or empty replies (no ``Answer:`` line, an error body) are counted in the output's
+    ``errors`` and dropped; they never stop the run.
+    """
+
+    name = "openai"
+
+    def __init__(self, cfg, client=None):
+        import os
+        import threading
+
+        import httpx
+
+        self.cfg = cfg.chains.openai
+        self.max_items = cfg.data.prompt_profile_items
+        key = os.environ.get(self.cfg.api_key_env, "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = client or httpx.Client(base_url=self.cfg.base_url.rstrip("/"), headers=headers,
+                                           timeout=self.cfg.timeout_s)
+        self._lock, self._next = threading.Lock(), 0.0
+
+    def _wait_turn(self) -> None:
+        import time
+
+        if not self.cfg.rate_limit_rps:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + 1.0 / self.cfg.rate_limit_rps
+        time.sleep(max(0.0, slot - now))
+
+    def _ask(self, req: TeacherRequest, n: int) -> TeacherOutput:
+        import time
+
+        import httpx
+
+        from tagpr.prompts import user_message
+
+        out = TeacherOutput(req.id)
+        body = {"model": self.cfg.model, "n": n, "temperature": self.cfg.temperature,
+                "max_tokens": self.cfg.max_tokens,
+                "messages": [{"role": "system", "content": TEACHER_PROMPT},
+                             {"role": "user", "content": user_message(req.task, req.input, req.profile,
+                                                                      self.max_items)}]}
+        for attempt in range(self.cfg.retries + 1):
+            if attempt:
+                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
+            self._wait_turn()
+            try:
+                resp = self.http.post("/chat/completions", json=body)
+            except httpx.HTTPError:
+                out.errors["connection"] += 1
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                out.errors[f"http {resp.status_code}"] += 1
+                continue
+            try:
+                choices = resp.json()["choices"] if resp.status_code == 200 else None
+            except (ValueError, KeyError, TypeError):
+                choices = None
+            if not choices:
+                out.errors[f"bad reply (http {resp.status_code})"] += 1
+                return out
+            for choice in choices:
+                text = ((choice.get("message") or {}).get("content") or "").strip()
+                if split_answer(text)[1]:
+                    out.samples.append(text)
+                else:
+                    out.errors["malformed"] += 1
+            return out
+        return out
+
+    def generate(self, requests, n):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+            return list(pool.map(lambda r: self._ask(r, n), requests))
+
+
 def _quote(profile: Sequence[Mapping[str, Any]], field_: str, k: int = 2) -> str:
     return "; ".join(f'"{p.get(field_, "")}"' for p in profile[:k])
 

@@ -1,0 +1,108 @@
+"""Programmatic teacher, embedding labeler, filter, prompts and SFT tokenization (no Ray)."""
+
+import json
+
+import pytest
+
+from tagpr.chains.filter import ChainFilter
+from tagpr.chains.labelers import EmbeddingLabeler, lead, merge_runs, split_steps
+from tagpr.chains.teachers import ProgrammaticTeacher, TeacherRequest, split_answer
+from tagpr.config import SyntheticConfig
+from tagpr.lamp.io import load_split
+from tagpr.lamp.synthetic import write_synthetic
+from tagpr.prmu.encoder import SentenceEncoder
+from tagpr.prompts import messages, user_message
+from tagpr.sft.data import IGNORE, collate, pack, tokenize_chains
+
+ALL = [f"LaMP_{k}" for k in range(1, 8)]
+MIN = {"classification": 1.0, "rating": 1.0, "generation": 0.7}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = tmp_path_factory.mktemp("lamp")
+    write_synthetic(r, SyntheticConfig(seed=2, users={"train": 6, "dev": 2}, questions_per_user=2, profile_size=6), ALL)
+    return r
+
+
+def requests(root, task, split="train"):
+    s = load_split(root, task, split)
+    return s, [TeacherRequest(q.id, task, q.input, q.profile, q.user_id) for q in s.questions]
+
+
+@pytest.mark.parametrize("task", ALL)
+def test_programmatic_teacher_answers_from_latent_preferences(root, task):
+    s, reqs = requests(root, task)
+    outs = ProgrammaticTeacher(str(root), mistake_rate=0.0).generate(reqs, 2)
+    for req, out in zip(reqs, outs):
+        assert len(out.samples) == 2 and not out.errors
+        reasoning, answer = split_answer(out.samples[0])
+        assert answer == s.golds[req.id] and "<" not in reasoning  # plain, untagged prose
+        assert len(reasoning.splitlines()) >= 5
+
+
+def test_mistakes_and_unknown_users(root):
+    s, reqs = requests(root, "LaMP_2")
+    outs = ProgrammaticTeacher(str(root), mistake_rate=1.0).generate(reqs, 1)
+    assert all(split_answer(o.samples[0])[1] != s.golds[r.id] for r, o in zip(reqs, outs))
+    stranger = TeacherRequest("x", "LaMP_2", reqs[0].input, reqs[0].profile, "nobody")
+    out = ProgrammaticTeacher(str(root)).generate([stranger], 1)[0]
+    assert out.samples == [] and out.errors["unknown user"] == 1
+
+
+def test_split_and_merge():
+    assert split_answer("a\nb\nAnswer: [1]") == ("a\nb", "[1]")
+    assert split_answer("no answer here")[1] is None
+    assert split_steps("One step. Two steps! Three?") == ["One step.", "Two steps!", "Three?"]
+    assert split_steps("line one. still one\nline two") == ["line one. still one", "line two"]
+    assert merge_runs([("a", "x"), ("a", "y"), ("b", "z"), ("a", "w")]) == [("a", "x y"), ("b", "z"), ("a", "w")]
+    assert lead("Looking through the profile, the items are: a, b") == "Looking through the profile"
+
+
+def test_embedding_labeler_yields_valid_tagged_chains(root, tagset):
+    labeler = EmbeddingLabeler(tagset, SentenceEncoder("minilm", 64))
+    flt = ChainFilter(tagset, MIN)
+    total = 0
+    for task in ALL:
+        s, reqs = requests(root, task)
+        outs = ProgrammaticTeacher(str(root), mistake_rate=0.0).generate(reqs, 1)
+        tagged = labeler.label([split_answer(o.samples[0]) for o in outs])
+        flt.keep({"task": task, "response": t, "gold": s.golds[r.id]} for t, r in zip(tagged, reqs))
+        total += len(reqs)
+    assert flt.stats.kept >= 0.9 * total, flt.stats
+
+
+def test_filter_reasons(tagset):
+    good = ("<examine_examples>a</examine_examples><identify_patterns>b</identify_patterns><infer_preference>c"
+            "</infer_preference><compare_options>d</compare_options><answer>comedy</answer>")
+    flt = ChainFilter(tagset, MIN)
+    assert flt.reason("LaMP_2", good, "comedy") is None
+    assert flt.reason("LaMP_2", good, "comedy") == "duplicate"
+    assert flt.reason("LaMP_2", good.replace("comedy", "sci-fi"), "comedy") == "low score"
+    assert flt.reason("LaMP_2", "<answer>comedy</answer>", "comedy") == "tag: required"
+    assert flt.reason("LaMP_2", good.replace("comedy", "not a tag"), "comedy") == "unparsed"
+    assert flt.reason("LaMP_2", good.replace("</answer>", ""), "comedy") == "unparsed"
+
+
+def test_prompt_and_sft_tokenization(root, tagset, tmp_path, cfg):
+    from tagpr.models import build_tiny_policy
+    from transformers import AutoTokenizer
+
+    s, reqs = requests(root, "LaMP_2")
+    text = user_message("LaMP_2", reqs[0].input, reqs[0].profile, 3)
+    assert text.count("\n1. ") == 1 and "\n3. " in text and "\n4. " not in text and text.endswith(reqs[0].input)
+    assert messages(tagset, "LaMP_2", "x", [], 0)[0]["role"] == "system"
+    tok = AutoTokenizer.from_pretrained(build_tiny_policy(cfg.model, cfg.tags, tmp_path / "p"))
+    chains = [{"task": "LaMP_2", "input": r.input, "profile": json.dumps(list(r.profile)),
+               "response": "<summarize>x</summarize><answer>comedy</answer>"} for r in reqs[:3]]
+    data = tokenize_chains(chains, tok, tagset, 8, 1024)
+    assert len(data) == 3 and data.skipped_too_long == 0
+    ids, labels = data.input_ids[0], data.labels[0]
+    target = [i for i, lab in zip(ids, labels) if lab != IGNORE]
+    assert tok.decode(target) == "<summarize>x</summarize><answer>comedy</answer><|im_end|>"
+    assert labels[: len(ids) - len(target)] == [IGNORE] * (len(ids) - len(target))
+    assert tokenize_chains(chains, tok, tagset, 8, 20).skipped_too_long == 3
+    batch = collate(data.input_ids[:2], data.labels[:2], tok.pad_token_id)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    packed = pack(data, 4096)
+    assert len(packed) == 1 and len(packed.input_ids[0]) == sum(len(x) for x in data.input_ids)
