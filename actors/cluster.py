@@ -25,3 +25,15 @@ def connect(cfg: ClusterConfig, **kwargs):
             init_kwargs.setdefault("num_cpus", cfg.num_cpus)
     ray.init(address=address, **init_kwargs)
     return ray.get_runtime_context()
+
+
+def cpus_per_worker(num_workers: int) -> int:
+    """CPUs to give each Ray Train worker: an even share of the cluster's free CPUs, at least one.
+
+    Ray sets a worker's torch/OMP thread count from its CPU share, so one CPU per worker would run
+    a CPU training loop on one thread however many cores are free.
+    """
+    import ray
+
+    free = int(ray.available_resources().get("CPU", 1))
+    return max(1, free // max(num_workers, 1))

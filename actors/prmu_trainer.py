@@ -48,11 +48,14 @@ def train_on_ray(cfg: PRMUConfig, data: Any, dim: int, user_index: dict[str, int
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from actors.cluster import cpus_per_worker
+
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"prmu": cfg.model_dump(mode="json"), "data": ray.put(data), "dim": dim,
                            "user_index": user_index, "encoder": encoder, "backbone": backbone},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={
+            "CPU": cpus_per_worker(cfg.num_workers)}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name="prmu", storage_path=str(storage.resolve())),
     )

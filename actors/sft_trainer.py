@@ -119,11 +119,14 @@ def train_on_ray(cfg: SFTConfig, train: Any, dev: Any, policy: str, storage: Pat
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from actors.cluster import cpus_per_worker
+
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"sft": cfg.model_dump(mode="json"), "train": ray.put(train), "dev": ray.put(dev),
                            "policy": policy, "seed": seed},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={
+            "CPU": cpus_per_worker(cfg.num_workers)}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name="sft", storage_path=str(storage.resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
