@@ -57,7 +57,7 @@ def test_sft_two_workers_then_resume_and_vllm_loads(small):
     assert first["history"]["epoch"] == 1 and first["history"]["dev_loss"] > 0
     state = Path(first["policy"])
     assert (state / "model.safetensors").exists() and (state / "tokenizer.json").exists()
-    ckpts = sorted(Path(small.run.root).glob("*-sft-*/ray_train/sft/checkpoint_*"))
+    ckpts = sorted(p for p in Path(small.run.root).glob("*-sft-*/ray_train/sft/checkpoint_*") if p.is_dir())
     resumed_cfg = small.model_copy(update={"sft": small.sft.model_copy(update={
         "epochs": 2, "resume_from": str(ckpts[-1]), "num_workers": 1})})
     second = train(resumed_cfg, log=lambda _: None, evaluate=False)
