@@ -2,10 +2,12 @@
 
 Two deployments:
 
-- ``PRMUScorer``: holds the PRMU and scores lists of ``PRMUExample``; concurrent calls are
+- ``PRMUScorer``: holds the PRMU and scores lists of judged responses; concurrent calls are
   merged by ``@serve.batch`` (batch size counted in items), and it autoscales on ongoing
-  requests. A new checkpoint arrives through ``user_config`` (``reconfigure``): the model is
-  swapped in one assignment, so a batch already running finishes on the model it started with.
+  requests. Which checkpoint to serve lives in a small named actor (``CheckpointRegistry``);
+  every replica watches it and, when it changes, loads the new model beside the old one and
+  swaps it in one assignment, so a batch already running finishes on the model it started with
+  and no replica is replaced (a redeploy would restart them and could strand requests).
 - ``RewardIngress``: the FastAPI app. It validates requests, parses tagged responses, computes
   the TagPR composite reward (``tagpr.rewards``) and asks the scorer for PRMU scores.
 
@@ -24,6 +26,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Optional
 
+import ray
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -68,33 +71,63 @@ class ClientError(HTTPException):
 # ---------------------------------------------------------------- the scorer deployment
 
 
+@ray.remote(num_cpus=0)
+class CheckpointRegistry:
+    """The checkpoint an application should serve; scorer replicas poll it."""
+
+    def __init__(self, checkpoint: str):
+        self.checkpoint = checkpoint
+
+    def set(self, checkpoint: str) -> None:
+        self.checkpoint = checkpoint
+
+    def get(self) -> str:
+        return self.checkpoint
+
+
 @serve.deployment(name="PRMUScorer")
 class PRMUScorerDeployment:
-    def __init__(self):
+    def __init__(self, registry: str, poll_s: float = 1.0):
         from services.reward.metrics import ScorerMetrics
 
         self.scorer = None
         self.checkpoint: Optional[str] = None
+        self.allow_hub = False
         self.metrics = ScorerMetrics()
+        self.registry = ray.get_actor(registry)
+        self.load(ray.get(self.registry.get.remote()))
+        self._watch = asyncio.get_event_loop().create_task(self._watch_registry(poll_s))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        from tagpr.prmu.scorer import PRMUScorer
-
         self.score_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
         self.score_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
-        checkpoint = user_config["checkpoint"]
-        if checkpoint != self.checkpoint:
-            previous = self.scorer.version if self.scorer else None
-            scorer = PRMUScorer.load(checkpoint, allow_hub=bool(user_config.get("allow_hub", False)))
-            self.scorer, self.checkpoint = scorer, checkpoint  # one assignment: in-flight batches keep theirs
-            self.metrics.model(scorer.version, previous)
-            log.info("PRMU %s loaded from %s", scorer.version, checkpoint)
+        self.allow_hub = bool(user_config.get("allow_hub", False))
+
+    def load(self, checkpoint: str) -> None:
+        from tagpr.prmu.scorer import PRMUScorer
+
+        previous = self.scorer.version if self.scorer else None
+        scorer = PRMUScorer.load(checkpoint, allow_hub=self.allow_hub)
+        self.scorer, self.checkpoint = scorer, checkpoint  # one assignment: in-flight batches keep theirs
+        self.metrics.model(scorer.version, previous)
+        log.info("PRMU %s loaded from %s", scorer.version, checkpoint)
+
+    async def _watch_registry(self, poll_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(poll_s)
+            try:
+                wanted = await self.registry.get.remote()
+                if wanted != self.checkpoint:
+                    await loop.run_in_executor(None, self.load, wanted)
+            except Exception:  # a bad checkpoint keeps the current model serving
+                log.exception("could not switch the PRMU checkpoint")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda reqs: sum(len(r) for r in reqs))
     async def score_batch(self, requests: list[list[Any]]) -> list[tuple[list[float], str]]:
         scorer = self.scorer
-        flat = [e for r in requests for e in r]
-        scores = await asyncio.get_running_loop().run_in_executor(None, scorer.score_examples, flat)
+        flat = [j for r in requests for j in r]  # judged responses; the checkpoint decides what it reads
+        scores = await asyncio.get_running_loop().run_in_executor(None, scorer.score, flat)
         self.metrics.batch(len(flat), scorer.version)
         out, i = [], 0
         for r in requests:
@@ -102,8 +135,8 @@ class PRMUScorerDeployment:
             i += len(r)
         return out
 
-    async def score(self, examples: list[Any]) -> tuple[list[float], str]:
-        return await self.score_batch(examples)
+    async def score(self, judged: list[Any]) -> tuple[list[float], str]:
+        return await self.score_batch(judged)
 
     def info(self) -> dict[str, Any]:
         m = self.scorer.meta
@@ -301,11 +334,8 @@ class RewardIngress:
             self.profiles.popitem(last=False)
 
     async def _prmu(self, judged: list[Judged]) -> tuple[list[float], str]:
-        from tagpr.prmu.features import example_from_judged
-
-        examples = [example_from_judged(j, self.cfg.prmu.include_reasoning) for j in judged]
         try:
-            return await self.scorer.score.remote(examples)
+            return await self.scorer.score.remote(judged)
         except Exception as exc:  # replica died, scorer overloaded or not loaded
             log.warning("PRMU scorer unavailable: %s", exc)
             raise ClientError(503, "PRMU scorer unavailable", headers={"Retry-After": "1"}) from None

@@ -17,13 +17,31 @@ def token_digest(token_env: str) -> Optional[str]:
     return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
-def scorer_user_config(cfg: TagPRConfig, checkpoint: str) -> dict:
+def scorer_user_config(cfg: TagPRConfig) -> dict:
     s = cfg.service
-    return {"checkpoint": os.path.abspath(checkpoint), "max_batch_size": s.max_batch_size,
-            "batch_wait_timeout_s": s.batch_wait_timeout_s, "allow_hub": cfg.model.allow_hub}
+    return {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s,
+            "allow_hub": cfg.model.allow_hub}
 
 
-def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = None, batching: bool = True):
+def registry_name(app_name: str) -> str:
+    return f"{app_name}-prmu-checkpoint"
+
+
+def _registry(app_name: str, checkpoint: str):
+    """The app's checkpoint registry (a detached named actor), created or pointed at ``checkpoint``."""
+    import ray
+
+    from services.reward.app import CheckpointRegistry
+
+    path = os.path.abspath(checkpoint)
+    actor = CheckpointRegistry.options(name=registry_name(app_name), lifetime="detached",
+                                       get_if_exists=True).remote(path)
+    ray.get(actor.set.remote(path))
+    return actor
+
+
+def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = None, batching: bool = True,
+              name: str = APP_NAME):
     """The application: autoscaled, batching PRMU scorer behind the FastAPI ingress.
 
     ``batching=False`` serves one item per call (the unbatched baseline the benchmark compares with).
@@ -32,8 +50,9 @@ def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = N
     from tagpr.prmu import checkpoint as ckpt
 
     ckpt.load_meta(checkpoint)  # fail here, not in a replica, when the folder is not a checkpoint
+    _registry(name, checkpoint)
     s = cfg.service
-    user_config = scorer_user_config(cfg, checkpoint)
+    user_config = scorer_user_config(cfg)
     if not batching:
         user_config["max_batch_size"] = 1
         user_config["batch_wait_timeout_s"] = 0.0
@@ -42,23 +61,27 @@ def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = N
         autoscaling_config={"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                             "target_ongoing_requests": s.target_ongoing_requests},
         user_config=user_config,
-    ).bind()
+    ).bind(registry_name(name))
     return RewardIngress.options(max_ongoing_requests=max(4 * s.max_batch_size, 64)).bind(
         scorer, cfg.model_dump(mode="json"), token_sha256)
 
 
 def deploy(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, batching: bool = True,
            name: str = APP_NAME, route_prefix: str = "/") -> None:
-    """Deploy the application, or update a running one.
-
-    Redeploying with only a new checkpoint changes only the scorer's ``user_config``, so Serve
-    reconfigures the live replicas in place (no downtime); requests already in a batch finish on
-    the old model.
-    """
+    """Deploy the application (a redeploy replaces its replicas; use ``swap_checkpoint`` for a new model)."""
     from ray import serve
 
     digest = token_digest(token_env or cfg.service.token_env)
-    serve.run(build_app(cfg, checkpoint, digest, batching), name=name, route_prefix=route_prefix)
+    serve.run(build_app(cfg, checkpoint, digest, batching, name), name=name, route_prefix=route_prefix)
+
+
+def swap_checkpoint(checkpoint: str, name: str = APP_NAME) -> None:
+    """Serve a new checkpoint without downtime: the scorer replicas load it beside the old model
+    and switch within about a second; requests already in a batch finish on the old model."""
+    from tagpr.prmu import checkpoint as ckpt
+
+    ckpt.load_meta(checkpoint)
+    _registry(name, checkpoint)
 
 
 def serve_reward(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, batching: bool = True,

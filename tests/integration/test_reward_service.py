@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from services.reward.client import HandleRewardClient, RewardClient, RewardServiceError
-from services.reward.deploy import deploy
+from services.reward.deploy import deploy, swap_checkpoint
 from tagpr.config import load_config
 from tagpr.prmu import checkpoint
 from tagpr.prmu.scorer import PRMUScorer
@@ -227,7 +227,7 @@ def test_checkpoint_swap_under_traffic(service, tmp_path):
     for t in threads:
         t.start()
     assert wait_for(lambda: len(versions) >= 5, 60)
-    deploy(cfg, str(tmp_path / "v2"), token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
+    swap_checkpoint(str(tmp_path / "v2"), name="reward-open")
     assert wait_for(lambda: client.get("/v1/model").json()["version"] == new_version, 60)
     time.sleep(1.0)
     stop.set()
@@ -236,7 +236,7 @@ def test_checkpoint_swap_under_traffic(service, tmp_path):
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert versions[0] == result["version"] and versions[-1] == new_version
     assert set(versions) == {result["version"], new_version}
-    deploy(cfg, result["checkpoint"], token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
+    swap_checkpoint(result["checkpoint"], name="reward-open")
     assert wait_for(lambda: client.get("/v1/model").json()["version"] == result["version"], 60)
 
 

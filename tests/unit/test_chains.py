@@ -85,8 +85,9 @@ def test_filter_reasons(tagset):
 
 
 def test_prompt_and_sft_tokenization(root, tagset, tmp_path, cfg):
-    from tagpr.models import build_tiny_policy
     from transformers import AutoTokenizer
+
+    from tagpr.models import build_tiny_policy
 
     s, reqs = requests(root, "LaMP_2")
     text = user_message("LaMP_2", reqs[0].input, reqs[0].profile, 3)
