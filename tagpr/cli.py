@@ -223,6 +223,7 @@ def cmd_chains_generate(args: argparse.Namespace) -> int:
 
 def cmd_sft(args: argparse.Namespace) -> int:
     from tagpr.jobs.sft import train
+    from tagpr.lamp.tasks import get_task
 
     console = _console()
     result = train(_load(args), args.out, log=console.print)
@@ -230,15 +231,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
         if when in result:
             r = result[when]
             console.print(f"{when} SFT: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
-                          + ", ".join(f"{t} {v[get_primary(t)]:.3f}" for t, v in r["tasks"].items()))
+                          + ", ".join(f"{t} {v[get_task(t).primary_metric]:.3f}" for t, v in r["tasks"].items()))
     console.print(f"policy {result['policy']} ({result['seconds']}s)")
     return 0
-
-
-def get_primary(task: str) -> str:
-    from tagpr.lamp.tasks import get_task
-
-    return get_task(task).primary_metric
 
 
 # ---------------------------------------------------------------- serve
