@@ -226,7 +226,27 @@ class SFTConfig(Section):
     lora: LoraConfig = LoraConfig()
 
 
-class OpenAITeacherConfig(Section):
+class EngineConfig(Section):
+    """How a generation engine is built (rollout workers, the ``vllm`` teacher, evaluation)."""
+
+    kind: Literal["vllm", "hf"] = Field("vllm", description="vllm, or hf (transformers generate)")
+    max_model_len: int = Field(2048, ge=16, description="prompt + completion tokens")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU share for weights and KV cache")
+    kv_cache_gib: int = Field(1, ge=1, description="KV cache on a CPU host (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool | None = Field(None, description="skip CUDA graphs (default: on for CPU, off for GPU)")
+    seed: int = 0
+    batch_size: int = Field(32, ge=1, description="hf: prompts per generate call")
+
+
+class ChatTeacherConfig(Section):
+    """Sampling shared by the chat-model teachers (``openai``, ``vllm``)."""
+
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(1024, ge=1)
+    label_max_tokens: int = Field(256, ge=1, description="reply budget when the teacher labels steps (llm labeler)")
+
+
+class OpenAITeacherConfig(ChatTeacherConfig):
     """An OpenAI-compatible chat endpoint (``vllm serve``, a hosted API) used as the teacher."""
 
     base_url: str = "http://127.0.0.1:8001/v1"
@@ -237,15 +257,26 @@ class OpenAITeacherConfig(Section):
     retries: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0)
     rate_limit_rps: float = Field(0, ge=0, description="requests per second at most (0: no limit)")
-    temperature: float = Field(0.7, ge=0)
-    max_tokens: int = Field(1024, ge=1)
+
+
+class VLLMTeacherConfig(ChatTeacherConfig):
+    """An in-cluster pool of vLLM engines (one per Ray Data actor) used as the teacher."""
+
+    model: str = Field("artifacts/tiny-policy", description="HF folder of the teacher model")
+    num_engines: int = Field(1, ge=1, description="engine actors in the pool")
+    num_cpus: float = Field(1, ge=0, description="CPUs per engine actor")
+    num_gpus: float = Field(0, ge=0, description="GPUs per engine actor (0 on CPU hosts)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                                 description="e.g. {enable_thinking: true} for Qwen3")
+    engine: EngineConfig = EngineConfig(max_model_len=4096)
 
 
 class ChainsConfig(Section):
     """Tagged-chain generation (TAGPR.md section 5)."""
 
-    teacher: str = Field("programmatic", description="registered teacher: programmatic, openai")
-    labeler: str = Field("embedding", description="registered labeler")
+    teacher: str = Field("programmatic", description="registered teacher: programmatic, openai, vllm")
+    labeler: str = Field("embedding", description="registered labeler: embedding, llm (asks the teacher)")
     samples_per_question: int = Field(2, ge=1)
     mistake_rate: float = Field(0.15, ge=0, le=1, description="programmatic teacher: wrong answers/steps")
     min_score: dict[str, float] = Field(
@@ -254,6 +285,7 @@ class ChainsConfig(Section):
     out: str = "data/chains"
     batch_size: int = Field(64, ge=1)
     openai: OpenAITeacherConfig = OpenAITeacherConfig()
+    vllm: VLLMTeacherConfig = VLLMTeacherConfig()
 
     @model_validator(mode="after")
     def _types(self) -> "ChainsConfig":
@@ -267,7 +299,7 @@ class ChainsConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: EngineConfig = EngineConfig()
     num_workers: int = Field(1, ge=0)
     min_workers: int = Field(0, ge=0)
     max_workers: int = Field(4, ge=1)
@@ -275,7 +307,6 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=lambda: ["</answer>"])
-    kv_cache_gib: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _bounds(self) -> RolloutConfig:

@@ -4,6 +4,10 @@
   (``users.json``) and writes plain, untagged prose that cites the profile, with deliberate
   mistakes (``mistake_rate``) so the filter has work.
 - ``openai``: any OpenAI-compatible chat endpoint (``vllm serve``, a hosted API).
+- ``vllm``: a vLLM engine in each actor of the chain job's Ray Data pool (``chains.vllm.num_engines``).
+
+The two chat-model teachers also answer arbitrary conversations (:meth:`ChatTeacher.chat`), which
+is how the ``llm`` labeler asks them to tag steps.
 """
 
 from __future__ import annotations
@@ -51,6 +55,15 @@ def split_answer(text: str) -> tuple[str, str | None]:
 class Teacher:
     name: str
 
+    @classmethod
+    def from_config(cls, cfg) -> "Teacher":
+        return cls(cfg)
+
+    @classmethod
+    def pool(cls, cfg) -> tuple[int, dict[str, Any]]:
+        """(actors, Ray resources per actor) of the chain job's pool when this teacher runs."""
+        return 1, {}
+
     def generate(self, requests: Sequence[TeacherRequest], n: int) -> list[TeacherOutput]:
         raise NotImplementedError
 
@@ -67,6 +80,10 @@ class ProgrammaticTeacher(Teacher):
     def __init__(self, data_root: str, mistake_rate: float = 0.15, seed: int = 0):
         self.root, self.mistake_rate, self.seed = Path(data_root), mistake_rate, seed
         self._users: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> "ProgrammaticTeacher":
+        return cls(cfg.data.root, cfg.chains.mistake_rate, cfg.run.seed)
 
     def _latent(self, task: str, user_id: str | None) -> dict[str, Any]:
         if task not in self._users:
@@ -108,10 +125,47 @@ TEACHER_PROMPT = (
     "history shows of this user's preferences, then give the final answer on the last line as "
     "'Answer: <answer>'. The answer must follow the task's format exactly."
 )
+_THINK = re.compile(r"</?think>")
+
+
+@dataclass
+class ChatReply:
+    texts: list[str] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class ChatTeacher(Teacher):
+    """A teacher backed by a chat model: asked the teacher prompt for each question, or anything else."""
+
+    def __init__(self, cfg, options):
+        self.options = options
+        self.max_items = cfg.data.prompt_profile_items
+
+    def chat(self, conversations: Sequence[list[dict[str, str]]], n: int = 1,
+             max_tokens: int | None = None) -> list[ChatReply]:
+        raise NotImplementedError
+
+    def generate(self, requests, n):
+        from tagpr.prompts import user_message
+
+        convs = [[{"role": "system", "content": TEACHER_PROMPT},
+                  {"role": "user", "content": user_message(r.task, r.input, r.profile, self.max_items)}]
+                 for r in requests]
+        outs = []
+        for req, reply in zip(requests, self.chat(convs, n)):
+            out = TeacherOutput(req.id, errors=reply.errors)
+            for text in reply.texts:
+                text = _THINK.sub("", text).strip()  # a thinking model's reasoning counts as reasoning
+                if split_answer(text)[1]:
+                    out.samples.append(text)
+                else:
+                    out.errors["malformed"] += 1
+            outs.append(out)
+        return outs
 
 
 @TEACHERS.register("openai")
-class OpenAITeacher(Teacher):
+class OpenAITeacher(ChatTeacher):
     """Any OpenAI-compatible ``/chat/completions`` endpoint, with concurrency, retries and a rate limit.
 
     Malformed or empty replies (no ``Answer:`` line, an error body) are counted in the output's
@@ -126,71 +180,98 @@ class OpenAITeacher(Teacher):
 
         import httpx
 
-        self.cfg = cfg.chains.openai
-        self.max_items = cfg.data.prompt_profile_items
-        key = os.environ.get(self.cfg.api_key_env, "")
+        super().__init__(cfg, cfg.chains.openai)
+        key = os.environ.get(self.options.api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = client or httpx.Client(base_url=self.cfg.base_url.rstrip("/"), headers=headers,
-                                           timeout=self.cfg.timeout_s)
+        self.http = client or httpx.Client(base_url=self.options.base_url.rstrip("/"), headers=headers,
+                                           timeout=self.options.timeout_s)
         self._lock, self._next = threading.Lock(), 0.0
 
     def _wait_turn(self) -> None:
         import time
 
-        if not self.cfg.rate_limit_rps:
+        if not self.options.rate_limit_rps:
             return
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
-            self._next = slot + 1.0 / self.cfg.rate_limit_rps
+            self._next = slot + 1.0 / self.options.rate_limit_rps
         time.sleep(max(0.0, slot - now))
 
-    def _ask(self, req: TeacherRequest, n: int) -> TeacherOutput:
+    def _ask(self, messages: list[dict[str, str]], n: int, max_tokens: int) -> ChatReply:
         import time
 
         import httpx
 
-        from tagpr.prompts import user_message
-
-        out = TeacherOutput(req.id)
-        body = {"model": self.cfg.model, "n": n, "temperature": self.cfg.temperature,
-                "max_tokens": self.cfg.max_tokens,
-                "messages": [{"role": "system", "content": TEACHER_PROMPT},
-                             {"role": "user", "content": user_message(req.task, req.input, req.profile,
-                                                                      self.max_items)}]}
-        for attempt in range(self.cfg.retries + 1):
+        o, reply = self.options, ChatReply()
+        body = {"model": o.model, "n": n, "temperature": o.temperature, "max_tokens": max_tokens,
+                "messages": messages}
+        for attempt in range(o.retries + 1):
             if attempt:
-                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
+                time.sleep(o.backoff_s * 2 ** (attempt - 1))
             self._wait_turn()
             try:
                 resp = self.http.post("/chat/completions", json=body)
             except httpx.HTTPError:
-                out.errors["connection"] += 1
+                reply.errors["connection"] += 1
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
-                out.errors[f"http {resp.status_code}"] += 1
+                reply.errors[f"http {resp.status_code}"] += 1
                 continue
             try:
                 choices = resp.json()["choices"] if resp.status_code == 200 else None
             except (ValueError, KeyError, TypeError):
                 choices = None
             if not choices:
-                out.errors[f"bad reply (http {resp.status_code})"] += 1
-                return out
-            for choice in choices:
-                text = ((choice.get("message") or {}).get("content") or "").strip()
-                if split_answer(text)[1]:
-                    out.samples.append(text)
-                else:
-                    out.errors["malformed"] += 1
-            return out
-        return out
+                reply.errors[f"bad reply (http {resp.status_code})"] += 1
+                return reply
+            reply.texts = [((c.get("message") or {}).get("content") or "").strip() for c in choices]
+            return reply
+        return reply
 
-    def generate(self, requests, n):
+    def chat(self, conversations, n=1, max_tokens=None):
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            return list(pool.map(lambda r: self._ask(r, n), requests))
+        budget = max_tokens or self.options.max_tokens
+        with ThreadPoolExecutor(self.options.concurrency) as pool:
+            return list(pool.map(lambda c: self._ask(c, n, budget), conversations))
+
+
+@TEACHERS.register("vllm")
+class VLLMTeacher(ChatTeacher):
+    """A vLLM engine inside this process: the chain job runs ``num_engines`` of these as its actor pool."""
+
+    name = "vllm"
+
+    def __init__(self, cfg):
+        from tagpr.engines import make_engine
+
+        super().__init__(cfg, cfg.chains.vllm)
+        self.engine = make_engine(self.options.engine, self.options.model, self.options.dtype)
+
+    @classmethod
+    def pool(cls, cfg):
+        o = cfg.chains.vllm
+        return o.num_engines, {"num_cpus": o.num_cpus, "num_gpus": o.num_gpus}
+
+    def chat(self, conversations, n=1, max_tokens=None):
+        from tagpr.engines import Sampling
+
+        tok = self.engine.tokenizer
+        prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True,
+                                           **self.options.chat_template_kwargs) for c in conversations]
+        sampling = Sampling(n=n, temperature=self.options.temperature,
+                            max_tokens=max_tokens or self.options.max_tokens, logprobs=False)
+        replies = []
+        for gen in self.engine.generate(prompts, sampling):
+            reply = ChatReply()
+            for c in gen.completions:
+                if c.text.strip():
+                    reply.texts.append(c.text.strip())
+                else:
+                    reply.errors["empty"] += 1
+            replies.append(reply)
+        return replies
 
 
 def _quote(profile: Sequence[Mapping[str, Any]], field_: str, k: int = 2) -> str:

@@ -4,8 +4,9 @@
 
 Per split, ``<chains.out>/{split}.jsonl`` holds the kept chains and ``{split}.done`` the ids
 already processed (kept or dropped), so a rerun skips them: the job resumes where it stopped.
-Teacher and labeler run inside Ray Data batch workers; the filter runs on the driver because
-de-duplication is global.
+Teacher and labeler run inside a pool of Ray Data actors (one actor, or ``chains.vllm.num_engines``
+engine actors with their CPUs/GPUs for the ``vllm`` teacher); the filter runs on the driver
+because de-duplication is global.
 """
 
 from __future__ import annotations
@@ -26,18 +27,11 @@ class GenerateAndLabel:
     def __init__(self, config: dict[str, Any]):
         from tagpr.chains.labelers import LABELERS
         from tagpr.chains.teachers import TEACHERS
-        from tagpr.prmu.encoder import SentenceEncoder
-        from tagpr.tags import TagSet
 
         cfg = TagPRConfig.model_validate(config)
         self.n = cfg.chains.samples_per_question
-        teacher_cls = TEACHERS.get(cfg.chains.teacher)
-        if cfg.chains.teacher == "programmatic":
-            self.teacher = teacher_cls(cfg.data.root, cfg.chains.mistake_rate, cfg.run.seed)
-        else:
-            self.teacher = teacher_cls(cfg)
-        encoder = SentenceEncoder(cfg.prmu.encoder, cfg.prmu.max_length, allow_hub=cfg.model.allow_hub)
-        self.labeler = LABELERS.get(cfg.chains.labeler)(TagSet(cfg.tags), encoder)
+        self.teacher = TEACHERS.get(cfg.chains.teacher).from_config(cfg)
+        self.labeler = LABELERS.get(cfg.chains.labeler).from_config(cfg, self.teacher)
 
     def __call__(self, batch):
         import pandas as pd
@@ -49,17 +43,20 @@ class GenerateAndLabel:
         outs = self.teacher.generate(reqs, self.n)
         rows, items = [], []
         for (_, r), out in zip(batch.iterrows(), outs):
-            if not out.samples:
-                rows.append({**r.to_dict(), "response": "", "error": ",".join(out.errors) or "no sample"})
+            failures = list(out.errors.elements()) or ([] if out.samples else ["no sample"])
+            for reason in failures:  # one row per failed sample, so the stats count each by reason
+                rows.append({**r.to_dict(), "response": "", "error": reason})
                 items.append(("", None))
             for sample in out.samples:
                 reasoning, answer = split_answer(sample)
                 rows.append({**r.to_dict(), "response": "", "error": "" if answer else "no answer"})
                 items.append((reasoning, answer))
-        labeled = self.labeler.label([(r, a or "") for r, a in items])
-        for row, text, (_, answer) in zip(rows, labeled, items):
-            if answer:
-                row["response"] = text
+        todo = [i for i, (_, answer) in enumerate(items) if answer]
+        for i, text in zip(todo, self.labeler.label([items[i] for i in todo])):
+            if text is None:
+                rows[i]["error"] = "label failed"
+            else:
+                rows[i]["response"] = text
         return pd.DataFrame(rows)
 
 
@@ -82,12 +79,18 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None, log: Callabl
 
     from actors.cluster import connect
     from tagpr.chains.filter import ChainFilter
+    from tagpr.chains.teachers import TEACHERS
     from tagpr.tags import TagSet
 
     out = Path(cfg.chains.out)
     out.mkdir(parents=True, exist_ok=True)
     # Ray workers do not share the driver's working directory.
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(Path(cfg.data.root).resolve())})})
+    teacher_model = Path(cfg.chains.vllm.model)
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"root": str(Path(cfg.data.root).resolve())}),
+        "chains": cfg.chains.model_copy(update={"vllm": cfg.chains.vllm.model_copy(update={
+            "model": str(teacher_model.resolve()) if teacher_model.exists() else str(teacher_model)})})})
+    pool_size, resources = TEACHERS.get(cfg.chains.teacher).pool(cfg)
     tags = TagSet(cfg.tags)
     connect(cfg.cluster)
     summary: dict[str, Any] = {}
@@ -103,7 +106,8 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None, log: Callabl
         if todo:
             ds = ray.data.from_items(todo).map_batches(
                 GenerateAndLabel, fn_constructor_kwargs={"config": cfg.model_dump(mode="json")},
-                batch_size=cfg.chains.batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=1))
+                batch_size=cfg.chains.batch_size, batch_format="pandas",
+                compute=ray.data.ActorPoolStrategy(size=pool_size), **resources)
             with chains_path.open("a") as chains, done_path.open("a") as done_file:
                 for batch in ds.iter_batches(batch_size=cfg.chains.batch_size, batch_format="pandas"):
                     for r in batch.to_dict("records"):

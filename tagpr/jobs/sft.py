@@ -20,7 +20,7 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
 
     from actors.cluster import connect
     from actors.sft_trainer import export_hf, train_on_ray
-    from tagpr.models import load_policy, resolve_model_path
+    from tagpr.models import resolve_model_path
     from tagpr.sft.data import pack, read_chains, tokenize_chains
     from tagpr.tags import TagSet
 
@@ -41,8 +41,7 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     if evaluate:
         from tagpr.evaluation import evaluate_policy
 
-        model, tok = load_policy(cfg.model, policy)
-        result["before"] = evaluate_policy(model, tok, cfg, limit=s.eval_limit)
+        result["before"] = evaluate_policy(policy, cfg, limit=s.eval_limit)
     connect(cfg.cluster)
     ckpt = train_on_ray(s, data[cfg.data.train_split], data[cfg.data.dev_split], policy, run_dir / "ray_train",
                         cfg.run.seed)
@@ -50,8 +49,7 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     result["policy"] = str(out)
     result["history"] = json.loads((ckpt / "trainer_state.json").read_text())
     if evaluate:
-        model, tok = load_policy(cfg.model, str(out))
-        result["after"] = evaluate_policy(model, tok, cfg, limit=s.eval_limit)
+        result["after"] = evaluate_policy(str(out.resolve()), cfg, limit=s.eval_limit)
     result["seconds"] = round(time.perf_counter() - start, 1)
     (run_dir / "sft_eval.json").write_text(json.dumps(result, indent=1))
     return result

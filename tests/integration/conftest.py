@@ -71,3 +71,11 @@ def prmu_job(ray_cluster, tmp_path_factory):
     write_synthetic(cfg.data.root, cfg.data.synthetic, cfg.data.tasks)
     result = train(cfg, log=lambda _: None)
     return cfg, result
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, cfg):
+    """The embedded tiny policy (random weights), built once per session."""
+    from tagpr.models import build_tiny_policy
+
+    return build_tiny_policy(cfg.model, cfg.tags, tmp_path_factory.mktemp("tiny-policy"))

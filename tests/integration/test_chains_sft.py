@@ -85,3 +85,32 @@ def test_sft_lora_exports_merged_model_and_adapter(small):
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "model.safetensors").exists()
     model, _ = load_policy(cfg.model, str(out))
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_vllm_teacher_pool_and_llm_labeler(small, tmp_path):
+    """The chain job with an in-cluster vLLM engine as teacher and the llm labeler asking it for tags.
+
+    The tiny policy has random weights, so its replies carry no ``Answer:`` line: each sample must
+    be dropped and counted as malformed, without failing the job.
+    """
+    from tagpr.chains.teachers import VLLMTeacher
+    from tagpr.jobs.chains import generate
+
+    cfg = small.model_copy(update={"chains": small.chains.model_copy(update={
+        "teacher": "vllm", "labeler": "llm", "out": str(tmp_path / "chains"), "samples_per_question": 2,
+        "vllm": small.chains.vllm.model_copy(update={
+            "model": small.model.policy, "max_tokens": 24, "label_max_tokens": 16,
+            "engine": small.chains.vllm.engine.model_copy(update={"max_model_len": 1024})})})})
+    teacher = VLLMTeacher(cfg)
+    try:
+        replies = teacher.chat([[{"role": "user", "content": "hi"}]] * 2, n=3, max_tokens=8)
+        assert [len(r.texts) + sum(r.errors.values()) for r in replies] == [3, 3]
+        outs = teacher.generate([], 1)
+        assert outs == []
+    finally:
+        teacher.engine.close()
+    summary = generate(cfg, ["dev"], log=lambda _: None)
+    dev = summary["dev"]
+    assert dev["chains"] == 0 and dev["kept_this_run"] == 0
+    assert sum(dev["dropped_this_run"].values()) == 2 * 8  # 2 users x 2 questions x 2 tasks, 2 samples each
+    assert set(dev["dropped_this_run"]) <= {"malformed", "empty"}

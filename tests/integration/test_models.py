@@ -11,8 +11,8 @@ PROMPT = [{"role": "user", "content": "Which tag? description: a starship crew"}
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, cfg):
-    return build_tiny_policy(cfg.model, cfg.tags, tmp_path_factory.mktemp("tiny"))
+def tiny_dir(tiny_policy):
+    return tiny_policy
 
 
 def test_tiny_policy_shape_and_tokenizer(tiny_dir, cfg):

@@ -5,9 +5,10 @@ import json
 import pytest
 
 from tagpr.chains.filter import ChainFilter
-from tagpr.chains.labelers import EmbeddingLabeler, lead, merge_runs, split_steps
-from tagpr.chains.teachers import ProgrammaticTeacher, TeacherRequest, split_answer
+from tagpr.chains.labelers import EmbeddingLabeler, LLMLabeler, lead, merge_runs, split_steps
+from tagpr.chains.teachers import ChatReply, ChatTeacher, ProgrammaticTeacher, TeacherRequest, split_answer
 from tagpr.config import SyntheticConfig
+from tagpr.errors import TagPRError
 from tagpr.lamp.io import load_split
 from tagpr.lamp.synthetic import write_synthetic
 from tagpr.prmu.encoder import SentenceEncoder
@@ -107,3 +108,39 @@ def test_prompt_and_sft_tokenization(root, tagset, tmp_path, cfg):
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     packed = pack(data, 4096)
     assert len(packed) == 1 and len(packed.input_ids[0]) == sum(len(x) for x in data.input_ids)
+
+
+class ScriptedChatTeacher(ChatTeacher):
+    """A fake chat model: a model that follows the labeling instructions cannot run in unit tests."""
+
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies, self.asked = list(replies), []
+
+    def chat(self, conversations, n=1, max_tokens=None):
+        self.asked += conversations
+        return [ChatReply([self.replies.pop(0)]) for _ in conversations]
+
+
+def test_llm_labeler_parses_tags_and_drops_bad_replies(tagset):
+    reasoning = "Looking at the history, comedies.\nThe user likes comedy.\nThe film is a comedy."
+    teacher = ScriptedChatTeacher([
+        "1: examine_examples\n2: <identify_patterns>\n3. identify_patterns",  # runs merge
+        "1: examine_examples\n3: compare_options",  # step 2 missing
+        "1: examine_examples\n2: not_a_tag\n3: summarize",  # unknown tag
+        "Sure! Here are the tags.",  # no labels at all
+    ])
+    labeler = LLMLabeler(tagset, teacher)
+    out = labeler.label([(reasoning, "comedy")] * 4)
+    assert out[0] == tagset.render([("examine_examples", "Looking at the history, comedies."),
+                                    ("identify_patterns", "The user likes comedy. The film is a comedy.")], "comedy")
+    assert out[1:] == [None, None, None]
+    system, user = teacher.asked[0]
+    assert all(t in system["content"] for t in tagset.primary)
+    assert user["content"].endswith("3. The film is a comedy.")
+
+
+def test_llm_labeler_needs_a_chat_teacher(tagset, root):
+    with pytest.raises(TagPRError, match="chat teacher"):
+        LLMLabeler(tagset, ProgrammaticTeacher(str(root)))

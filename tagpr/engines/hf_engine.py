@@ -1,0 +1,93 @@
+"""The HF transformers adapter: same interface as vLLM's, for hosts without vLLM and as the logprob reference.
+
+Logprobs are of the raw model distribution (``log_softmax`` of the logits before temperature or
+top-p), the same convention as vLLM's default, so the two engines' numbers compare directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from tagpr.config import EngineConfig
+from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling
+
+
+class HFEngine(Engine):
+    name = "hf"
+
+    def __init__(self, model: str, dtype: str, cfg: EngineConfig):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path, self.cfg = model, cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), local_files_only=True)
+        self.model.eval()
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def _ids(self, p: Prompt) -> list[int]:
+        return self.tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Generation]:
+        gens = [Generation(self._ids(p)) for p in prompts]
+        rows = [g for g in gens for _ in range(sampling.n)]
+        gen = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else self.cfg.seed)
+        for i in range(0, len(rows), self.cfg.batch_size):
+            for g, c in zip(rows[i:i + self.cfg.batch_size],
+                            self._batch([g.prompt_token_ids for g in rows[i:i + self.cfg.batch_size]], sampling, gen)):
+                g.completions.append(c)
+        return gens
+
+    def _batch(self, prompts: list[list[int]], s: Sampling, gen: torch.Generator) -> list[Completion]:
+        width = max(map(len, prompts))
+        ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        eos = self.tokenizer.eos_token_id
+        out_ids: list[list[int]] = [[] for _ in prompts]
+        out_lp: list[list[float]] = [[] for _ in prompts]
+        texts = [""] * len(prompts)
+        done = [False] * len(prompts)
+        reason = ["length"] * len(prompts)
+        past, step_ids = None, ids
+        for _ in range(s.max_tokens):
+            res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
+                             use_cache=True)
+            past, logits = res.past_key_values, res.logits[:, -1].float()
+            logp = torch.log_softmax(logits, -1)
+            nxt = self._sample(logits, s, gen)
+            for r, t in enumerate(nxt.tolist()):
+                if done[r]:
+                    continue
+                out_ids[r].append(t)
+                out_lp[r].append(float(logp[r, t]))
+                if t == eos:
+                    done[r], reason[r] = True, "stop"
+                    continue
+                texts[r] = self.tokenizer.decode(out_ids[r], skip_special_tokens=True)
+                hit = next((x for x in s.stop if x in texts[r]), None)
+                if hit is not None:
+                    done[r], reason[r] = True, "stop"
+                    texts[r] = texts[r][: texts[r].index(hit) + (len(hit) if s.include_stop else 0)]
+            if all(done):
+                break
+            step_ids = nxt[:, None]
+            mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
+            pos = pos[:, -1:] + 1
+        return [Completion(t, i, lp if s.logprobs else None, r) for t, i, lp, r in zip(texts, out_ids, out_lp, reason)]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, s: Sampling, gen: torch.Generator) -> torch.Tensor:
+        if s.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / s.temperature, -1)
+        if s.top_p < 1:
+            sorted_p, order = probs.sort(-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < s.top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+        return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+    def health(self) -> dict[str, Any]:
+        return {"engine": self.name, "model": self.model_path, "device": "cpu", "ok": True}

