@@ -1,8 +1,9 @@
-"""SFT on Ray Train: a TorchTrainer whose workers run ``tagpr.sft.train`` under DDP (gloo on CPUs).
+"""SFT on Ray Train: a TorchTrainer whose workers run ``tagpr.sft.train`` under DDP or DeepSpeed
+ZeRO-2/3 (``sft.strategy``; gloo on CPUs).
 
-The driver tokenizes once and puts the data in the object store. Every epoch rank 0 writes an
-epoch checkpoint (HF model folder, optimizer state, epoch) that Ray Train persists; a run given
-``sft.resume_from`` continues from such a folder.
+The driver tokenizes once and puts the data in the object store. Every epoch the workers write an
+epoch checkpoint (HF model folder from rank 0, optimizer state from every rank that holds a part)
+that Ray Train persists; a run given ``sft.resume_from`` continues from such a folder.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from actors.train_strategy import DEEPSPEED_DIR, OPTIMIZER
 from tagpr.config import SFTConfig
 
 STATE = "trainer_state.json"
-OPTIMIZER = "optimizer.pt"
 
 
 def _load_model(policy: str, cfg: SFTConfig):
@@ -44,14 +45,15 @@ def _load_model(policy: str, cfg: SFTConfig):
     return model
 
 
-def save_epoch(model, tokenizer, optimizer, out: Path, cfg: SFTConfig, base: str, state: dict) -> None:
+def save_epoch(strategy, tokenizer, out: Path, cfg: SFTConfig, base: str, state: dict, rank: int) -> None:
     """An epoch checkpoint: the model (or, with LoRA, only the adapter), tokenizer, optimizer, state."""
-    import torch
-
-    model.save_pretrained(out / "adapter" if cfg.lora.enabled else out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    torch.save(optimizer.state_dict(), out / OPTIMIZER)
-    (out / STATE).write_text(json.dumps({**state, "lora": cfg.lora.enabled, "base": base}))
+    with strategy.full_model() as model:
+        if rank == 0:
+            model.save_pretrained(out / "adapter" if cfg.lora.enabled else out, safe_serialization=True)
+    strategy.save_state(out, rank)
+    if rank == 0:
+        tokenizer.save_pretrained(out)
+        (out / STATE).write_text(json.dumps({**state, "lora": cfg.lora.enabled, "base": base}))
 
 
 def export_hf(checkpoint: Path, out: Path) -> Path:
@@ -72,7 +74,7 @@ def export_hf(checkpoint: Path, out: Path) -> Path:
         merged.save_pretrained(out, safe_serialization=True)
         shutil.copytree(checkpoint / "adapter", out / "adapter")
     else:
-        shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns(OPTIMIZER))
+        shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns(OPTIMIZER, DEEPSPEED_DIR))
     AutoTokenizer.from_pretrained(checkpoint, local_files_only=True).save_pretrained(out)
     return out
 
@@ -80,10 +82,10 @@ def export_hf(checkpoint: Path, out: Path) -> Path:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
-    import ray.train.torch
     import torch
     from transformers import AutoTokenizer
 
+    from actors.train_strategy import STRATEGIES
     from tagpr.sft.train import train_epochs
 
     ctx = ray.train.get_context()
@@ -92,25 +94,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train, dev = ray.get(config["train"]), ray.get(config["dev"])
     tokenizer = AutoTokenizer.from_pretrained(cfg.resume_from or config["policy"], local_files_only=True)
     torch.manual_seed(config["seed"])
-    model = _load_model(config["policy"], cfg)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    strategy = STRATEGIES.get(cfg.strategy)(_load_model(config["policy"], cfg), cfg, cfg.lr, cfg.weight_decay,
+                                            cfg.batch_size, world)
     start_epoch = 0
     if cfg.resume_from:
-        optimizer.load_state_dict(torch.load(Path(cfg.resume_from) / OPTIMIZER, weights_only=True))
+        strategy.load_state(Path(cfg.resume_from))
         start_epoch = json.loads((Path(cfg.resume_from) / STATE).read_text())["epoch"]
-    ddp = ray.train.torch.prepare_model(model) if world > 1 else model
 
     def report(epoch: int, stats: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_epoch(model, tokenizer, optimizer, Path(tmp), cfg, config["policy"], {"epoch": epoch, **stats})
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(stats, checkpoint=ckpt)
+            save_epoch(strategy, tokenizer, Path(tmp), cfg, config["policy"], {"epoch": epoch, **stats}, rank)
+            ray.train.report(stats, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    train_epochs(ddp, optimizer, train, dev, cfg, tokenizer.pad_token_id, start_epoch, rank, world, config["seed"],
-                 report)
+    train_epochs(strategy, train, dev, cfg, tokenizer.pad_token_id, start_epoch, rank, world, config["seed"],
+                 report, log=print if rank == 0 else None)
+    strategy.close()
 
 
 def train_on_ray(cfg: SFTConfig, train: Any, dev: Any, policy: str, storage: Path, seed: int = 0) -> Path:

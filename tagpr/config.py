@@ -213,14 +213,23 @@ class LoraConfig(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
-class SFTConfig(Section):
+class TrainStrategyConfig(Section):
+    """How Ray Train workers share the model: DDP, or DeepSpeed ZeRO-2/3 (gloo on CPUs, NCCL on GPUs)."""
+
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[2, 3] = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0: no clipping)")
+    num_workers: int = Field(1, ge=1, le=64, description="Ray Train workers")
+
+
+class SFTConfig(TrainStrategyConfig):
     epochs: int = Field(6, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(1024, ge=16)
     packing: bool = False
-    num_workers: int = Field(1, ge=1, le=64, description="Ray Train workers (DDP over gloo on CPUs)")
     resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
     eval_limit: int = Field(0, ge=0, description="dev questions generated after training (0: all)")
     lora: LoraConfig = LoraConfig()
@@ -317,11 +326,7 @@ class RolloutConfig(Section):
         return self
 
 
-class LearnerConfig(Section):
-    num_workers: int = Field(1, ge=1)
-    strategy: Literal["deepspeed", "ddp"] = "ddp"
-    zero_stage: Literal[2, 3] = 2
-    precision: Literal["fp32", "bf16"] = "fp32"
+class LearnerConfig(TrainStrategyConfig):
     grad_accum: int = Field(1, ge=1)
     sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")
     lora: LoraConfig = LoraConfig()

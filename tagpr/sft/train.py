@@ -1,13 +1,26 @@
-"""The SFT loop: token-level cross-entropy on assistant tokens, DDP-friendly, with dev loss."""
+"""The SFT loop: token-level cross-entropy on assistant tokens, with dev loss.
+
+The loop drives a *stepper* (``forward(**batch)``, ``step(loss)``, ``train(mode)``): plain torch in
+unit tests, DDP or DeepSpeed under Ray Train (``actors/train_strategy.py``).
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Callable, Protocol
 
 import torch
 
 from tagpr.config import SFTConfig
 from tagpr.sft.data import SFTData, collate
+
+
+class Stepper(Protocol):
+    def forward(self, **batch): ...
+
+    def step(self, loss: torch.Tensor) -> None: ...
+
+    def train(self, mode: bool = True) -> None: ...
 
 
 def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int):
@@ -16,43 +29,44 @@ def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int):
         yield collate([data.input_ids[i] for i in rows], [data.labels[i] for i in rows], pad_id)
 
 
-def loss_on(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over assistant tokens (HF shifts labels inside the model)."""
-    return model(**batch).loss
-
-
 @torch.no_grad()
-def eval_loss(model, data: SFTData, batch_size: int, pad_id: int) -> float:
-    model.eval()
+def eval_loss(stepper: Stepper, data: SFTData, batch_size: int, pad_id: int) -> float:
+    """Mean cross-entropy per assistant token (HF shifts the labels inside the model)."""
+    stepper.train(False)
     total, count = 0.0, 0
     for batch in batches(data, batch_size, torch.arange(len(data)), pad_id):
         n = int((batch["labels"][:, 1:] != -100).sum())
-        total += loss_on(model, batch).item() * n
+        total += stepper.forward(**batch).loss.item() * n
         count += n
-    model.train()
+    stepper.train(True)
     return total / max(count, 1)
 
 
-def train_epochs(model, optimizer, train: SFTData, dev: SFTData | None, cfg: SFTConfig, pad_id: int,
+def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFTConfig, pad_id: int,
                  start_epoch: int = 0, rank: int = 0, world: int = 1, seed: int = 0,
-                 on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+                 on_epoch: Callable[[int, dict], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Epochs ``start_epoch..cfg.epochs``; ``log`` gets a progress line about every tenth of an epoch."""
     history = []
-    model.train()
+    stepper.train(True)
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(seed + epoch)
         order = torch.randperm(len(train), generator=gen)[rank::world]
+        n_steps = -(-len(order) // cfg.batch_size)
+        every, start = max(1, n_steps // 10), time.perf_counter()
         total, steps = 0.0, 0
         for batch in batches(train, cfg.batch_size, order, pad_id):
-            loss = loss_on(model, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            loss = stepper.forward(**batch).loss
+            stepper.step(loss)
             total += loss.item()
             steps += 1
+            if log and (steps % every == 0 or steps == n_steps):
+                rate = steps / (time.perf_counter() - start)
+                log(f"sft epoch {epoch + 1}/{cfg.epochs} step {steps}/{n_steps} loss {total / steps:.4f} "
+                    f"({rate:.2f} steps/s, {(n_steps - steps) / rate:.0f} s left in epoch)")
         stats = {"epoch": epoch + 1, "train_loss": total / max(steps, 1)}
         if dev is not None and len(dev):
-            stats["dev_loss"] = eval_loss(model, dev, cfg.batch_size, pad_id)
+            stats["dev_loss"] = eval_loss(stepper, dev, cfg.batch_size, pad_id)
         history.append(stats)
         if on_epoch:
             on_epoch(epoch + 1, stats)

@@ -72,6 +72,30 @@ def test_sft_two_workers_then_resume_and_vllm_loads(small):
     assert len(out.token_ids) >= 1
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sft_deepspeed_two_workers_then_resume(small, stage):
+    """ZeRO-2/3 over gloo in two Ray Train workers; the second run resumes DeepSpeed's partitions."""
+    import torch
+
+    from tagpr.jobs.chains import generate
+    from tagpr.jobs.sft import train
+    from tagpr.models import load_policy
+
+    generate(small, log=lambda _: None)
+    ds = small.sft.model_copy(update={"strategy": "deepspeed", "zero_stage": stage, "num_workers": 2})
+    first = train(small.model_copy(update={"sft": ds}), log=lambda _: None, evaluate=False)
+    ckpt = Path(first["policy"]).parent / "ray_train" / "sft"
+    ckpt = sorted(p for p in ckpt.glob("checkpoint_*") if p.is_dir())[-1]
+    assert len(list((ckpt / "deepspeed" / "state").glob("*optim_states.pt"))) == 2  # one partition per rank
+    resumed = ds.model_copy(update={"epochs": 2, "resume_from": str(ckpt)})
+    second = train(small.model_copy(update={"sft": resumed}), log=lambda _: None, evaluate=False)
+    assert second["history"]["epoch"] == 2 and second["history"]["train_loss"] < first["history"]["train_loss"]
+    base, _ = load_policy(small.model)
+    tuned, _ = load_policy(small.model, second["policy"])
+    assert not (Path(second["policy"]) / "deepspeed").exists()
+    assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values()))
+
+
 def test_sft_lora_exports_merged_model_and_adapter(small):
     from tagpr.jobs.chains import generate
     from tagpr.jobs.sft import train

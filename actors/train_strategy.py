@@ -1,0 +1,150 @@
+"""How a Ray Train worker wraps its model: DDP, or DeepSpeed ZeRO-2/3; registered by name.
+
+The SFT trainer and the RL learner write one loop against this interface: ``forward(**batch)``,
+``step(loss)``, ``full_model()`` (all ranks enter; under ZeRO-3 it gathers the shards), and
+``save_state``/``load_state`` of the optimizer (and DeepSpeed's partitions) for resume. A resumed
+DeepSpeed run needs the same number of workers as the run that saved it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from tagpr.config import TrainStrategyConfig
+from tagpr.registry import Registry
+
+OPTIMIZER = "optimizer.pt"
+DEEPSPEED_DIR = "deepspeed"
+
+
+class TrainStrategy:
+    name: str
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainStrategyConfig, lr: float, weight_decay: float,
+                 micro_batch: int, world: int):
+        self.model, self.cfg, self.world = model, cfg, world
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def forward(self, **batch):
+        raise NotImplementedError
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward, clip, optimizer step, zero grads."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    @contextlib.contextmanager
+    def full_model(self) -> Iterator[torch.nn.Module]:
+        """The unwrapped model with every parameter whole; every rank must enter."""
+        yield self.model
+
+    def save_state(self, out: Path, rank: int) -> None:
+        raise NotImplementedError
+
+    def load_state(self, src: Path) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """End of training; collective."""
+
+
+STRATEGIES: Registry[type[TrainStrategy]] = Registry("train strategy")
+
+
+@STRATEGIES.register("ddp")
+class DDPStrategy(TrainStrategy):
+    name = "ddp"
+
+    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world):
+        super().__init__(model, cfg, lr, weight_decay, micro_batch, world)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.module = model
+        if world > 1:  # one process needs no Ray: unit tests and single-worker runs drive the model directly
+            import ray.train.torch
+
+            self.module = ray.train.torch.prepare_model(model)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if cfg.precision == "bf16" \
+            else contextlib.nullcontext
+
+    def forward(self, **batch):
+        with self._autocast():
+            return self.module(**batch)
+
+    def step(self, loss):
+        self.optimizer.zero_grad()
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+
+    def save_state(self, out, rank):
+        if rank == 0:
+            torch.save(self.optimizer.state_dict(), out / OPTIMIZER)
+
+    def load_state(self, src):
+        self.optimizer.load_state_dict(torch.load(src / OPTIMIZER, weights_only=True))
+
+
+@STRATEGIES.register("deepspeed")
+class DeepSpeedStrategy(TrainStrategy):
+    """ZeRO-2 or ZeRO-3 over the process group Ray Train set up, with a torch AdamW (DeepSpeed's own
+    Adam compiles a C++ op at first use)."""
+
+    name = "deepspeed"
+
+    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world):
+        super().__init__(model, cfg, lr, weight_decay, micro_batch, world)
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        import deepspeed
+
+        ds_config = {
+            "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
+            "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.precision == "bf16"}, "steps_per_print": 10**9,
+        }
+        optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.module = self.engine
+
+    def forward(self, **batch):
+        return self.engine(**batch)
+
+    def step(self, loss):
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def train(self, mode=True):
+        self.engine.train(mode)
+
+    @contextlib.contextmanager
+    def full_model(self):
+        if self.cfg.zero_stage < 3:
+            yield self.engine.module
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+            yield self.engine.module
+
+    def save_state(self, out, rank):
+        self.engine.save_checkpoint(str(out / DEEPSPEED_DIR), tag="state", save_latest=False)
+
+    def load_state(self, src):
+        path, _ = self.engine.load_checkpoint(str(src / DEEPSPEED_DIR), tag="state")
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {src / DEEPSPEED_DIR}")
+
+    def close(self):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+        self.engine.destroy()
