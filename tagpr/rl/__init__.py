@@ -1,0 +1,1 @@
+"""Asynchronous RL bookkeeping without Ray: trajectories, the prompt cursor, staleness and back-pressure."""
