@@ -245,6 +245,8 @@ class EngineConfig(Section):
     enforce_eager: bool | None = Field(None, description="skip CUDA graphs (default: on for CPU, off for GPU)")
     seed: int = 0
     batch_size: int = Field(32, ge=1, description="hf: prompts per generate call")
+    enable_lora: bool = Field(False, description="serve PEFT adapters (LoRA training pushes only the adapter)")
+    max_lora_rank: int = Field(16, ge=1)
 
 
 class ChatTeacherConfig(Section):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 from tagpr.config import EngineConfig
 from tagpr.registry import Registry
 
 Prompt = str | Sequence[int]  # text (already chat-templated) or prompt token ids
+# New policy weights: (name, tensor) pairs under the HF checkpoint's names, or an HF folder of safetensors.
+Weights = Iterable[tuple[str, Any]] | str | Path
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,20 @@ class Generation:
 
 
 class Engine:
-    """What callers may rely on; weight and adapter loading join this interface with the rollout workers."""
+    """What rollout workers, teachers and evaluation may rely on."""
 
     name: str
     tokenizer: Any  # the policy's HF tokenizer (chat template, decoding)
 
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Generation]:
+        raise NotImplementedError
+
+    def load_weights(self, weights: Weights, timeout_s: float | None = None) -> None:
+        """Replace the policy's weights in place (every weight; the architecture is unchanged)."""
+        raise NotImplementedError
+
+    def load_adapter(self, path: str, adapter_id: int) -> None:
+        """Generate with the PEFT adapter in ``path`` from now on; a new version comes under a new id."""
         raise NotImplementedError
 
     def reset_cache(self) -> None:

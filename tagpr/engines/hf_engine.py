@@ -6,12 +6,14 @@ top-p), the same convention as vLLM's default, so the two engines' numbers compa
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from tagpr.config import EngineConfig
-from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling
+from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling, Weights
 
 
 class HFEngine(Engine):
@@ -22,8 +24,9 @@ class HFEngine(Engine):
 
         self.model_path, self.cfg = model, cfg
         self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), local_files_only=True)
-        self.model.eval()
+        self.base = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), local_files_only=True)
+        self.base.eval()
+        self.model = self.base  # the base, or a PeftModel around it once an adapter is loaded
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _ids(self, p: Prompt) -> list[int]:
@@ -88,6 +91,32 @@ class HFEngine(Engine):
             keep = sorted_p.cumsum(-1) - sorted_p < s.top_p
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+    @torch.no_grad()
+    def load_weights(self, weights: Weights, timeout_s: float | None = None) -> None:
+        if isinstance(weights, (str, os.PathLike)):
+            from safetensors.torch import load_file
+
+            state = {k: v for f in sorted(Path(weights).glob("*.safetensors")) for k, v in load_file(f).items()}
+        else:
+            state = dict(weights)
+        own = self.base.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise KeyError(f"weights not in the model: {unknown[:5]}")
+        for name, value in state.items():
+            own[name].copy_(torch.as_tensor(value))
+
+    def load_adapter(self, path: str, adapter_id: int) -> None:
+        from peft import PeftModel
+
+        name = f"policy-{adapter_id}"
+        if self.model is self.base:
+            self.model = PeftModel.from_pretrained(self.base, path, adapter_name=name)
+        else:
+            self.model.load_adapter(path, adapter_name=name)
+        self.model.set_adapter(name)
+        self.model.eval()
 
     def health(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.model_path, "device": "cpu", "ok": True}

