@@ -40,6 +40,10 @@ class TrainStrategy:
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     @contextlib.contextmanager
     def full_model(self) -> Iterator[torch.nn.Module]:
         """The unwrapped model with every parameter whole; every rank must enter."""

@@ -226,6 +226,8 @@ class TrainStrategyConfig(Section):
 class SFTConfig(TrainStrategyConfig):
     epochs: int = Field(6, ge=1)
     lr: float = Field(2e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="after warmup: constant, or cosine to 0")
+    warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(1024, ge=16)
@@ -318,6 +320,15 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=lambda: ["</answer>"])
+    prompts_per_request: int = Field(4, ge=1, description="prompts a worker takes from the buffer at once")
+    reward_via: Literal["local", "http", "handle"] = Field(
+        "local", description="local: in the worker; http: the reward service at reward_url; handle: Serve handle")
+    reward_url: str | None = Field(None, description="default: http://<service.host>:<service.port>")
+    reward_failure_policy: Literal["raise", "default"] = "raise"
+    weight_transport: str = Field("object_store", description="registered weight transport: object_store, shm")
+    sync_timeout_s: float = Field(120, gt=0, description="a weight load slower than this marks the worker unhealthy")
+    capacity: int = Field(64, ge=1, description="groups buffered plus in flight (back-pressure on producers)")
+    max_replacements: int = Field(10, ge=0, description="dead workers replaced before the pool gives up")
 
     @model_validator(mode="after")
     def _bounds(self) -> RolloutConfig:

@@ -130,3 +130,48 @@ class HandleRewardClient:
         parsed = [RewardItem.model_validate(i) for i in items]
         out = self.handle.compute_rewards.remote(stage, parsed).result()
         return [RewardOutcome(r.reward, r.components) for r in out.results]
+
+
+class LocalRewardClient:
+    """No service: the composite reward computed in this process (the PRMU from ``prmu.checkpoint``
+    when a stage weights it), with the same call and result shape as the service clients."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._stages: dict[str, Any] = {}
+
+    def _reward_for(self, stage: str):
+        from tagpr.rewards import CompositeReward
+
+        if stage not in self._stages:
+            weights = {s.name: s.weights for s in self.cfg.rl.stages}.get(stage, {})
+            prmu = None
+            if weights.get("prmu") and self.cfg.prmu.checkpoint:
+                from tagpr.prmu.scorer import PRMUScorer
+
+                prmu = PRMUScorer.load(self.cfg.prmu.checkpoint, allow_hub=self.cfg.model.allow_hub)
+            self._stages[stage] = CompositeReward.for_stage(self.cfg, stage, prmu)
+        return self._stages[stage]
+
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
+        from tagpr.rewards import RewardInput
+
+        reward = self._reward_for(stage or self.cfg.rl.stages[0].name)
+        inputs = [RewardInput(i["task"], i["response"], i["gold"], i.get("input", ""), tuple(i.get("profile") or ()),
+                              i.get("user_id")) for i in items]
+        return [RewardOutcome(r.reward, r.components) for r in reward.score(inputs)]
+
+
+def make_reward_client(cfg, via: str):
+    """The reward client a rollout worker uses: ``local``, ``http`` (``service.*``) or ``handle`` (Serve)."""
+    import os
+
+    if via == "local":
+        return LocalRewardClient(cfg)
+    if via == "handle":
+        return HandleRewardClient()
+    s = cfg.service
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+    url = cfg.rollout.reward_url or f"http://{host}:{s.port}"
+    return RewardClient(url, token=os.environ.get(s.token_env) or None,
+                        failure_policy=cfg.rollout.reward_failure_policy)

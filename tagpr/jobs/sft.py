@@ -20,10 +20,14 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
 
     from actors.cluster import connect
     from actors.sft_trainer import export_hf, train_on_ray
+    from tagpr.errors import TagPRError
     from tagpr.models import resolve_model_path
     from tagpr.sft.data import pack, read_chains, tokenize_chains
     from tagpr.tags import TagSet
 
+    if cfg.sft.resume_from and not (Path(cfg.sft.resume_from) / "trainer_state.json").is_file():
+        raise TagPRError(f"sft.resume_from: {cfg.sft.resume_from} is not an SFT epoch checkpoint folder "
+                         "(no trainer_state.json); use a <run dir>/ray_train/sft/checkpoint_* folder")
     start = time.perf_counter()
     run_dir = run_dir or new_run_dir(cfg, "sft")
     out = Path(out) if out else run_dir / "policy"

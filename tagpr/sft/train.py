@@ -6,6 +6,7 @@ unit tests, DDP or DeepSpeed under Ray Train (``actors/train_strategy.py``).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Protocol
 
@@ -21,6 +22,18 @@ class Stepper(Protocol):
     def step(self, loss: torch.Tensor) -> None: ...
 
     def train(self, mode: bool = True) -> None: ...
+
+    def set_lr(self, lr: float) -> None: ...
+
+
+def lr_at(step: int, total: int, cfg: SFTConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then constant or cosine decay to 0 at ``total`` steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int):
@@ -56,6 +69,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
         every, start = max(1, n_steps // 10), time.perf_counter()
         total, steps = 0.0, 0
         for batch in batches(train, cfg.batch_size, order, pad_id):
+            stepper.set_lr(lr_at(epoch * n_steps + steps, cfg.epochs * n_steps, cfg))
             loss = stepper.forward(**batch).loss
             stepper.step(loss)
             total += loss.item()
@@ -63,6 +77,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
             if log and (steps % every == 0 or steps == n_steps):
                 rate = steps / (time.perf_counter() - start)
                 log(f"sft epoch {epoch + 1}/{cfg.epochs} step {steps}/{n_steps} loss {total / steps:.4f} "
+                    f"lr {lr_at(epoch * n_steps + steps - 1, cfg.epochs * n_steps, cfg):.2e} "
                     f"({rate:.2f} steps/s, {(n_steps - steps) / rate:.0f} s left in epoch)")
         stats = {"epoch": epoch + 1, "train_loss": total / max(steps, 1)}
         if dev is not None and len(dev):

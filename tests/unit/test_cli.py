@@ -23,6 +23,8 @@ def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
         (["eval", "--task", "LaMP_2", "--predictions", "missing.json", "--golds", "missing.json"], "cannot open"),
         (["config", "show", "--set", "rl.group_size=1"], "--set: rl.group_size"),
         (["config", "show", "--config", "nope.yaml"], "file not found"),
+        (["sft", "--set", "sft.resume_from=/no/such/ckpt"], "sft.resume_from: /no/such/ckpt is not an SFT epoch"),
+        (["sft", "--set", "sft.strategy=zero"], "sft.strategy"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(argv, message):

@@ -27,3 +27,13 @@ def test_loop_learns_and_reports_progress(cfg, tagset, tmp_path):
     assert any("step 2/2" in line for line in lines)
     resumed = train_epochs(stepper, data, None, sft.model_copy(update={"epochs": 4}), tok.pad_token_id, start_epoch=3)
     assert [h["epoch"] for h in resumed] == [4] and "dev_loss" not in resumed[0]
+
+
+def test_lr_schedule(cfg):
+    from tagpr.sft.train import lr_at
+
+    s = cfg.sft.model_copy(update={"lr": 1.0, "warmup_steps": 4, "lr_schedule": "cosine"})
+    assert [lr_at(i, 104, s) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, 104, s) == 1.0 and abs(lr_at(54, 104, s) - 0.5) < 1e-9 and lr_at(104, 104, s) == 0.0
+    flat = s.model_copy(update={"lr_schedule": "constant", "warmup_steps": 0})
+    assert lr_at(0, 10, flat) == lr_at(9, 10, flat) == 1.0

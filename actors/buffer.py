@@ -1,0 +1,99 @@
+"""The TrajectoryBuffer actor: the producers' coordinator and the learner's queue.
+
+Rollout workers ask it for work (:meth:`request_work`): the newest weights first if theirs are
+older, else prompts, as many as the staleness gate and capacity allow (none: back-pressure, the
+worker waits). They offer finished groups; the learner takes one step's groups at a time. The
+accounting lives in :class:`tagpr.rl.buffer.BufferCore`; this adapter adds Ray, metrics and the
+current stage and weight update.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from actors.weights import WeightUpdate
+from tagpr.rl.buffer import BufferCore, PromptCursor
+from tagpr.rl.trajectory import Group, PromptRef
+
+
+class TrajectoryBuffer:
+    def __init__(self, prompt_ids: Sequence[str], capacity: int, max_staleness: int, groups_per_step: int,
+                 stage: str, seed: int = 0):
+        from ray.util.metrics import Counter, Gauge
+
+        self.core = BufferCore(PromptCursor(prompt_ids, seed), capacity, max_staleness, groups_per_step)
+        self.update: WeightUpdate | None = None
+        self.stage, self.stopped = stage, False
+        self._depth = Gauge("tagpr_buffer_depth", "groups buffered", tag_keys=("kind",))
+        self._drops = Counter("tagpr_buffer_dropped_groups", "groups dropped, by reason", tag_keys=("reason",))
+        self._staleness = Counter("tagpr_buffer_consumed_staleness", "consumed groups by staleness",
+                                  tag_keys=("staleness",))
+
+    def _export(self) -> None:
+        self._depth.set(len(self.core.groups), tags={"kind": "buffered"})
+        self._depth.set(len(self.core.in_flight), tags={"kind": "in_flight"})
+
+    # ------------------------------------------------------------ producers
+
+    def request_work(self, worker_id: str, k: int, worker_version: int) -> dict[str, Any]:
+        """``{"stop"}``, ``{"update": WeightUpdate}`` (load it, then ask again), or ``{"prompts", "stage"}``."""
+        if self.stopped:
+            return {"stop": True}
+        if self.update is not None and worker_version < self.update.version:
+            return {"update": self.update}
+        refs = self.core.issue(worker_id, k)
+        self._export()
+        return {"prompts": refs, "stage": self.stage, "version": self.core.version}
+
+    def offer(self, group: Group) -> bool:
+        before = dict(self.core.stats.dropped)
+        ok = self.core.offer(group)
+        for reason, n in self.core.stats.dropped.items():
+            if n > before.get(reason, 0):
+                self._drops.inc(n - before.get(reason, 0), tags={"reason": reason})
+        self._export()
+        return ok
+
+    def release(self, worker_id: str) -> list[PromptRef]:
+        refs = self.core.release(worker_id)
+        if refs:
+            self._drops.inc(len(refs), tags={"reason": "released"})
+        self._export()
+        return refs
+
+    # ------------------------------------------------------------ the learner and the controller
+
+    def take(self) -> list[Group] | None:
+        stale_before = self.core.stats.dropped["stale"]
+        groups = self.core.take()
+        if self.core.stats.dropped["stale"] > stale_before:
+            self._drops.inc(self.core.stats.dropped["stale"] - stale_before, tags={"reason": "stale"})
+        for g in groups or []:
+            self._staleness.inc(tags={"staleness": str(self.core.steps_taken - 1 - g.policy_version)})
+        self._export()
+        return groups
+
+    def publish(self, update: WeightUpdate) -> None:
+        """New weights: producers load them before their next prompt."""
+        self.core.set_version(update.version)
+        self.update = update
+
+    def set_stage(self, stage: str) -> None:
+        self.stage = stage
+
+    def stop_producers(self) -> None:
+        self.stopped = True
+
+    def stats(self) -> dict[str, Any]:
+        s = self.core.stats
+        return {"buffered": len(self.core.groups), "in_flight": len(self.core.in_flight), "offered": s.offered,
+                "admitted": s.admitted, "consumed": s.consumed, "dropped": dict(s.dropped),
+                "staleness": {str(k): v for k, v in sorted(s.staleness.items())}, "blocked_issues": s.blocked_issues,
+                "version": self.core.version, "steps_taken": self.core.steps_taken}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.core.snapshot(), "stage": self.stage}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.core.restore(snap)
+        self.stage = snap["stage"]

@@ -1,0 +1,149 @@
+"""The RolloutWorker actor: prompts from the buffer -> G samples each (vLLM) -> rewards -> groups.
+
+One loop serves both modes: :meth:`run` repeats :meth:`step` until stopped (asynchronous
+training), and a synchronous controller calls :meth:`step` itself. Before any prompt, a worker
+holding older weights than the buffer's newest loads them. A load slower than
+``rollout.sync_timeout_s``, or failing, marks the worker unhealthy and raises :class:`SyncFailed`:
+the pool then replaces the whole actor, whose fresh engine loads the current version before its
+first prompt. (An in-process vLLM engine keeps process-wide state, so a second engine in the same
+process is not a clean restart.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from actors.weights import TRANSPORTS, WeightUpdate, apply_update
+from tagpr.config import TagPRConfig
+from tagpr.rl.trajectory import Group, Trajectory
+
+
+class SyncFailed(RuntimeError):
+    pass
+
+
+class RolloutWorker:
+    def __init__(self, worker_id: str, config: dict[str, Any], buffer, policy: str):
+        from services.reward.client import make_reward_client
+        from tagpr.engines import Sampling, make_engine
+        from tagpr.rl.data import load_prompts
+        from tagpr.tags import TagSet
+
+        self.id, self.buffer, self.policy = worker_id, buffer, policy
+        self.cfg = cfg = TagPRConfig.model_validate(config)
+        self.engine = make_engine(cfg.rollout.engine, policy, cfg.model.dtype)
+        self.transport = TRANSPORTS.get(cfg.rollout.weight_transport)()
+        self.rewards = make_reward_client(cfg, cfg.rollout.reward_via)
+        self.prompts = load_prompts(cfg)
+        self.tags = TagSet(cfg.tags)
+        r = cfg.rollout
+        self.sampling = Sampling(n=cfg.rl.group_size, temperature=r.temperature, top_p=r.top_p,
+                                 max_tokens=r.max_tokens, stop=tuple(r.stop))
+        self.version, self.healthy, self.current = 0, True, None  # current: the WeightUpdate loaded
+        self._stop = threading.Event()
+        self.counters = {"batches": 0, "groups": 0, "admitted": 0, "tokens": 0, "syncs": 0,
+                         "gen_s": 0.0, "reward_s": 0.0, "sync_s": 0.0, "blocked_s": 0.0}
+
+    # ------------------------------------------------------------ weights
+
+    def _load(self, update: WeightUpdate) -> None:
+        apply_update(self.engine, self.transport, update, self.cfg.rollout.sync_timeout_s)
+
+    def sync(self, update: WeightUpdate) -> int:
+        """Load ``update`` within ``rollout.sync_timeout_s``, or raise :class:`SyncFailed`."""
+        start = time.perf_counter()
+        error: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                self._load(update)
+            except BaseException as exc:  # reported to the waiting thread below
+                error.append(exc)
+
+        t = threading.Thread(target=load, daemon=True)
+        t.start()
+        t.join(self.cfg.rollout.sync_timeout_s)
+        if t.is_alive() or error:
+            self.healthy = False
+            why = f"took over {self.cfg.rollout.sync_timeout_s}s" if t.is_alive() else repr(error[0])
+            raise SyncFailed(f"{self.id}: loading weight version {update.version} failed: {why}")
+        self.version, self.current = update.version, update
+        self.counters["syncs"] += 1
+        self.counters["sync_s"] += time.perf_counter() - start
+        return self.version
+
+    # ------------------------------------------------------------ generation
+
+    def step(self) -> int:
+        """One round with the buffer: groups offered (0 after a weight load or a wait), -1 once stopped."""
+        import ray
+
+        work = ray.get(self.buffer.request_work.remote(self.id, self.cfg.rollout.prompts_per_request, self.version))
+        if work.get("stop"):
+            return -1
+        if "update" in work:
+            self.sync(work["update"])
+            return 0
+        refs = work["prompts"]
+        if not refs:
+            time.sleep(0.02)
+            self.counters["blocked_s"] += 0.02
+            return 0
+        groups = self.generate(refs, work["stage"])
+        admitted = ray.get([self.buffer.offer.remote(g) for g in groups])
+        self.counters["admitted"] += sum(admitted)
+        return len(groups)
+
+    def generate(self, refs, stage: str) -> list[Group]:
+        """G samples for each prompt and their rewards, one reward call per group."""
+        from tagpr.sft.data import prompt_text
+
+        prompts = [self.prompts[r.id] for r in refs]
+        texts = [prompt_text(self.engine.tokenizer, self.tags, p.task, p.input, p.profile,
+                             self.cfg.data.prompt_profile_items) for p in prompts]
+        start = time.perf_counter()
+        gens = self.engine.generate(texts, self.sampling)
+        gen_s = time.perf_counter() - start
+        groups = []
+        for ref, p, gen in zip(refs, prompts, gens):
+            t0 = time.perf_counter()
+            outcomes = self.rewards.reward([p.reward_item(c.text) for c in gen.completions], stage)
+            reward_s = time.perf_counter() - t0
+            trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text, o.reward,
+                                o.components, self.version, self.id, self._tags(c.text), c.finish_reason,
+                                {"gen_s": gen_s / len(gens), "reward_s": reward_s})
+                     for c, o in zip(gen.completions, outcomes)]
+            groups.append(Group(ref, trajs, self.version, self.id))
+            self.counters["reward_s"] += reward_s
+            self.counters["tokens"] += sum(len(c.token_ids) for c in gen.completions)
+        self.counters["gen_s"] += gen_s
+        self.counters["batches"] += 1
+        self.counters["groups"] += len(groups)
+        return groups
+
+    @staticmethod
+    def _tags(text: str) -> list[str]:
+        from tagpr.tags import parse
+
+        return [s.tag for s in parse(text).sections]
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Step until stopped (by :meth:`stop` or the buffer) or after ``max_steps`` rounds."""
+        n = 0
+        while not self._stop.is_set() and (max_steps is None or n < max_steps):
+            if self.step() < 0:
+                break
+            n += 1
+        return self.health()
+
+    def stop(self) -> None:
+        """Finish the current batch, then leave :meth:`run`."""
+        self._stop.set()
+
+    def health(self) -> dict[str, Any]:
+        return {"worker": self.id, "version": self.version, "healthy": self.healthy, **self.counters,
+                "engine": self.engine.health()}

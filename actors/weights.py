@@ -1,0 +1,155 @@
+"""Versioned weight sync from the learner to the rollout engines.
+
+The learner ``publish``es a :class:`WeightUpdate` (version, what it carries, how to fetch it);
+each rollout worker ``fetch``es it into something ``Engine.load_weights`` or ``load_adapter``
+takes. Transports, registered by name:
+
+- ``object_store`` (default, any cluster): numpy arrays in buckets of ``bucket_mb``, one Ray
+  object each; receivers read them zero-copy from their node's object store.
+- ``shm`` (one node): one safetensors file per version under ``/dev/shm``; receivers map it.
+- LoRA: an adapter folder (``kind="lora"``), hot-loaded under a new adapter id, never merged.
+
+CUDA-only transports (NCCL broadcast) plug in under the same two methods.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+import numpy as np
+import torch
+
+from tagpr.registry import Registry
+
+Named = Iterable[tuple[str, torch.Tensor]]
+
+
+@dataclass
+class WeightUpdate:
+    version: int
+    kind: Literal["full", "lora"]
+    transport: str
+    payload: Any  # the transport's handle: object refs, a file, a folder
+    nbytes: int
+    names: list[str] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+
+
+class Transport:
+    name: str
+
+    def publish(self, named: Named, version: int) -> WeightUpdate:
+        raise NotImplementedError
+
+    def fetch(self, update: WeightUpdate) -> Any:
+        """What ``Engine.load_weights`` takes: (name, tensor) pairs, or a folder."""
+        raise NotImplementedError
+
+    def release(self, update: WeightUpdate) -> None:
+        """The update is superseded: free what it holds."""
+
+
+TRANSPORTS: Registry[type[Transport]] = Registry("weight transport")
+
+
+def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: ship the bits
+        return t.view(torch.int16).numpy(), "bfloat16"
+    return t.numpy(), str(t.dtype).removeprefix("torch.")
+
+
+def _from_numpy(arr: np.ndarray, dtype: str) -> torch.Tensor:
+    with warnings.catch_warnings():  # object-store arrays are read-only; engines copy them into their own
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(arr)
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+@TRANSPORTS.register("object_store")
+class ObjectStoreTransport(Transport):
+    name = "object_store"
+
+    def __init__(self, bucket_mb: float = 64):
+        self.bucket_bytes = int(bucket_mb * 2**20)
+
+    def publish(self, named, version):
+        import ray
+
+        refs, names, nbytes = [], [], 0
+        bucket: dict[str, tuple[np.ndarray, str]] = {}
+        size = 0
+        for name, t in named:
+            arr, dtype = _to_numpy(t)
+            if bucket and size + arr.nbytes > self.bucket_bytes:
+                refs.append(ray.put(bucket))
+                bucket, size = {}, 0
+            bucket[name] = (arr, dtype)
+            size += arr.nbytes
+            nbytes += arr.nbytes
+            names.append(name)
+        if bucket:
+            refs.append(ray.put(bucket))
+        return WeightUpdate(version, "full", self.name, refs, nbytes, names)
+
+    def fetch(self, update) -> Iterator[tuple[str, torch.Tensor]]:
+        import ray
+
+        for ref in update.payload:
+            for name, (arr, dtype) in ray.get(ref).items():
+                yield name, _from_numpy(arr, dtype)
+
+    def release(self, update):
+        import ray
+
+        ray.internal.free(update.payload, local_only=False)
+
+
+@TRANSPORTS.register("shm")
+class SharedMemoryTransport(Transport):
+    """One node only: every receiver must see the publisher's ``/dev/shm``."""
+
+    name = "shm"
+
+    def __init__(self, root: str | None = None):
+        default = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.root = Path(root or default or "/tmp") / "tagpr-weights"
+
+    def publish(self, named, version):
+        from safetensors.torch import save_file
+
+        folder = self.root / f"v{version}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True)
+        tensors = {name: t.detach().cpu().contiguous() for name, t in named}
+        save_file(tensors, str(folder / "model.safetensors"))
+        return WeightUpdate(version, "full", self.name, str(folder), sum(t.nbytes for t in tensors.values()),
+                            list(tensors))
+
+    def fetch(self, update):
+        return update.payload
+
+    def release(self, update):
+        shutil.rmtree(update.payload, ignore_errors=True)
+
+
+def publish_adapter(folder: str | Path, version: int) -> WeightUpdate:
+    """A PEFT adapter folder (on storage every rollout node reads) as a LoRA update."""
+    files = [p for p in Path(folder).iterdir() if p.is_file()]
+    if not (Path(folder) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{folder} holds no PEFT adapter (adapter_config.json)")
+    return WeightUpdate(version, "lora", "path", str(folder), sum(p.stat().st_size for p in files))
+
+
+def apply_update(engine, transport: Transport | None, update: WeightUpdate, timeout_s: float | None) -> None:
+    """Load ``update`` into ``engine``: the adapter under id ``version + 1``, or the full weights."""
+    if update.kind == "lora":
+        engine.load_adapter(update.payload, adapter_id=update.version + 1)
+    else:
+        engine.load_weights(transport.fetch(update), timeout_s=timeout_s)

