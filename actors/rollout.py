@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from actors.weights import TRANSPORTS, WeightUpdate, apply_update
+from actors.weights import WeightUpdate, apply_update
 from tagpr.config import TagPRConfig
 from tagpr.rl.trajectory import Group, Trajectory
 
@@ -34,14 +34,13 @@ class RolloutWorker:
         self.id, self.buffer, self.policy = worker_id, buffer, policy
         self.cfg = cfg = TagPRConfig.model_validate(config)
         self.engine = make_engine(cfg.rollout.engine, policy, cfg.model.dtype)
-        self.transport = TRANSPORTS.get(cfg.rollout.weight_transport)()
         self.rewards = make_reward_client(cfg, cfg.rollout.reward_via)
         self.prompts = load_prompts(cfg)
         self.tags = TagSet(cfg.tags)
         r = cfg.rollout
         self.sampling = Sampling(n=cfg.rl.group_size, temperature=r.temperature, top_p=r.top_p,
                                  max_tokens=r.max_tokens, stop=tuple(r.stop))
-        self.version, self.healthy, self.current = 0, True, None  # current: the WeightUpdate loaded
+        self.version, self.healthy = 0, True  # version 0: the policy on disk
         self._stop = threading.Event()
         self.counters = {"batches": 0, "groups": 0, "admitted": 0, "tokens": 0, "syncs": 0,
                          "gen_s": 0.0, "reward_s": 0.0, "sync_s": 0.0, "blocked_s": 0.0}
@@ -49,7 +48,7 @@ class RolloutWorker:
     # ------------------------------------------------------------ weights
 
     def _load(self, update: WeightUpdate) -> None:
-        apply_update(self.engine, self.transport, update, self.cfg.rollout.sync_timeout_s)
+        apply_update(self.engine, update, self.cfg.rollout.sync_timeout_s)
 
     def sync(self, update: WeightUpdate) -> int:
         """Load ``update`` within ``rollout.sync_timeout_s``, or raise :class:`SyncFailed`."""
@@ -69,7 +68,7 @@ class RolloutWorker:
             self.healthy = False
             why = f"took over {self.cfg.rollout.sync_timeout_s}s" if t.is_alive() else repr(error[0])
             raise SyncFailed(f"{self.id}: loading weight version {update.version} failed: {why}")
-        self.version, self.current = update.version, update
+        self.version = update.version
         self.counters["syncs"] += 1
         self.counters["sync_s"] += time.perf_counter() - start
         return self.version

@@ -147,9 +147,10 @@ def publish_adapter(folder: str | Path, version: int) -> WeightUpdate:
     return WeightUpdate(version, "lora", "path", str(folder), sum(p.stat().st_size for p in files))
 
 
-def apply_update(engine, transport: Transport | None, update: WeightUpdate, timeout_s: float | None) -> None:
-    """Load ``update`` into ``engine``: the adapter under id ``version + 1``, or the full weights."""
+def apply_update(engine, update: WeightUpdate, timeout_s: float | None) -> None:
+    """Load ``update`` into ``engine``: the adapter under id ``version + 1``, or the full weights
+    through the transport that published them."""
     if update.kind == "lora":
         engine.load_adapter(update.payload, adapter_id=update.version + 1)
     else:
-        engine.load_weights(transport.fetch(update), timeout_s=timeout_s)
+        engine.load_weights(TRANSPORTS.get(update.transport)().fetch(update), timeout_s=timeout_s)

@@ -321,11 +321,12 @@ class RolloutConfig(Section):
     max_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=lambda: ["</answer>"])
     prompts_per_request: int = Field(4, ge=1, description="prompts a worker takes from the buffer at once")
-    reward_via: Literal["local", "http", "handle"] = Field(
-        "local", description="local: in the worker; http: the reward service at reward_url; handle: Serve handle")
+    reward_via: Literal["local", "http", "handle", "none"] = Field(
+        "local", description="local: in the worker; http: the reward service at reward_url; handle: Serve handle; "
+                             "none: rewards off (0)")
     reward_url: str | None = Field(None, description="default: http://<service.host>:<service.port>")
     reward_failure_policy: Literal["raise", "default"] = "raise"
-    weight_transport: str = Field("object_store", description="registered weight transport: object_store, shm")
+    weight_transport: str = Field("object_store", description="how the learner publishes weights: object_store, shm")
     sync_timeout_s: float = Field(120, gt=0, description="a weight load slower than this marks the worker unhealthy")
     capacity: int = Field(64, ge=1, description="groups buffered plus in flight (back-pressure on producers)")
     max_replacements: int = Field(10, ge=0, description="dead workers replaced before the pool gives up")

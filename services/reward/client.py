@@ -162,10 +162,20 @@ class LocalRewardClient:
         return [RewardOutcome(r.reward, r.components) for r in reward.score(inputs)]
 
 
+class NoReward:
+    """Rewards off: every sample scores 0 (throughput measurements, generation-only runs)."""
+
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
+        return [RewardOutcome(0.0) for _ in items]
+
+
 def make_reward_client(cfg, via: str):
-    """The reward client a rollout worker uses: ``local``, ``http`` (``service.*``) or ``handle`` (Serve)."""
+    """The reward client a rollout worker uses: ``local``, ``http`` (``service.*``), ``handle`` (Serve) or
+    ``none``."""
     import os
 
+    if via == "none":
+        return NoReward()
     if via == "local":
         return LocalRewardClient(cfg)
     if via == "handle":

@@ -72,7 +72,7 @@ def test_sft_two_workers_then_resume_and_vllm_loads(small):
     assert len(out.token_ids) >= 1
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_sft_deepspeed_two_workers_then_resume(small, stage):
     """ZeRO-2/3 over gloo in two Ray Train workers; the second run resumes DeepSpeed's partitions."""
     import torch

@@ -38,8 +38,13 @@ def _buffer(cfg):
     from tagpr.rl.data import load_prompts
 
     ids = sorted(load_prompts(cfg))
-    return ids, ray.remote(TrajectoryBuffer).remote(ids, cfg.rollout.capacity, cfg.rl.max_staleness,
-                                                    cfg.rl.prompts_per_step, cfg.rl.stages[0].name)
+    buffer = ray.remote(TrajectoryBuffer).options(num_cpus=0).remote(
+        ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step, cfg.rl.stages[0].name)
+    return ids, buffer
+
+
+# Fractional CPUs: the session's cluster (4 CPUs) also hosts other tests' actors and Serve replicas.
+WORKER = {"num_cpus": 0.25}
 
 
 def _publish(model, version, transport, buffer, seed):
@@ -64,7 +69,7 @@ def test_pool_scales_survives_a_kill_and_trains_each_prompt_once(rl_cfg, tiny_po
     ids, buffer = _buffer(rl_cfg)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_policy), dtype=torch.float32)
     transport = ObjectStoreTransport(bucket_mb=4)
-    pool = RolloutPool(rl_cfg, buffer, str(tiny_policy))
+    pool = RolloutPool(rl_cfg, buffer, str(tiny_policy), WORKER)
     assert pool.scale(2) == 2
     consumed: list = []
     version, killed, scaled_up_at = 0, None, None
@@ -122,7 +127,7 @@ def test_failed_weight_load_replaces_the_worker_and_requeues_its_prompts(rl_cfg,
     cfg = rl_cfg.model_copy(update={"rollout": rl_cfg.rollout.model_copy(update={
         "sync_timeout_s": 0.001, "max_replacements": 1, "min_workers": 1})})
     ids, buffer = _buffer(cfg)
-    pool = RolloutPool(cfg, buffer, str(tiny_policy))
+    pool = RolloutPool(cfg, buffer, str(tiny_policy), WORKER)
     pool.scale(1)
     groups = None
     while groups is None:
