@@ -9,6 +9,7 @@ current stage and weight update.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Sequence
 
 from actors.weights import WeightUpdate
@@ -19,14 +20,14 @@ from tagpr.rl.trajectory import Group, PromptRef
 class TrajectoryBuffer:
     def __init__(self, prompt_ids: Sequence[str], capacity: int, max_staleness: int, groups_per_step: int,
                  stage: str, seed: int = 0):
-        from ray.util.metrics import Counter, Gauge
+        from ray.util import metrics
 
         self.core = BufferCore(PromptCursor(prompt_ids, seed), capacity, max_staleness, groups_per_step)
         self.update: WeightUpdate | None = None
         self.stage, self.stopped = stage, False
-        self._depth = Gauge("tagpr_buffer_depth", "groups buffered", tag_keys=("kind",))
-        self._drops = Counter("tagpr_buffer_dropped_groups", "groups dropped, by reason", tag_keys=("reason",))
-        self._staleness = Counter("tagpr_buffer_consumed_staleness", "consumed groups by staleness",
+        self._depth = metrics.Gauge("tagpr_buffer_depth", "groups buffered", tag_keys=("kind",))
+        self._drops = metrics.Counter("tagpr_buffer_dropped_groups", "groups dropped, by reason", tag_keys=("reason",))
+        self._staleness = metrics.Counter("tagpr_buffer_consumed_staleness", "consumed groups by staleness",
                                   tag_keys=("staleness",))
 
     def _export(self) -> None:
@@ -86,7 +87,9 @@ class TrajectoryBuffer:
 
     def stats(self) -> dict[str, Any]:
         s = self.core.stats
-        return {"buffered": len(self.core.groups), "in_flight": len(self.core.in_flight), "offered": s.offered,
+        holders = Counter(w for _, w in self.core.in_flight.values())
+        return {"buffered": len(self.core.groups), "in_flight": len(self.core.in_flight),
+                "in_flight_by_worker": dict(holders), "offered": s.offered,
                 "admitted": s.admitted, "consumed": s.consumed, "dropped": dict(s.dropped),
                 "staleness": {str(k): v for k, v in sorted(s.staleness.items())}, "blocked_issues": s.blocked_issues,
                 "version": self.core.version, "steps_taken": self.core.steps_taken}

@@ -10,6 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
+from .conftest import wait_for
+
 pytestmark = pytest.mark.integration
 
 
@@ -59,7 +61,7 @@ def _publish(model, version, transport, buffer, seed):
     return update
 
 
-def test_pool_scales_survives_a_kill_and_trains_each_prompt_once(rl_cfg, tiny_policy):
+def test_pool_scales_survives_a_kill_and_trains_each_prompt_once(rl_cfg, tiny_policy, ray_cluster):
     import ray
     from transformers import AutoModelForCausalLM
 
@@ -87,9 +89,10 @@ def test_pool_scales_survives_a_kill_and_trains_each_prompt_once(rl_cfg, tiny_po
         consumed += groups
         version += 1
         _publish(model, version, transport, buffer, seed=version)
-        if version == 2:
-            killed = next(iter(pool.members))
-            ray.kill(pool.members[killed].actor)  # mid-batch: it holds prompts in flight
+        if version == 2:  # kill a worker mid-batch, while it holds prompts in flight
+            holders = wait_for(lambda: ray.get(buffer.stats.remote())["in_flight_by_worker"], 60, 0.01)
+            killed = next(iter(holders))
+            ray.kill(pool.members[killed].actor)
         if version == 4:
             scaled_up_at = version
             assert pool.scale(3) == 3
@@ -113,6 +116,20 @@ def test_pool_scales_survives_a_kill_and_trains_each_prompt_once(rl_cfg, tiny_po
     stats = ray.get(buffer.stats.remote())
     assert stats["consumed"] == len(consumed) and set(stats["staleness"]) <= {"0", "1"}
     assert health and all(h["syncs"] >= 1 for h in health)
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def buffer_metrics():
+        text = httpx.get(f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics", timeout=10).text
+        found = {f.name: f for f in text_string_to_metric_families(text)}
+        wanted = {"ray_tagpr_buffer_depth", "ray_tagpr_buffer_dropped_groups", "ray_tagpr_buffer_consumed_staleness"}
+        return found if wanted <= set(found) else None
+
+    found = wait_for(buffer_metrics, 60, 2.0)
+    assert found, "buffer metrics missing from Ray's metrics endpoint"
+    reasons = {s.labels["reason"] for s in found["ray_tagpr_buffer_dropped_groups"].samples}
+    assert "released" in reasons  # the killed worker's prompts
 
 
 def test_failed_weight_load_replaces_the_worker_and_requeues_its_prompts(rl_cfg, tiny_policy):
