@@ -5,7 +5,8 @@ each rollout worker ``fetch``es it into something ``Engine.load_weights`` or ``l
 takes. Transports, registered by name:
 
 - ``object_store`` (default, any cluster): numpy arrays in buckets of ``bucket_mb``, one Ray
-  object each; receivers read them zero-copy from their node's object store.
+  object each; receivers read them zero-copy from their node's object store. Ray frees a version
+  once no one holds its update.
 - ``shm`` (one node): one safetensors file per version under ``/dev/shm``; receivers map it.
 - LoRA: an adapter folder (``kind="lora"``), hot-loaded under a new adapter id, never merged.
 
@@ -105,11 +106,6 @@ class ObjectStoreTransport(Transport):
         for ref in update.payload:
             for name, (arr, dtype) in ray.get(ref).items():
                 yield name, _from_numpy(arr, dtype)
-
-    def release(self, update):
-        import ray
-
-        ray.internal.free(update.payload, local_only=False)
 
 
 @TRANSPORTS.register("shm")

@@ -161,3 +161,27 @@ def test_failed_weight_load_replaces_the_worker_and_requeues_its_prompts(rl_cfg,
     assert [e["event"] for e in pool.events] == ["add", "replace"]
     assert ray.get(buffer.stats.remote())["in_flight"] == 0
     pool.shutdown()
+
+
+def test_transports_roundtrip_and_lora_update(ray_cluster, tmp_path):
+    """Object-store buckets (bfloat16 as bits, many buckets) and shm files hand back exactly what was published."""
+    from actors.weights import ObjectStoreTransport, SharedMemoryTransport, publish_adapter
+
+    g = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(300, 300, generator=g) for i in range(5)}
+    state["half"] = torch.randn(7, 3, generator=g).to(torch.bfloat16)
+    store = ObjectStoreTransport(bucket_mb=0.5)
+    update = store.publish(state.items(), 3)
+    assert update.version == 3 and len(update.payload) >= 5 and update.nbytes == sum(t.nbytes for t in state.values())
+    back = dict(store.fetch(update))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
+    shm = SharedMemoryTransport(root=str(tmp_path))
+    update = shm.publish(state.items(), 4)
+    from safetensors.torch import load_file
+
+    loaded = load_file(f"{shm.fetch(update)}/model.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    shm.release(update)
+    assert not (tmp_path / "tagpr-weights").exists() or not any((tmp_path / "tagpr-weights").iterdir())
+    with pytest.raises(FileNotFoundError, match="no PEFT adapter"):
+        publish_adapter(tmp_path, 1)
