@@ -10,13 +10,18 @@ takes. Transports, registered by name:
 - ``shm`` (one node): one safetensors file per version under ``/dev/shm``; receivers map it.
 - LoRA: an adapter folder (``kind="lora"``), hot-loaded under a new adapter id, never merged.
 
-CUDA-only transports (NCCL broadcast) plug in under the same two methods.
+- ``collective`` (torch.distributed: NCCL on GPUs, gloo on CPUs): the publisher keeps the newest
+  versions and serves each receiver over a two-rank group of its own, so workers can join and
+  leave between versions; a receiver pulls the version it is told to load.
 """
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 import warnings
@@ -29,6 +34,7 @@ import torch
 
 from tagpr.registry import Registry
 
+log = logging.getLogger("tagpr.weights")
 Named = Iterable[tuple[str, torch.Tensor]]
 
 
@@ -133,6 +139,95 @@ class SharedMemoryTransport(Transport):
 
     def release(self, update):
         shutil.rmtree(update.payload, ignore_errors=True)
+
+
+class CollectiveTransport(Transport):
+    """Point-to-point weight serving over torch.distributed process groups built without a global init.
+
+    Rendezvous is a ``TCPStore`` the publisher hosts at ``payload["addr"]``: a receiver appends a
+    request ``<receiver key>|<version>`` and receives every tensor over its pair group; a thread on
+    the publisher answers requests in order. Sends are sequential per receiver, not a tree broadcast.
+    """
+
+    name = "collective"
+    _pairs: dict[tuple[str, str], Any] = {}  # (store addr, receiver key) -> (store, pair group), per process
+    _key = uuid.uuid4().hex
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, backend: str | None = None, keep: int = 2,
+                 timeout_s: float = 300):
+        self.host, self.port, self.keep, self.timeout_s = host, port, keep, timeout_s
+        self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        self.versions: dict[int, dict[str, torch.Tensor]] = {}
+        self._store = None
+
+    @staticmethod
+    def _group(store, prefix: str, rank: int, backend: str, timeout_s: float):
+        import torch.distributed as dist
+
+        pstore = dist.PrefixStore(prefix, store)
+        if backend == "nccl":
+            return dist.ProcessGroupNCCL(pstore, rank, 2)
+        return dist.ProcessGroupGloo(pstore, rank, 2, datetime.timedelta(seconds=timeout_s))
+
+    def _serve(self) -> None:
+        pairs: dict[str, Any] = {}
+        n = 0
+        while True:
+            n += 1
+            key = f"tagpr/request/{n}"
+            self._store.wait([key])
+            receiver, version = self._store.get(key).decode().split("|")
+            if receiver not in pairs:
+                pairs[receiver] = self._group(self._store, f"pair/{receiver}", 0, self.backend, self.timeout_s)
+            tensors = self.versions.get(int(version))
+            if tensors is None:  # superseded twice over: the receiver times out and asks for the newest
+                log.error("weight version %s requested by %s is gone", version, receiver)
+                continue
+            for t in tensors.values():
+                pairs[receiver].send([t], 1, 0).wait()
+
+    def publish(self, named, version):
+        import torch.distributed as dist
+
+        if self._store is None:
+            self._store = dist.TCPStore(self.host, self.port, is_master=True, wait_for_workers=False,
+                                        timeout=datetime.timedelta(seconds=self.timeout_s))
+            self.port = self._store.port
+            threading.Thread(target=self._serve, daemon=True, name="weight-server").start()
+        device = "cuda" if self.backend == "nccl" else "cpu"
+        tensors = {name: t.detach().to(device).contiguous().clone() for name, t in named}
+        self.versions[version] = tensors
+        for old in sorted(self.versions)[:-self.keep]:
+            del self.versions[old]
+        meta = [(n, list(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in tensors.items()]
+        return WeightUpdate(version, "full", self.name, {"addr": f"{self.host}:{self.port}", "backend": self.backend,
+                                                          "tensors": meta}, sum(t.nbytes for t in tensors.values()),
+                            [n for n, _, _ in meta])
+
+    def fetch(self, update):
+        import torch.distributed as dist
+
+        p = update.payload
+        host, port = p["addr"].rsplit(":", 1)
+        if (p["addr"], self._key) not in self._pairs:
+            store = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=self.timeout_s))
+            self._pairs[(p["addr"], self._key)] = (store, None)
+        store, group = self._pairs[(p["addr"], self._key)]
+        n = store.add("tagpr/requests", 1)
+        store.set(f"tagpr/request/{n}", f"{self._key}|{update.version}")
+        if group is None:
+            group = self._group(store, f"pair/{self._key}", 1, p["backend"], self.timeout_s)
+            self._pairs[(p["addr"], self._key)] = (store, group)
+        device = "cuda" if p["backend"] == "nccl" else "cpu"
+        out = []
+        for name, shape, dtype in p["tensors"]:
+            t = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+            group.recv([t], 0, 0).wait()
+            out.append((name, t))
+        return out
+
+
+TRANSPORTS.add("collective", CollectiveTransport)
 
 
 def publish_adapter(folder: str | Path, version: int) -> WeightUpdate:
