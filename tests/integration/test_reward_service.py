@@ -50,6 +50,10 @@ def service(prmu_job, serve_port):
     assert wait_for(lambda: client.get("/readyz").status_code == 200, 60)
     yield cfg, result, client
     client.close()
+    from ray import serve
+
+    for app in ("reward-open", "reward-secure"):  # free the session cluster's CPUs for later modules
+        serve.delete(app)
 
 
 def score_item(response, **kw):
