@@ -4,7 +4,7 @@ The learner ``publish``es a :class:`WeightUpdate` (version, what it carries, how
 each rollout worker ``fetch``es it into something ``Engine.load_weights`` or ``load_adapter``
 takes. Transports, registered by name:
 
-- ``object_store`` (default, any cluster): numpy arrays in buckets of ``bucket_mb``, one Ray
+- ``object_store`` (default, any cluster): numpy arrays in buckets of ``bucket_mb`` (512), one Ray
   object each; receivers read them zero-copy from their node's object store. Ray frees a version
   once no one holds its update.
 - ``shm`` (one node): one safetensors file per version under ``/dev/shm``; receivers map it.
@@ -84,7 +84,7 @@ def _from_numpy(arr: np.ndarray, dtype: str) -> torch.Tensor:
 class ObjectStoreTransport(Transport):
     name = "object_store"
 
-    def __init__(self, bucket_mb: float = 64):
+    def __init__(self, bucket_mb: float = 512):
         self.bucket_bytes = int(bucket_mb * 2**20)
 
     def publish(self, named, version):

@@ -40,7 +40,7 @@ def _raw(cfg) -> tuple[int, float]:
     tags, prompts = TagSet(cfg.tags), list(load_prompts(cfg).values())
     texts = [prompt_text(engine.tokenizer, tags, p.task, p.input, p.profile, cfg.data.prompt_profile_items)
              for p in prompts]
-    sampling = Sampling(n=GROUP, temperature=1.0, max_tokens=MAX_TOKENS, seed=0)
+    sampling = Sampling(n=GROUP, temperature=1.0, max_tokens=MAX_TOKENS)  # as the worker samples: no seed
     engine.generate(texts[:2], sampling)  # warm-up, as the worker's first batch is not timed either
     start, tokens = time.perf_counter(), 0
     for i in range(0, len(texts), PER_REQUEST):
