@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tagpr.config import TagPRConfig
@@ -24,8 +24,7 @@ log = logging.getLogger("tagpr.pool")
 class _Member:
     id: str
     actor: Any
-    run_ref: Any
-    started: float = field(default_factory=time.time)
+    run_ref: Any  # the worker's run() call: it ends when the worker stops or dies
 
 
 class RolloutPool:
@@ -47,8 +46,7 @@ class RolloutPool:
         from actors.rollout import RolloutWorker
 
         wid = f"rollout-{next(self._ids)}"
-        actor = ray.remote(RolloutWorker).options(name=None, max_concurrency=4, max_restarts=0,
-                                                  **self.resources).remote(
+        actor = ray.remote(RolloutWorker).options(max_concurrency=4, max_restarts=0, **self.resources).remote(
             wid, self.cfg.model_dump(mode="json"), self.buffer, self.policy)
         self.members[wid] = _Member(wid, actor, actor.run.remote())
         return wid
