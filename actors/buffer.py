@@ -98,5 +98,6 @@ class TrajectoryBuffer:
         return {**self.core.snapshot(), "stage": self.stage}
 
     def restore(self, snap: dict[str, Any]) -> None:
+        """Continue from a snapshot; publish the restored learner's weights before producers start."""
         self.core.restore(snap)
         self.stage = snap["stage"]
