@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import shutil
 import threading
@@ -88,30 +89,76 @@ class ObjectStoreTransport(Transport):
         self.bucket_bytes = int(bucket_mb * 2**20)
 
     def publish(self, named, version):
+        """Tensors that share one storage (a flat parameter buffer, see :func:`flatten_parameters`) go
+        as that one array, which Ray copies in parallel; the others in buckets of ``bucket_mb``."""
         import ray
 
-        refs, names, nbytes = [], [], 0
+        items = [(name, t.detach()) for name, t in named]
+        shared: dict[int, list[tuple[str, torch.Tensor]]] = {}
+        for name, t in items:
+            shared.setdefault(t.untyped_storage().data_ptr(), []).append((name, t))
+        refs = []
         bucket: dict[str, tuple[np.ndarray, str]] = {}
         size = 0
-        for name, t in named:
-            arr, dtype = _to_numpy(t)
-            if bucket and size + arr.nbytes > self.bucket_bytes:
-                refs.append(ray.put(bucket))
-                bucket, size = {}, 0
-            bucket[name] = (arr, dtype)
-            size += arr.nbytes
-            nbytes += arr.nbytes
-            names.append(name)
+        for group in shared.values():
+            if len(group) > 1 and all(t.is_contiguous() for _, t in group):
+                refs.append(ray.put(_flat(group)))
+                continue
+            for name, t in group:
+                arr, dtype = _to_numpy(t)
+                if bucket and size + arr.nbytes > self.bucket_bytes:
+                    refs.append(ray.put(bucket))
+                    bucket, size = {}, 0
+                bucket[name] = (arr, dtype)
+                size += arr.nbytes
         if bucket:
             refs.append(ray.put(bucket))
-        return WeightUpdate(version, "full", self.name, refs, nbytes, names)
+        return WeightUpdate(version, "full", self.name, refs, sum(t.nbytes for _, t in items), [n for n, _ in items])
 
     def fetch(self, update) -> Iterator[tuple[str, torch.Tensor]]:
         import ray
 
         for ref in update.payload:
-            for name, (arr, dtype) in ray.get(ref).items():
-                yield name, _from_numpy(arr, dtype)
+            obj = ray.get(ref)
+            if isinstance(obj, tuple):  # a flat buffer and its layout
+                whole = _from_numpy(obj[0], "uint8")
+                for name, offset, shape, dtype in obj[1]:
+                    size = math.prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+                    yield name, whole[offset:offset + size].view(getattr(torch, dtype)).view(shape)
+            else:
+                for name, (arr, dtype) in obj.items():
+                    yield name, _from_numpy(arr, dtype)
+
+
+def _flat(group: list[tuple[str, torch.Tensor]]) -> tuple[np.ndarray, list[tuple[str, int, list[int], str]]]:
+    """The whole storage behind ``group`` as one byte array, with each tensor's place in it."""
+    t0 = group[0][1]
+    whole = torch.empty(0, dtype=torch.uint8, device=t0.device).set_(t0.untyped_storage()).cpu()
+    layout = [(name, t.storage_offset() * t.element_size(), list(t.shape), str(t.dtype).removeprefix("torch."))
+              for name, t in group]
+    return whole.numpy(), layout
+
+
+def flatten_parameters(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Move ``module``'s parameters into one contiguous buffer per dtype, each parameter a view of it.
+
+    A learner that does this before building its optimizer publishes each version as one array per
+    dtype (see ``ObjectStoreTransport.publish``). Returns the buffers.
+    """
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p in module.parameters():
+        by_dtype.setdefault(p.dtype, []).append(p)
+    buffers = []
+    for dtype, params in by_dtype.items():
+        flat = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            flat[offset:offset + n].copy_(p.data.reshape(-1))
+            p.data = flat[offset:offset + n].view_as(p)
+            offset += n
+        buffers.append(flat)
+    return buffers
 
 
 @TRANSPORTS.register("shm")

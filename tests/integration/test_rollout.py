@@ -187,6 +187,27 @@ def test_transports_roundtrip_and_lora_update(ray_cluster, tmp_path):
         publish_adapter(tmp_path, 1)
 
 
+def test_flat_parameters_publish_as_one_array(ray_cluster):
+    from actors.weights import ObjectStoreTransport, flatten_parameters
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    x = torch.randn(3, 16)
+    before = model(x)
+    (flat,) = flatten_parameters(model)
+    assert flat.numel() == sum(p.numel() for p in model.parameters())
+    assert torch.equal(model(x), before)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).sum().backward()
+    opt.step()  # the optimizer updates the views, so the flat buffer moves with it
+    assert not torch.equal(model(x), before)
+    update = ObjectStoreTransport().publish(model.state_dict().items(), 1)
+    assert len(update.payload) == 1
+    back = dict(ObjectStoreTransport().fetch(update))
+    assert back.keys() == model.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
 class _Receiver:
     def fetch_sums(self, update):
         from actors.weights import TRANSPORTS
