@@ -245,3 +245,35 @@ def test_collective_transport_over_nccl(ray_cluster):
     if torch.cuda.device_count() < 2:
         pytest.skip("NCCL between two processes needs two GPUs")
     _collective_roundtrip("nccl", 1)
+
+
+def test_worker_scores_each_group_through_the_reward_service(prmu_job, serve_port, tiny_policy):
+    """reward_via=http: one /v1/reward call per group to the Serve-hosted service, PRMU term included."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from actors.rollout import RolloutWorker
+    from services.reward.deploy import deploy
+
+    base, result = prmu_job
+    deploy(base, result["checkpoint"], token_env="TAGPR_NO_SUCH_ENV", name="reward-rollout", route_prefix="/rollout")
+    url = f"http://127.0.0.1:{serve_port}/rollout"
+    assert wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 90)
+    cfg = base.model_copy(update={
+        "model": base.model.model_copy(update={"policy": str(tiny_policy)}),
+        "rl": base.rl.model_copy(update={"group_size": 3, "prompts_per_step": 1}),
+        "rollout": base.rollout.model_copy(update={"max_tokens": 8, "prompts_per_request": 1, "reward_via": "http",
+                                                   "reward_url": url})})
+    ids, buffer = _buffer(cfg)
+    worker = ray.remote(RolloutWorker).options(num_cpus=0).remote("http", cfg.model_dump(mode="json"), buffer,
+                                                                  str(tiny_policy))
+    try:
+        assert ray.get(worker.step.remote()) == 1
+        (group,) = ray.get(buffer.take.remote())
+        assert len(group.trajectories) == 3
+        for t in group.trajectories:
+            assert {"format", "task", "tag", "prmu"} <= set(t.components) and t.timings["reward_s"] > 0
+    finally:
+        ray.kill(worker)
+        serve.delete("reward-rollout")
