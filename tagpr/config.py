@@ -177,6 +177,9 @@ class RLConfig(Section):
     scale_by_std: bool = True
     dynamic_sampling: bool = False
     max_staleness: int = Field(1, ge=0, description="0: strictly on-policy and synchronous")
+    advantage: str = Field("grpo", min_length=1, description="registered advantage estimator (tagpr.algos)")
+    loss: str = Field("ppo_clip", min_length=1, description="registered policy loss (tagpr.algos)")
+    std_eps: float = Field(1e-6, gt=0, description="added to the group std before dividing")
 
 
 # ---------------------------------------------------------------- PRMU, SFT

@@ -1,0 +1,37 @@
+"""The RL algorithm in pure torch: registered advantage estimators and policy losses (no Ray, no vLLM)."""
+
+from tagpr.algos.advantages import (
+    ADVANTAGES,
+    AdvantageEstimator,
+    compute_advantages,
+    group_rewards,
+    grpo_advantages,
+    nonzero_variance,
+)
+from tagpr.algos.losses import (
+    LOSSES,
+    LossInputs,
+    PolicyLoss,
+    k3,
+    policy_loss,
+    ppo_clip_loss,
+    token_entropy,
+    token_logprobs,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "LOSSES",
+    "AdvantageEstimator",
+    "LossInputs",
+    "PolicyLoss",
+    "compute_advantages",
+    "group_rewards",
+    "grpo_advantages",
+    "k3",
+    "nonzero_variance",
+    "policy_loss",
+    "ppo_clip_loss",
+    "token_entropy",
+    "token_logprobs",
+]

@@ -1,0 +1,74 @@
+"""Group-relative advantages (TAGPR.md section 6) and the dynamic-sampling filter.
+
+An estimator maps the rewards of a step, shaped ``(num_groups, G)``, to one advantage per sample
+of the same shape; the loss broadcasts each over its sample's tokens. Estimators are registered by
+name in ``ADVANTAGES`` and ``rl.advantage`` names the one a run uses, so a new estimator plugs in
+by registering a function with the ``AdvantageEstimator`` signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from tagpr.config import RLConfig
+from tagpr.registry import Registry
+from tagpr.rl.trajectory import Group
+
+
+class AdvantageEstimator(Protocol):
+    def __call__(self, rewards: Tensor, cfg: RLConfig) -> Tensor: ...
+
+
+ADVANTAGES: Registry[AdvantageEstimator] = Registry("advantage estimator")
+
+
+def _check_rewards(rewards: Tensor) -> None:
+    if rewards.dim() != 2 or rewards.shape[1] < 1:
+        raise ValueError(f"rewards must be shaped (num_groups, G), got {tuple(rewards.shape)}")
+
+
+def group_rewards(groups: Sequence[Group]) -> Tensor:
+    """The ``(num_groups, G)`` float32 reward matrix of a step's groups (all of one size G)."""
+    sizes = {len(g.trajectories) for g in groups}
+    if len(sizes) > 1:
+        raise ValueError(f"groups of different sizes {sorted(sizes)} cannot share one reward matrix")
+    return torch.tensor([[t.reward for t in g.trajectories] for g in groups], dtype=torch.float32)
+
+
+def grpo_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """``(r - group mean) / (group std + eps)``, or only ``r - group mean`` without ``scale_by_std``.
+
+    The std is the population std (``correction=0``): the group is all there is to normalise, and
+    it gives every non-constant group unit variance whatever G is (two samples 0/1 get -1/+1).
+    A constant group has zero centred rewards, so it gets zero advantages, never NaN.
+    """
+    _check_rewards(rewards)
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale_by_std:
+        return centred
+    return centred / (rewards.std(dim=1, correction=0, keepdim=True) + eps)
+
+
+def nonzero_variance(rewards: Tensor, atol: float = 1e-6) -> Tensor:
+    """Boolean mask over groups: True where the rewards are not all equal (within ``atol``).
+
+    Dynamic sampling keeps only these: a group whose samples all score the same has zero
+    advantages under GRPO and so adds no gradient, only noise to the token count.
+    """
+    _check_rewards(rewards)
+    spread = rewards.max(dim=1).values - rewards.min(dim=1).values
+    return spread > atol
+
+
+@ADVANTAGES.register("grpo")
+def _grpo(rewards: Tensor, cfg: RLConfig) -> Tensor:
+    return grpo_advantages(rewards, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps)
+
+
+def compute_advantages(rewards: Tensor, cfg: RLConfig) -> Tensor:
+    """Run the estimator that ``cfg.advantage`` names."""
+    return ADVANTAGES.get(cfg.advantage)(rewards, cfg)
