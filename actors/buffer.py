@@ -47,13 +47,12 @@ class TrajectoryBuffer:
         return {"prompts": refs, "stage": self.stage, "version": self.core.version}
 
     def offer(self, group: Group) -> bool:
-        before = dict(self.core.stats.dropped)
-        ok = self.core.offer(group)
-        for reason, n in self.core.stats.dropped.items():
-            if n > before.get(reason, 0):
-                self._drops.inc(n - before.get(reason, 0), tags={"reason": reason})
+        """Whether the group was admitted; a dropped one is counted under its reason."""
+        outcome = self.core.offer(group)
+        if outcome != "admitted":
+            self._drops.inc(tags={"reason": outcome})
         self._export()
-        return ok
+        return outcome == "admitted"
 
     def release(self, worker_id: str) -> list[PromptRef]:
         refs = self.core.release(worker_id)

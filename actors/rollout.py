@@ -11,6 +11,7 @@ process is not a clean restart.)
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from actors.weights import WeightUpdate, apply_update
 from tagpr.config import TagPRConfig
 from tagpr.rl.trajectory import Group, Trajectory
+
+PROMPT_CACHE = 4096  # prompts whose token ids a worker keeps
 
 
 class SyncFailed(RuntimeError):
@@ -40,6 +43,7 @@ class RolloutWorker:
         r = cfg.rollout
         self.sampling = Sampling(n=cfg.rl.group_size, temperature=r.temperature, top_p=r.top_p,
                                  max_tokens=r.max_tokens, stop=tuple(r.stop))
+        self.prompt_tokens = functools.lru_cache(maxsize=PROMPT_CACHE)(self._render)
         self.version, self.healthy = 0, True  # version 0: the policy on disk
         self._stop = threading.Event()
         self.counters = {"batches": 0, "groups": 0, "admitted": 0, "tokens": 0, "syncs": 0,
@@ -97,13 +101,9 @@ class RolloutWorker:
 
     def generate(self, refs, stage: str) -> list[Group]:
         """G samples for each prompt and their rewards, one reward call per group."""
-        from tagpr.sft.data import prompt_text
-
         prompts = [self.prompts[r.id] for r in refs]
-        texts = [prompt_text(self.engine.tokenizer, self.tags, p.task, p.input, p.profile,
-                             self.cfg.data.prompt_profile_items) for p in prompts]
         start = time.perf_counter()
-        gens = self.engine.generate(texts, self.sampling)
+        gens = self.engine.generate([self.prompt_tokens(r.id) for r in refs], self.sampling)
         gen_s = time.perf_counter() - start
         groups = []
         for ref, p, gen in zip(refs, prompts, gens):
@@ -121,6 +121,16 @@ class RolloutWorker:
         self.counters["batches"] += 1
         self.counters["groups"] += len(groups)
         return groups
+
+    def _render(self, prompt_id: str) -> tuple[int, ...]:
+        """The chat-templated prompt's token ids; cached in :attr:`prompt_tokens`, since every pass over the
+        prompts revisits each one with the same template and tokenizer."""
+        from tagpr.sft.data import prompt_text
+
+        p = self.prompts[prompt_id]
+        text = prompt_text(self.engine.tokenizer, self.tags, p.task, p.input, p.profile,
+                           self.cfg.data.prompt_profile_items)
+        return tuple(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @staticmethod
     def _tags(text: str) -> list[str]:

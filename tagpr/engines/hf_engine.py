@@ -15,6 +15,14 @@ import torch
 from tagpr.config import EngineConfig
 from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling, Weights
 
+STOP_MARGIN = 4  # tokens: a match may start inside a token, and a window's first token may decode differently
+
+
+def stop_window(stop: Sequence[str]) -> int:
+    """Trailing tokens that hold any match of ``stop`` ending in the newest token: every token adds at least
+    one byte to the text, so a string of b UTF-8 bytes spans at most b tokens."""
+    return max((len(x.encode()) for x in stop), default=0) + STOP_MARGIN
+
 
 class HFEngine(Engine):
     name = "hf"
@@ -51,7 +59,8 @@ class HFEngine(Engine):
         eos = self.tokenizer.eos_token_id
         out_ids: list[list[int]] = [[] for _ in prompts]
         out_lp: list[list[float]] = [[] for _ in prompts]
-        texts = [""] * len(prompts)
+        cut: list[str | None] = [None] * len(prompts)  # the text of a row a stop string ended
+        window = stop_window(s.stop)
         done = [False] * len(prompts)
         reason = ["length"] * len(prompts)
         past, step_ids = None, ids
@@ -68,18 +77,29 @@ class HFEngine(Engine):
                 out_lp[r].append(float(logp[r, t]))
                 if t == eos:
                     done[r], reason[r] = True, "stop"
-                    continue
-                texts[r] = self.tokenizer.decode(out_ids[r], skip_special_tokens=True)
-                hit = next((x for x in s.stop if x in texts[r]), None)
-                if hit is not None:
-                    done[r], reason[r] = True, "stop"
-                    texts[r] = texts[r][: texts[r].index(hit) + (len(hit) if s.include_stop else 0)]
+                elif s.stop and (text := self._stop_cut(out_ids[r], s, window)) is not None:
+                    done[r], reason[r], cut[r] = True, "stop", text
             if all(done):
                 break
             step_ids = nxt[:, None]
             mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
             pos = pos[:, -1:] + 1
+        texts = [self.tokenizer.decode(i, skip_special_tokens=True) if c is None else c for c, i in zip(cut, out_ids)]
         return [Completion(t, i, lp if s.logprobs else None, r) for t, i, lp, r in zip(texts, out_ids, out_lp, reason)]
+
+    def _stop_cut(self, ids: list[int], s: Sampling, window: int) -> str | None:
+        """The text cut after (or before) the first stop string in it, or None while it holds none.
+
+        A match that is new at this token ends within the last ``window`` tokens, so only they are decoded
+        per step (decoding the whole text each step is quadratic in its length); the whole text is decoded
+        once, on a match.
+        """
+        tail = self.tokenizer.decode(ids[-window:], skip_special_tokens=True)
+        if not any(x in tail for x in s.stop):
+            return None
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        hit = next((x for x in s.stop if x in text), None)
+        return None if hit is None else text[: text.index(hit) + (len(hit) if s.include_stop else 0)]
 
     @staticmethod
     def _sample(logits: torch.Tensor, s: Sampling, gen: torch.Generator) -> torch.Tensor:

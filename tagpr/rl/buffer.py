@@ -22,9 +22,11 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from tagpr.rl.trajectory import Group, PromptRef
+
+Offered = Literal["admitted", "not in flight", "stale"]
 
 
 class PromptCursor:
@@ -115,19 +117,23 @@ class BufferCore:
             self.in_flight[r.key] = (r, worker_id)
         return refs
 
-    def offer(self, group: Group) -> bool:
-        """A finished group; False when it arrived too stale (its prompt goes back in the queue)."""
+    def offer(self, group: Group) -> Offered:
+        """A finished group: ``"admitted"``, or why it was dropped, for callers that count drops by reason.
+
+        ``"not in flight"``: a duplicate, or from a worker whose prompts were released;
+        ``"stale"``: too stale already, and its prompt goes back in the queue.
+        """
         self.stats.offered += 1
         if self.in_flight.pop(group.prompt.key, None) is None:
-            self.stats.dropped["not in flight"] += 1  # a duplicate, or from a worker declared dead
-            return False
+            self.stats.dropped["not in flight"] += 1
+            return "not in flight"
         if self.steps_taken - group.policy_version > self.max_staleness:
             self.stats.dropped["stale"] += 1
             self.cursor.requeue(group.prompt)
-            return False
+            return "stale"
         self.groups.append(group)
         self.stats.admitted += 1
-        return True
+        return "admitted"
 
     def release(self, worker_id: str) -> list[PromptRef]:
         """Return a dead or removed worker's in-flight prompts to the queue."""

@@ -65,6 +65,53 @@ def test_stop_string_and_token_prompts(engines, kind):
     assert engine.health()["ok"]
 
 
+def _spanning_stop(tokenizer, ids: list[int], text: str) -> tuple[int, int, str]:
+    """``(j, start, stop)``: a stop string from the last character of token j-3 to the first of token j (both
+    longer than one character) that first occurs in ``text`` at ``start``."""
+    ends = [len(tokenizer.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+    assert ends[-1] == len(text)
+    starts = [0] + ends[:-1]
+    for j in range(3, len(ids)):
+        start = ends[j - 3] - 1
+        stop = text[start:ends[j - 1] + 1]
+        if ends[j - 3] - starts[j - 3] > 1 and ends[j] - starts[j] > 1 and text.find(stop) == start:
+            return j, start, stop
+    raise AssertionError(f"no stop string spanning tokens in {text!r}")
+
+
+@pytest.mark.parametrize("kind", ["vllm", "hf"])
+def test_stop_string_spanning_tokens(engines, kind):
+    """A stop string from inside one token to inside a later one ends generation at the token completing it,
+    and the text is cut right after it (or right before it)."""
+    engine = engines[kind]
+    free = engine.generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=24))[0].completions[0]
+    ids, text = free.token_ids, free.text
+    j, start, stop = _spanning_stop(engine.tokenizer, ids, text)
+    cut = engine.generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=24, stop=(stop,)))[0].completions[0]
+    assert (cut.finish_reason, cut.token_ids, cut.text) == ("stop", ids[:j + 1], text[:start + len(stop)])
+    before = engine.generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=24, stop=(stop,), include_stop=False))
+    assert before[0].completions[0].text == text[:start]
+
+
+def test_hf_stop_check_decodes_a_tail_window(engines, monkeypatch):
+    """Each step decodes only the last ``stop_window`` tokens (decoding the whole text every step is quadratic);
+    each row's whole text is decoded once, at the end."""
+    from tagpr.engines.hf_engine import stop_window
+
+    engine, stop = engines["hf"], ("<never seen/>",)
+    decode, lengths = engine.tokenizer.decode, []
+
+    def counting(ids, **kwargs):
+        lengths.append(len(ids))
+        return decode(ids, **kwargs)
+
+    monkeypatch.setattr(engine.tokenizer, "decode", counting)
+    out = engine.generate(PROMPTS, Sampling(temperature=0.0, max_tokens=48, stop=stop))
+    rows = [c for g in out for c in g.completions]
+    assert [c.finish_reason for c in rows] == ["length"] * len(PROMPTS)
+    assert len(lengths) > len(rows) and sum(n > stop_window(stop) for n in lengths) == len(rows)
+
+
 def _teacher_forced_logprobs(model, gen) -> list[torch.Tensor]:
     out = []
     for c in gen.completions:

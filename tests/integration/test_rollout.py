@@ -132,6 +132,28 @@ def test_pool_scales_survives_a_kill_and_trains_each_prompt_once(rl_cfg, tiny_po
     assert "released" in reasons  # the killed worker's prompts
 
 
+def test_worker_renders_each_prompt_once(rl_cfg, tiny_policy, monkeypatch):
+    """The chat template and tokenizer run once per prompt per worker, not on every pass over the prompts."""
+    from actors.rollout import RolloutWorker
+    from tagpr.rl.trajectory import PromptRef
+    from tagpr.sft.data import prompt_text
+
+    r = rl_cfg.rollout
+    cfg = rl_cfg.model_copy(update={"rollout": r.model_copy(update={
+        "engine": r.engine.model_copy(update={"kind": "hf"}), "max_tokens": 4})})  # HF: no second vLLM here
+    worker = RolloutWorker("local", cfg.model_dump(mode="json"), None, str(tiny_policy))
+    tokenizer = worker.engine.tokenizer
+    render, renders = tokenizer.apply_chat_template, []
+    monkeypatch.setattr(tokenizer, "apply_chat_template", lambda *a, **kw: renders.append(1) or render(*a, **kw))
+    ids = sorted(worker.prompts)[:2]
+    for epoch in range(3):
+        groups = worker.generate([PromptRef(epoch, i) for i in ids], cfg.rl.stages[0].name)
+    assert len(renders) == len(ids)
+    p = worker.prompts[ids[0]]
+    text = prompt_text(tokenizer, worker.tags, p.task, p.input, p.profile, cfg.data.prompt_profile_items)
+    assert groups[0].trajectories[0].prompt_token_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def test_failed_weight_load_replaces_the_worker_and_requeues_its_prompts(rl_cfg, tiny_policy):
     """A load slower than sync_timeout_s: the worker raises, the pool replaces it (the replacement loads
     the current version first); a crash loop ends after max_replacements with the cause."""
