@@ -13,6 +13,7 @@ takes. Transports, registered by name:
 - ``collective`` (torch.distributed: NCCL on GPUs, gloo on CPUs): the publisher keeps the newest
   versions and serves each receiver over a two-rank group of its own, so workers can join and
   leave between versions; a receiver pulls the version it is told to load.
+- ``cuda_ipc`` (GPU, colocated): engines on the learner's GPU map its device buffer by IPC handle.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class WeightUpdate:
 class Transport:
     name: str
 
+    @classmethod
+    def for_publisher(cls, owner=None) -> Transport:
+        """The publishing side; ``owner`` is a long-lived actor to hold what outlives the publisher."""
+        return cls()
+
     def publish(self, named: Named, version: int) -> WeightUpdate:
         raise NotImplementedError
 
@@ -85,8 +91,16 @@ def _from_numpy(arr: np.ndarray, dtype: str) -> torch.Tensor:
 class ObjectStoreTransport(Transport):
     name = "object_store"
 
-    def __init__(self, bucket_mb: float = 512):
+    @classmethod
+    def for_publisher(cls, owner=None):
+        return cls(owner=owner)
+
+    def __init__(self, bucket_mb: float = 512, owner=None):
+        """``owner``: the actor that owns the published objects (default: this process). A learner
+        whose worker process ends with its Ray Train run (a stage, a restart after a crash) hands
+        ownership to a long-lived actor, or its last version would vanish with it."""
         self.bucket_bytes = int(bucket_mb * 2**20)
+        self.owner = owner
 
     def publish(self, named, version):
         """Tensors that share one storage (a flat parameter buffer, see :func:`flatten_parameters`) go
@@ -102,17 +116,17 @@ class ObjectStoreTransport(Transport):
         size = 0
         for group in shared.values():
             if len(group) > 1 and all(t.is_contiguous() for _, t in group):
-                refs.append(ray.put(_flat(group)))
+                refs.append(ray.put(_flat(group), _owner=self.owner))
                 continue
             for name, t in group:
                 arr, dtype = _to_numpy(t)
                 if bucket and size + arr.nbytes > self.bucket_bytes:
-                    refs.append(ray.put(bucket))
+                    refs.append(ray.put(bucket, _owner=self.owner))
                     bucket, size = {}, 0
                 bucket[name] = (arr, dtype)
                 size += arr.nbytes
         if bucket:
-            refs.append(ray.put(bucket))
+            refs.append(ray.put(bucket, _owner=self.owner))
         return WeightUpdate(version, "full", self.name, refs, sum(t.nbytes for _, t in items), [n for n, _ in items])
 
     def fetch(self, update) -> Iterator[tuple[str, torch.Tensor]]:
@@ -123,8 +137,8 @@ class ObjectStoreTransport(Transport):
             if isinstance(obj, tuple):  # a flat buffer and its layout
                 whole = _from_numpy(obj[0], "uint8")
                 for name, offset, shape, dtype in obj[1]:
-                    size = math.prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
-                    yield name, whole[offset:offset + size].view(getattr(torch, dtype)).view(shape)
+                    dt = getattr(torch, dtype)
+                    yield name, whole[offset:offset + math.prod(shape) * dt.itemsize].view(dt).view(shape)
             else:
                 for name, (arr, dtype) in obj.items():
                     yield name, _from_numpy(arr, dtype)
@@ -275,6 +289,68 @@ class CollectiveTransport(Transport):
 
 
 TRANSPORTS.add("collective", CollectiveTransport)
+
+
+@TRANSPORTS.register("cuda_ipc")
+class CudaIpcTransport(Transport):
+    """Learner and engines colocated on the same GPUs: a version is one device buffer per dtype,
+    shared by CUDA IPC handle, so the weights never leave the GPU. GPU only.
+
+    The publisher keeps the newest ``keep`` versions alive (a receiver maps the publisher's memory);
+    receivers copy out of the mapping into their engine. Handles name the GPU by UUID, since device
+    indices differ between processes that see different ``CUDA_VISIBLE_DEVICES``.
+    """
+
+    name = "cuda_ipc"
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self.versions: dict[int, list[torch.Tensor]] = {}
+
+    def publish(self, named, version):
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
+        for name, t in named:
+            by_dtype.setdefault(t.dtype, []).append((name, t.detach()))
+        buffers, payload = [], []
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1).to("cuda", non_blocking=True) for _, t in group])  # a snapshot
+            layout, offset = [], 0
+            for name, t in group:
+                layout.append((name, offset, list(t.shape)))
+                offset += t.numel()
+            buffers.append(flat)
+            gpu = str(torch.cuda.get_device_properties(flat.device).uuid)
+            payload.append({"handle": reduce_tensor(flat), "gpu": gpu, "layout": layout})
+        torch.cuda.synchronize()
+        self.versions[version] = buffers
+        for old in sorted(self.versions)[:-self.keep]:
+            del self.versions[old]
+        return WeightUpdate(version, "full", self.name, payload, sum(b.nbytes for b in buffers),
+                            [n for part in payload for n, _, _ in part["layout"]])
+
+    def release(self, update):
+        self.versions.pop(update.version, None)
+
+    def fetch(self, update):
+        out = []
+        for part in update.payload:
+            rebuild, args = part["handle"]
+            args = list(args)
+            args[6] = _local_gpu(part["gpu"])  # rebuild_cuda_tensor's storage_device
+            flat = rebuild(*args)
+            out.extend((name, flat[offset:offset + math.prod(shape)].view(shape))
+                       for name, offset, shape in part["layout"])
+        return out
+
+
+def _local_gpu(uuid_: str) -> int:
+    for i in range(torch.cuda.device_count()):
+        if str(torch.cuda.get_device_properties(i).uuid) == uuid_:
+            return i
+    raise RuntimeError(f"cuda_ipc: GPU {uuid_} is not visible to this process; the transport needs the "
+                       "engine on the learner's GPU (use 'collective' across GPUs)")
 
 
 def publish_adapter(folder: str | Path, version: int) -> WeightUpdate:

@@ -1,16 +1,18 @@
-"""The GPU check of the rollout stack: CUDA vLLM generation, a weight push into the engine, the NCCL
-transport, a LoRA hot-load. Writes one JSON (``--out``); exits non-zero if a check fails.
+"""The GPU check of the rollout stack: CUDA generation through the engine adapter, a weight push into
+the engine, the CUDA IPC transport into an engine in another process, the NCCL transport, a LoRA
+hot-load. Writes one JSON (``--out``); exits non-zero if a check fails.
 
-    python scripts/gpu_check.py --out benchmarks/results/gpu_check.json [--model DIR]
+    python scripts/gpu_check.py --out benchmarks/results/gpu_check.json [--model DIR] [--engine hf]
 
-On a machine without CUDA the same steps run on vLLM's CPU build with gloo in place of NCCL,
-which is how the script itself is tested. NCCL needs one GPU per rank, so with a single GPU the
-NCCL step is reported as skipped and the push goes through the object store.
+The engine is vLLM where it is installed, else the HF adapter (a host without vLLM). On a machine
+without CUDA the same steps run on vLLM's CPU build with gloo in place of NCCL and no IPC step.
+NCCL needs one GPU per rank, so with a single GPU the NCCL step is reported as skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -47,7 +49,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/gpu_check.json")
     parser.add_argument("--model", help="HF folder (default: build the embedded tiny policy)")
+    parser.add_argument("--engine", choices=["vllm", "hf"], help="default: vllm where it is installed, else hf")
     parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--ipc-mb", type=int, default=1024, help="payload of the CUDA IPC bandwidth step")
     args = parser.parse_args(argv)
 
     from peft import LoraConfig, get_peft_model
@@ -59,20 +63,22 @@ def main(argv=None) -> int:
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    dtype = "bfloat16" if cuda else "float32"
-    tol = 2e-2 if cuda else 1e-3  # bf16 kernels differ between vLLM and HF
+    kind = args.engine or ("vllm" if _installed("vllm") else "hf")
+    # bf16 kernels differ between vLLM and HF; the hf engine is the reference itself, so fp32 and tight
+    dtype, tol = ("bfloat16", 2e-2) if cuda and kind == "vllm" else ("float32", 1e-3)
     cfg = load_config()
     report: dict = {"device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
-                    "gpus": torch.cuda.device_count(), "dtype": dtype, "checks": {}}
+                    "gpus": torch.cuda.device_count(), "engine": kind, "dtype": dtype, "torch": torch.__version__,
+                    "installed": {m: _installed(m) for m in ("vllm", "ray", "peft", "transformers")}, "checks": {}}
     tmp = Path(tempfile.mkdtemp(prefix="tagpr-gpu-check-"))
     model_dir = args.model or str(build_tiny_policy(cfg.model, cfg.tags, tmp / "policy"))
     report["model"] = model_dir
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
-    ok = True
 
     # 1. generation through the engine adapter
-    engine_cfg = cfg.rollout.engine.model_copy(update={"max_model_len": 1024, "gpu_memory_utilization": 0.5,
-                                                       "enable_lora": True, "max_lora_rank": 8})
+    engine_cfg = cfg.rollout.engine.model_copy(update={"kind": kind, "max_model_len": 1024,
+                                                       "gpu_memory_utilization": 0.5, "enable_lora": True,
+                                                       "max_lora_rank": 8, "batch_size": args.prompts * 8})
     start = time.perf_counter()
     engine = make_engine(engine_cfg, model_dir, dtype)
     startup = time.perf_counter() - start
@@ -88,7 +94,7 @@ def main(argv=None) -> int:
                                       "tokens_per_s": round(tokens / seconds, 1), "max_logprob_gap_vs_hf": gap,
                                       "ok": gap < tol}
 
-    # 2. weight push into the engine (object store path: tensors -> engine.load_weights)
+    # 2. weight push into the engine (in-process tensors -> engine.load_weights)
     g = torch.Generator(device="cpu").manual_seed(1)
     new = {k: (v.float().cpu() + 0.01 * torch.randn(v.shape, generator=g)).to(v.dtype)
            for k, v in hf.state_dict().items()}
@@ -102,14 +108,23 @@ def main(argv=None) -> int:
                                        "gb_per_s": round(nbytes / push / 1e9, 2), "max_logprob_gap_after": gap,
                                        "ok": gap < tol}
 
-    # 3. NCCL (gloo on CPU) transport from this process to a receiver process
+    # 3. CUDA IPC transport into an engine in another process on this GPU
+    if cuda:
+        newer = {k: (v.float() + 0.01 * torch.randn(v.shape, generator=g)).to(v.dtype) for k, v in new.items()}
+        report["checks"]["cuda_ipc"] = _cuda_ipc(newer, model_dir, engine_cfg, dtype, tol, args.ipc_mb)
+    else:
+        report["checks"]["cuda_ipc"] = {"skipped": "needs CUDA", "ok": True}
+
+    # 4. NCCL (gloo on CPU) transport from this process to a receiver process
     if cuda and torch.cuda.device_count() < 2:
         report["checks"]["collective"] = {"skipped": "NCCL needs one GPU per rank; this machine has one",
                                           "ok": True}
+    elif not _installed("ray"):
+        report["checks"]["collective"] = {"skipped": "Ray is not installed here", "ok": True}
     else:
         report["checks"]["collective"] = _collective(new, "nccl" if cuda else "gloo")
 
-    # 4. LoRA hot-load: outputs match PEFT
+    # 5. LoRA hot-load: outputs match PEFT
     peft = get_peft_model(hf, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                          init_lora_weights=False))
     peft.save_pretrained(tmp / "adapter")
@@ -128,6 +143,84 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     return 0 if ok else 1
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda_ipc(state, model_dir, engine_cfg, dtype, tol, payload_mb) -> dict:
+    """Publish by CUDA IPC handle to a receiver process on the same GPU: a bandwidth payload of
+    ``payload_mb`` copied out of the mapping, then the policy's weights applied to the receiver's
+    engine, whose logprobs must match HF with those weights."""
+    import torch.multiprocessing as mp
+
+    from actors.weights import CudaIpcTransport
+
+    ctx = mp.get_context("spawn")
+    updates, results = ctx.Queue(), ctx.Queue()
+    receiver = ctx.Process(target=_ipc_receiver, args=(model_dir, engine_cfg.model_dump(), dtype, updates, results))
+    receiver.start()
+    try:
+        sender = CudaIpcTransport()
+        g = torch.Generator(device="cuda").manual_seed(2)
+        payload = {f"w{i}": torch.randn(64 * 2**20 // 2, generator=g, device="cuda", dtype=torch.bfloat16)
+                   for i in range(max(1, payload_mb // 64))}
+        out = {}
+        for version, (kind, named) in enumerate([("bench", payload), ("bench", payload), ("engine", state)]):
+            start = time.perf_counter()
+            update = sender.publish(named.items(), version)
+            publish_s = time.perf_counter() - start
+            updates.put((kind, update))
+            result = results.get(timeout=300)
+            if isinstance(result, str):
+                return {"error": result, "ok": False}
+            out[kind] = {"mb": round(update.nbytes / 2**20, 1), "publish_s": round(publish_s, 4),
+                         "receive_s": round(result[0], 4),
+                         "receive_gb_per_s": round(update.nbytes / result[0] / 1e9, 1)}
+            if kind == "bench":
+                want = float(sum(t.double().sum() for t in payload.values()))
+                out[kind]["checksum_ok"] = abs(result[1] - want) <= 1e-6 * max(1.0, abs(want))
+            else:
+                from transformers import AutoModelForCausalLM
+
+                ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to("cuda").eval()
+                ref.load_state_dict({k: v.to("cuda") for k, v in state.items()})
+                out[kind]["max_logprob_gap_after"] = _max_gap(result[1], ref, "cuda")
+        updates.put(None)
+        receiver.join(60)
+        out["ok"] = out["bench"]["checksum_ok"] and out["engine"]["max_logprob_gap_after"] < tol
+        return out
+    finally:
+        if receiver.is_alive():
+            receiver.kill()
+
+
+def _ipc_receiver(model_dir, engine_cfg, dtype, updates, results) -> None:
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from actors.weights import TRANSPORTS, apply_update
+        from tagpr.config import EngineConfig
+        from tagpr.engines import Sampling, make_engine
+
+        engine = make_engine(EngineConfig(**engine_cfg), model_dir, dtype)
+        while (item := updates.get()) is not None:
+            kind, update = item
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            if kind == "bench":
+                copies = [t.clone() for _, t in TRANSPORTS.get(update.transport)().fetch(update)]
+                torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+                results.put((seconds, float(sum(t.double().sum() for t in copies))))
+            else:
+                apply_update(engine, update, timeout_s=120)
+                torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+                results.put((seconds, engine.generate(PROMPTS[:1], Sampling(n=8, temperature=1.0, max_tokens=128,
+                                                                           seed=0))[0]))
+    except Exception as e:  # reported in the JSON rather than lost in a child's stderr
+        results.put(f"{type(e).__name__}: {e}")
 
 
 def _collective(state: dict[str, torch.Tensor], backend: str) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The rollout stack's GPU check (at most 8 minutes on one H100): CUDA vLLM generation, a weight push
-# into the engine, the NCCL transport (needs two GPUs), a LoRA hot-load. Writes gpu_check.json to
-# $OUT when set (the device machine), else to benchmarks/results/.
+# The rollout stack's GPU check (at most 8 minutes on one H100): CUDA generation (vLLM, else the HF
+# adapter), a weight push, the CUDA IPC transport, NCCL (needs two GPUs), a LoRA hot-load.
+# Writes gpu_check.json to $OUT when set (the device machine), else to benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1

@@ -33,7 +33,8 @@ class HFEngine(Engine):
         self.model_path, self.cfg = model, cfg
         self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
         self.base = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), local_files_only=True)
-        self.base.eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.base.to(self.device).eval()
         self.model = self.base  # the base, or a PeftModel around it once an adapter is loaded
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -44,7 +45,8 @@ class HFEngine(Engine):
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Generation]:
         gens = [Generation(self._ids(p)) for p in prompts]
         rows = [g for g in gens for _ in range(sampling.n)]
-        gen = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else self.cfg.seed)
+        seed = sampling.seed if sampling.seed is not None else self.cfg.seed
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         for i in range(0, len(rows), self.cfg.batch_size):
             for g, c in zip(rows[i:i + self.cfg.batch_size],
                             self._batch([g.prompt_token_ids for g in rows[i:i + self.cfg.batch_size]], sampling, gen)):
@@ -53,8 +55,8 @@ class HFEngine(Engine):
 
     def _batch(self, prompts: list[list[int]], s: Sampling, gen: torch.Generator) -> list[Completion]:
         width = max(map(len, prompts))
-        ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         eos = self.tokenizer.eos_token_id
         out_ids: list[list[int]] = [[] for _ in prompts]
@@ -70,11 +72,12 @@ class HFEngine(Engine):
             past, logits = res.past_key_values, res.logits[:, -1].float()
             logp = torch.log_softmax(logits, -1)
             nxt = self._sample(logits, s, gen)
+            chosen = logp.gather(-1, nxt[:, None])[:, 0].tolist()  # one device sync per token, not per row
             for r, t in enumerate(nxt.tolist()):
                 if done[r]:
                     continue
                 out_ids[r].append(t)
-                out_lp[r].append(float(logp[r, t]))
+                out_lp[r].append(chosen[r])
                 if t == eos:
                     done[r], reason[r] = True, "stop"
                 elif s.stop and (text := self._stop_cut(out_ids[r], s, window)) is not None:
@@ -82,7 +85,7 @@ class HFEngine(Engine):
             if all(done):
                 break
             step_ids = nxt[:, None]
-            mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
+            mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype, device=self.device)], dim=1)
             pos = pos[:, -1:] + 1
         texts = [self.tokenizer.decode(i, skip_special_tokens=True) if c is None else c for c, i in zip(cut, out_ids)]
         return [Completion(t, i, lp if s.logprobs else None, r) for t, i, lp, r in zip(texts, out_ids, out_lp, reason)]
@@ -139,4 +142,4 @@ class HFEngine(Engine):
         self.model.eval()
 
     def health(self) -> dict[str, Any]:
-        return {"engine": self.name, "model": self.model_path, "device": "cpu", "ok": True}
+        return {"engine": self.name, "model": self.model_path, "device": str(self.device), "ok": True}
