@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     table = ["| benchmark | figure | ratio | target | met | machine | date |", "|---|---|---|---|---|---|---|"]
     for name in sorted(p.stem for p in RESULTS.glob("*.json")):
         r = json.loads((RESULTS / f"{name}.json").read_text())
+        if "ratio" not in r:  # another record kept beside the benchmarks (gpu_check.json)
+            continue
         table.append(f"| {r['name']} | {r['figure']} | {r['ratio']:.3f} | {r['target']} | "
                      f"{'yes' if r['met'] else 'no'} | {r['machine']} | {r['date']} |")
     (RESULTS / "summary.md").write_text("\n".join(table) + "\n")
