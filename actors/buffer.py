@@ -25,6 +25,7 @@ class TrajectoryBuffer:
         self.core = BufferCore(PromptCursor(prompt_ids, seed), capacity, max_staleness, groups_per_step)
         self.update: WeightUpdate | None = None
         self.stage, self.stopped = stage, False
+        self.awaiting_weights = False  # after a restore, until the restored weights are published
         self._depth = metrics.Gauge("tagpr_buffer_depth", "groups buffered", tag_keys=("kind",))
         self._drops = metrics.Counter("tagpr_buffer_dropped_groups", "groups dropped, by reason", tag_keys=("reason",))
         self._staleness = metrics.Counter("tagpr_buffer_consumed_staleness", "consumed groups by staleness",
@@ -40,9 +41,9 @@ class TrajectoryBuffer:
         """``{"stop"}``, ``{"update": WeightUpdate}`` (load it, then ask again), or ``{"prompts", "stage"}``."""
         if self.stopped:
             return {"stop": True}
-        if self.update is not None and worker_version < self.update.version:
+        if self.update is not None and worker_version != self.update.version:  # older, or ahead of a rewind
             return {"update": self.update}
-        refs = self.core.issue(worker_id, k)
+        refs = [] if self.awaiting_weights else self.core.issue(worker_id, k)
         self._export()
         return {"prompts": refs, "stage": self.stage, "version": self.core.version}
 
@@ -77,6 +78,13 @@ class TrajectoryBuffer:
         """New weights: producers load them before their next prompt."""
         self.core.set_version(update.version)
         self.update = update
+        self.awaiting_weights = False
+
+    def weights_lost(self, version: int) -> None:
+        """A worker could not fetch ``version``: its publisher (a learner run) is gone with its objects.
+        Producers wait for the next publish, which every learner run makes when it starts."""
+        if self.update is not None and self.update.version == version:
+            self.update, self.awaiting_weights = None, True
 
     def set_stage(self, stage: str) -> None:
         self.stage = stage
@@ -97,6 +105,8 @@ class TrajectoryBuffer:
         return {**self.core.snapshot(), "stage": self.stage}
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Continue from a snapshot; publish the restored learner's weights before producers start."""
+        """Continue from a snapshot. Producers get no prompts until the restored learner publishes its
+        weights: workers may hold newer ones from before the rewind."""
         self.core.restore(snap)
         self.stage = snap["stage"]
+        self.awaiting_weights = True

@@ -27,6 +27,14 @@ class SyncFailed(RuntimeError):
     pass
 
 
+def _publisher_gone(exc: BaseException) -> bool:
+    """The update's objects died with the process that published them (a learner run that ended or
+    crashed): not this worker's fault; the buffer waits for the next learner's publish."""
+    from ray.exceptions import ObjectLostError
+
+    return isinstance(exc, ObjectLostError) or isinstance(getattr(exc, "cause", None), ObjectLostError)
+
+
 class RolloutWorker:
     def __init__(self, worker_id: str, config: dict[str, Any], buffer, policy: str):
         from services.reward.client import make_reward_client
@@ -55,7 +63,8 @@ class RolloutWorker:
         apply_update(self.engine, update, self.cfg.rollout.sync_timeout_s)
 
     def sync(self, update: WeightUpdate) -> int:
-        """Load ``update`` within ``rollout.sync_timeout_s``, or raise :class:`SyncFailed`."""
+        """Load ``update`` within ``rollout.sync_timeout_s``, or raise :class:`SyncFailed`; an update
+        whose publisher is gone is reported to the buffer instead."""
         start = time.perf_counter()
         error: list[BaseException] = []
 
@@ -68,6 +77,11 @@ class RolloutWorker:
         t = threading.Thread(target=load, daemon=True)
         t.start()
         t.join(self.cfg.rollout.sync_timeout_s)
+        if error and _publisher_gone(error[0]):
+            import ray
+
+            ray.get(self.buffer.weights_lost.remote(update.version))
+            return self.version
         if t.is_alive() or error:
             self.healthy = False
             why = f"took over {self.cfg.rollout.sync_timeout_s}s" if t.is_alive() else repr(error[0])

@@ -8,75 +8,12 @@ that Ray Train persists; a run given ``sft.resume_from`` continues from such a f
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from actors.train_strategy import DEEPSPEED_DIR, OPTIMIZER
+from actors.checkpoints import load_trainable, read_state, save_checkpoint
 from tagpr.config import SFTConfig
-
-STATE = "trainer_state.json"
-
-
-def _load_model(policy: str, cfg: SFTConfig):
-    """The model to train: the policy (wrapped in a fresh LoRA when enabled), or ``resume_from``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    def load(path):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-
-    if cfg.resume_from:
-        state = json.loads((Path(cfg.resume_from) / STATE).read_text())
-        if state["lora"]:
-            from peft import PeftModel
-
-            return PeftModel.from_pretrained(load(state["base"]), Path(cfg.resume_from) / "adapter",
-                                             is_trainable=True)
-        return load(cfg.resume_from)
-    model = load(policy)
-    if cfg.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lc = cfg.lora
-        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                 target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
-    return model
-
-
-def save_epoch(strategy, tokenizer, out: Path, cfg: SFTConfig, base: str, state: dict, rank: int) -> None:
-    """An epoch checkpoint: the model (or, with LoRA, only the adapter), tokenizer, optimizer, state."""
-    with strategy.full_model() as model:
-        if rank == 0:
-            model.save_pretrained(out / "adapter" if cfg.lora.enabled else out, safe_serialization=True)
-    strategy.save_state(out, rank)
-    if rank == 0:
-        tokenizer.save_pretrained(out)
-        (out / STATE).write_text(json.dumps({**state, "lora": cfg.lora.enabled, "base": base}))
-
-
-def export_hf(checkpoint: Path, out: Path) -> Path:
-    """An epoch checkpoint as a plain HF folder that vLLM loads (LoRA merged; the adapter kept too)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    state = json.loads((checkpoint / STATE).read_text())
-    if out.exists():
-        shutil.rmtree(out)
-    if state["lora"]:
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(state["base"], dtype=torch.float32, local_files_only=True)
-        merged = PeftModel.from_pretrained(base, checkpoint / "adapter").merge_and_unload()
-        merged.save_pretrained(out, safe_serialization=True)
-        shutil.copytree(checkpoint / "adapter", out / "adapter")
-    else:
-        shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns(OPTIMIZER, DEEPSPEED_DIR))
-    AutoTokenizer.from_pretrained(checkpoint, local_files_only=True).save_pretrained(out)
-    return out
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -94,16 +31,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train, dev = ray.get(config["train"]), ray.get(config["dev"])
     tokenizer = AutoTokenizer.from_pretrained(cfg.resume_from or config["policy"], local_files_only=True)
     torch.manual_seed(config["seed"])
-    strategy = STRATEGIES.get(cfg.strategy)(_load_model(config["policy"], cfg), cfg, cfg.lr, cfg.weight_decay,
+    model = load_trainable(config["policy"], cfg.lora, cfg.resume_from)
+    strategy = STRATEGIES.get(cfg.strategy)(model, cfg, cfg.lr, cfg.weight_decay,
                                             cfg.batch_size, world)
     start_epoch = 0
     if cfg.resume_from:
         strategy.load_state(Path(cfg.resume_from))
-        start_epoch = json.loads((Path(cfg.resume_from) / STATE).read_text())["epoch"]
+        start_epoch = read_state(cfg.resume_from)["epoch"]
 
     def report(epoch: int, stats: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            save_epoch(strategy, tokenizer, Path(tmp), cfg, config["policy"], {"epoch": epoch, **stats}, rank)
+            save_checkpoint(strategy, tokenizer, Path(tmp), cfg.lora.enabled, config["policy"],
+                            {"epoch": epoch, **stats}, rank)
             ray.train.report(stats, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     train_epochs(strategy, train, dev, cfg, tokenizer.pad_token_id, start_epoch, rank, world, config["seed"],

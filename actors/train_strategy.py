@@ -1,7 +1,8 @@
 """How a Ray Train worker wraps its model: DDP, or DeepSpeed ZeRO-2/3; registered by name.
 
 The SFT trainer and the RL learner write one loop against this interface: ``forward(**batch)``,
-``step(loss)``, ``full_model()`` (all ranks enter; under ZeRO-3 it gathers the shards), and
+``backward(loss)`` per micro-batch then ``optimizer_step()`` (or ``step(loss)`` for both),
+``full_model()`` (all ranks enter; under ZeRO-3 it gathers the shards), and
 ``save_state``/``load_state`` of the optimizer (and DeepSpeed's partitions) for resume. A resumed
 DeepSpeed run needs the same number of workers as the run that saved it.
 """
@@ -26,16 +27,25 @@ class TrainStrategy:
     name: str
 
     def __init__(self, model: torch.nn.Module, cfg: TrainStrategyConfig, lr: float, weight_decay: float,
-                 micro_batch: int, world: int):
-        self.model, self.cfg, self.world = model, cfg, world
+                 micro_batch: int, world: int, grad_accum: int = 1):
+        self.model, self.cfg, self.world, self.grad_accum = model, cfg, world, grad_accum
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def forward(self, **batch):
         raise NotImplementedError
 
-    def step(self, loss: torch.Tensor) -> None:
-        """Backward, clip, optimizer step, zero grads."""
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate one micro-batch's gradients (unscaled: the loss carries its own normalizer)."""
         raise NotImplementedError
+
+    def optimizer_step(self) -> None:
+        """After ``grad_accum`` backwards: clip, step, zero the gradients."""
+        raise NotImplementedError
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One micro-batch that is the whole step (``grad_accum`` 1)."""
+        self.backward(loss)
+        self.optimizer_step()
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -66,8 +76,8 @@ STRATEGIES: Registry[type[TrainStrategy]] = Registry("train strategy")
 class DDPStrategy(TrainStrategy):
     name = "ddp"
 
-    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world):
-        super().__init__(model, cfg, lr, weight_decay, micro_batch, world)
+    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world, grad_accum=1):
+        super().__init__(model, cfg, lr, weight_decay, micro_batch, world, grad_accum)
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.module = model
         if world > 1:  # one process needs no Ray: unit tests and single-worker runs drive the model directly
@@ -82,12 +92,14 @@ class DDPStrategy(TrainStrategy):
         with self._autocast():
             return self.module(**batch)
 
-    def step(self, loss):
-        self.optimizer.zero_grad()
+    def backward(self, loss):
         loss.backward()
+
+    def optimizer_step(self):
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
+        self.optimizer.zero_grad()
 
     def save_state(self, out, rank):
         if rank == 0:
@@ -104,13 +116,13 @@ class DeepSpeedStrategy(TrainStrategy):
 
     name = "deepspeed"
 
-    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world):
-        super().__init__(model, cfg, lr, weight_decay, micro_batch, world)
+    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world, grad_accum=1):
+        super().__init__(model, cfg, lr, weight_decay, micro_batch, world, grad_accum)
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         import deepspeed
 
         ds_config = {
-            "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
+            "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": grad_accum,
             "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": cfg.zero_stage},
             "bf16": {"enabled": cfg.precision == "bf16"}, "steps_per_print": 10**9,
         }
@@ -121,9 +133,14 @@ class DeepSpeedStrategy(TrainStrategy):
     def forward(self, **batch):
         return self.engine(**batch)
 
-    def step(self, loss):
-        self.engine.backward(loss)
+    def backward(self, loss):
+        # DeepSpeed wants step() after every backward and updates at the accumulation boundary
+        self.engine.backward(loss, scale_wrt_gas=False)
         self.engine.step()
+
+    def optimizer_step(self):
+        if not self.engine.was_step_applied():
+            raise RuntimeError(f"optimizer_step after a backward count that is not a multiple of {self.grad_accum}")
 
     def train(self, mode=True):
         self.engine.train(mode)

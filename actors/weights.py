@@ -54,11 +54,6 @@ class WeightUpdate:
 class Transport:
     name: str
 
-    @classmethod
-    def for_publisher(cls, owner=None) -> Transport:
-        """The publishing side; ``owner`` is a long-lived actor to hold what outlives the publisher."""
-        return cls()
-
     def publish(self, named: Named, version: int) -> WeightUpdate:
         raise NotImplementedError
 
@@ -91,16 +86,8 @@ def _from_numpy(arr: np.ndarray, dtype: str) -> torch.Tensor:
 class ObjectStoreTransport(Transport):
     name = "object_store"
 
-    @classmethod
-    def for_publisher(cls, owner=None):
-        return cls(owner=owner)
-
-    def __init__(self, bucket_mb: float = 512, owner=None):
-        """``owner``: the actor that owns the published objects (default: this process). A learner
-        whose worker process ends with its Ray Train run (a stage, a restart after a crash) hands
-        ownership to a long-lived actor, or its last version would vanish with it."""
+    def __init__(self, bucket_mb: float = 512):
         self.bucket_bytes = int(bucket_mb * 2**20)
-        self.owner = owner
 
     def publish(self, named, version):
         """Tensors that share one storage (a flat parameter buffer, see :func:`flatten_parameters`) go
@@ -116,17 +103,17 @@ class ObjectStoreTransport(Transport):
         size = 0
         for group in shared.values():
             if len(group) > 1 and all(t.is_contiguous() for _, t in group):
-                refs.append(ray.put(_flat(group), _owner=self.owner))
+                refs.append(ray.put(_flat(group)))
                 continue
             for name, t in group:
                 arr, dtype = _to_numpy(t)
                 if bucket and size + arr.nbytes > self.bucket_bytes:
-                    refs.append(ray.put(bucket, _owner=self.owner))
+                    refs.append(ray.put(bucket))
                     bucket, size = {}, 0
                 bucket[name] = (arr, dtype)
                 size += arr.nbytes
         if bucket:
-            refs.append(ray.put(bucket, _owner=self.owner))
+            refs.append(ray.put(bucket))
         return WeightUpdate(version, "full", self.name, refs, sum(t.nbytes for _, t in items), [n for n, _ in items])
 
     def fetch(self, update) -> Iterator[tuple[str, torch.Tensor]]:

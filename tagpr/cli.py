@@ -236,6 +236,20 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rl(args: argparse.Namespace) -> int:
+    from tagpr.jobs.rl import train
+
+    console = _console()
+    report = train(_load(args), log=console.print, resume=args.resume)
+    for name, stage in report["stages"].items():
+        console.print(f"stage {name}: {stage['stage_step']} steps (version {stage['step']}) in {stage['seconds']}s")
+    for name, r in report["evaluations"].items():
+        console.print(f"dev at {name}: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
+                      f"task score {r['task_score']:.3f}")
+    console.print(f"run {report['run_dir']} ({report['seconds']}s)")
+    return 0
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -360,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sft)
     sft.add_argument("--out", help="policy folder (default: <run dir>/policy)")
     sft.set_defaults(func=cmd_sft)
+
+    rl = sub.add_parser("rl", help="multi-stage asynchronous GRPO (guided, then exploratory) from model.policy")
+    _config_args(rl)
+    rl.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory from its newest checkpoint")
+    rl.set_defaults(func=cmd_rl)
 
     serve_p = sub.add_parser("serve", help="services").add_subparsers(dest="action", required=True)
     sprmu = serve_p.add_parser("prmu", help="serve the PRMU reward service over HTTP (Ray Serve)")

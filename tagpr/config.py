@@ -177,6 +177,8 @@ class RLConfig(Section):
     scale_by_std: bool = True
     dynamic_sampling: bool = False
     max_staleness: int = Field(1, ge=0, description="0: strictly on-policy and synchronous")
+    eval_limit: int = Field(16, ge=0, description="dev questions per task scored at the start and after each "
+                                                  "stage (0: no evaluation)")
     advantage: str = Field("grpo", min_length=1, description="registered advantage estimator (tagpr.algos)")
     loss: str = Field("ppo_clip", min_length=1, description="registered policy loss (tagpr.algos)")
     std_eps: float = Field(1e-6, gt=0, description="added to the group std before dividing")
@@ -317,6 +319,8 @@ class ChainsConfig(Section):
 class RolloutConfig(Section):
     engine: EngineConfig = EngineConfig()
     num_workers: int = Field(1, ge=0)
+    num_cpus: float = Field(1, ge=0, description="CPUs each rollout worker reserves")
+    num_gpus: float = Field(0, ge=0, description="GPUs each rollout worker reserves (1 for a CUDA vLLM engine)")
     min_workers: int = Field(0, ge=0)
     max_workers: int = Field(4, ge=1)
     temperature: float = Field(1.0, ge=0)
@@ -344,8 +348,16 @@ class RolloutConfig(Section):
 
 
 class LearnerConfig(TrainStrategyConfig):
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, per worker")
+    weight_decay: float = Field(0.0, ge=0)
     sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: at each stage's end only)")
+    max_failures: int = Field(2, ge=-1, description="learner worker crashes Ray Train retries from the last "
+                                                    "checkpoint (-1: unlimited)")
+    take_timeout_s: float = Field(600, gt=0, description="fail when no step's groups arrive for this long")
+    fault_crash_at_step: int = Field(0, ge=0, description="fault injection for tests and drills: rank 0 exits "
+                                                          "right after taking this step's groups, once per run "
+                                                          "directory (0: off)")
     lora: LoraConfig = LoraConfig()
 
 
@@ -399,6 +411,18 @@ class TagPRConfig(Section):
     learner: LearnerConfig = LearnerConfig()
     service: ServiceConfig = ServiceConfig()
     cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _rl_roles(self) -> TagPRConfig:
+        if self.learner.sync_every - 1 > self.rl.max_staleness:
+            raise ValueError(f"learner.sync_every ({self.learner.sync_every}) may exceed rl.max_staleness "
+                             f"({self.rl.max_staleness}) by at most 1: rollout waits for weights within the bound")
+        if self.learner.lora.enabled and not self.rollout.engine.enable_lora:
+            raise ValueError("learner.lora.enabled needs rollout.engine.enable_lora (workers load the adapter)")
+        if self.rl.prompts_per_step > self.rollout.capacity:
+            raise ValueError(f"rollout.capacity ({self.rollout.capacity}) must hold one step "
+                             f"(rl.prompts_per_step = {self.rl.prompts_per_step} groups)")
+        return self
 
 
 # ---------------------------------------------------------------- loading

@@ -1,7 +1,8 @@
 """Dev-set evaluation of a policy: generate, parse the tagged response, score with LaMP's metrics.
 
 Reports R_format (the response parses and its answer is in the answer space), the mean tag
-score R_tag, and each task's official metrics on the extracted answers. Generation is greedy
+score R_tag, each task's official metrics on the extracted answers, and ``task_score``, the mean
+over tasks of one primary metric each (:func:`primary_score`). Generation is greedy
 through the configured engine (``rollout.engine``: vLLM, or HF transformers where vLLM is absent).
 """
 
@@ -50,4 +51,15 @@ def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int) -> dict[
         per_task[task] = {"n": len(questions), "format": sum(f) / len(f), "tag": sum(t) / len(t),
                           **score_task(s.task, preds, {q.id: s.golds[q.id] for q in questions}),
                           "example": responses[0] if responses else ""}
-    return {"format_valid": sum(fmt) / len(fmt), "tag_score": sum(tag_scores) / len(tag_scores), "tasks": per_task}
+    return {"format_valid": sum(fmt) / len(fmt), "tag_score": sum(tag_scores) / len(tag_scores),
+            "task_score": sum(primary_score(t) for t in per_task.values()) / len(per_task), "tasks": per_task}
+
+
+def primary_score(scores: dict[str, float]) -> float:
+    """One higher-is-better number in [0, 1] per task, so tasks average into a dev score: accuracy
+    (LaMP-1/2), ``1 - MAE / 4`` (LaMP-3, ratings 1..5), ROUGE-1 (LaMP-4..7)."""
+    if "accuracy" in scores:
+        return scores["accuracy"]
+    if "mae" in scores:
+        return 1 - scores["mae"] / 4
+    return scores["rouge-1"]

@@ -18,8 +18,9 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
           run_dir: Path | None = None, evaluate: bool = True) -> dict:
     from transformers import AutoTokenizer
 
+    from actors.checkpoints import export_hf
     from actors.cluster import connect
-    from actors.sft_trainer import export_hf, train_on_ray
+    from actors.sft_trainer import train_on_ray
     from tagpr.errors import TagPRError
     from tagpr.models import resolve_model_path
     from tagpr.sft.data import pack, read_chains, tokenize_chains

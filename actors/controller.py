@@ -1,0 +1,198 @@
+"""The RL controller: builds the three roles and runs the stages (TAGPR.md sections 6 and 8).
+
+- the TrajectoryBuffer actor (named ``<run name>-buffer`` in the job's namespace): prompts out,
+  groups in, staleness and back-pressure;
+- the RolloutPool: vLLM rollout workers, watched by a thread that replaces dead ones;
+- rewards: in the workers (``rollout.reward_via: local``), or through the PRMU reward service
+  (``http``/``handle``), which the controller deploys on Ray Serve unless ``rollout.reward_url``
+  names one already running;
+- the learner: one Ray Train run per stage (``actors/learner.py``), each starting from the
+  previous stage's final checkpoint; between stages and at the end the policy is exported and
+  scored on the dev set.
+
+Everything a run produces lives in its run directory: ``metrics.jsonl`` and ``tensorboard/``,
+``ray_train/rl-<i>-<stage>/`` (checkpoints), ``stages/<stage>/policy``, ``rl_report.json``.
+``resume`` continues a run directory from its newest registered checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tagpr.config import TagPRConfig
+from tagpr.errors import TagPRError
+
+log = logging.getLogger("tagpr.controller")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest learner checkpoint Ray Train registered under ``run_dir`` (registration follows the
+    complete upload, so a checkpoint cut off mid-write is never picked)."""
+    best: tuple[int, Path] | None = None
+    for snap in (run_dir / "ray_train").glob("rl-*/checkpoint_manager_snapshot.json"):
+        latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
+        if not latest:
+            continue
+        path = snap.parent / latest["checkpoint_dir_name"]
+        step = json.loads((path / "trainer_state.json").read_text())["step"]
+        if best is None or step > best[0]:
+            best = (step, path)
+    return best[1] if best else None
+
+
+def _evaluate(policy: str, config: dict, limit: int) -> dict:
+    from tagpr.evaluation import evaluate_policy
+
+    return evaluate_policy(policy, TagPRConfig.model_validate(config), limit=limit)
+
+
+def _remote_evaluate():
+    import ray
+
+    return ray.remote(max_calls=1, num_cpus=1)(_evaluate)  # vLLM in a fresh process each time
+
+
+class RLController:
+    def __init__(self, cfg: TagPRConfig, run_dir: Path, log_fn: Callable[[str], None] = print):
+        self.cfg, self.run_dir, self.log = cfg, run_dir, log_fn
+        self.buffer = self.pool = None
+        self.deployed_service = False  # the reward service this run started, and stops at its end
+        self._watch_stop = threading.Event()
+        self.report: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}, "evaluations": {}}
+
+    # ------------------------------------------------------------ roles
+
+    def _check(self, policy: str) -> None:
+        cfg = self.cfg
+        needs_prmu = any(s.weights.get("prmu") for s in cfg.rl.stages)
+        if needs_prmu and not cfg.prmu.checkpoint and not (cfg.rollout.reward_via == "http" and cfg.rollout.reward_url):
+            raise TagPRError("a stage weights the 'prmu' reward but prmu.checkpoint is not set (train one with "
+                             "`tagpr prmu train`, or drop 'prmu' from rl.stages[*].weights)")
+        if cfg.rollout.num_workers < 1:
+            raise TagPRError("rollout.num_workers must be at least 1 for an RL run")
+        if not (Path(policy) / "config.json").exists():
+            raise TagPRError(f"model.policy {policy} is not an HF model folder")
+
+    def _reward_service(self) -> None:
+        r = self.cfg.rollout
+        if r.reward_via not in ("http", "handle") or r.reward_url:
+            return
+        from services.reward.deploy import deploy, serve_reward
+
+        if r.reward_via == "http":
+            url = serve_reward(self.cfg, self.cfg.prmu.checkpoint)
+            self.log(f"rl: reward service at {url}")
+        else:
+            deploy(self.cfg, self.cfg.prmu.checkpoint)
+        self.deployed_service = True
+
+    def _start_roles(self, policy: str) -> None:
+        import ray
+
+        from actors.buffer import TrajectoryBuffer
+        from actors.pool import RolloutPool
+        from tagpr.rl.data import load_prompts
+
+        cfg = self.cfg
+        ids = sorted(load_prompts(cfg))
+        self.buffer = ray.remote(TrajectoryBuffer).options(
+            name=f"{cfg.run.name}-buffer", num_cpus=0, max_concurrency=16).remote(
+            ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step, cfg.rl.stages[0].name,
+            cfg.run.seed)
+        self.initial_snapshot = ray.get(self.buffer.snapshot.remote())
+        self._reward_service()
+        self.pool = RolloutPool(cfg, self.buffer, policy)
+        self.pool.scale(cfg.rollout.num_workers)
+        self.log(f"rl: {len(ids)} prompts, {self.pool.size} rollout worker(s), "
+                 f"max_staleness {cfg.rl.max_staleness}")
+        threading.Thread(target=self._watch, daemon=True, name="pool-watch").start()
+
+    def _watch(self) -> None:
+        while not self._watch_stop.wait(1.0):
+            try:
+                for wid in self.pool.check():
+                    self.log(f"rl: rollout worker {wid} died and was replaced")
+            except Exception as exc:  # too many failures: the learner's take timeout ends the run
+                log.error("rollout pool: %s", exc)
+                self.report["pool_error"] = str(exc)
+                return
+
+    def _stop_roles(self) -> None:
+        import ray
+
+        self._watch_stop.set()
+        if self.buffer is not None:
+            ray.get(self.buffer.stop_producers.remote())
+            self.report["buffer"] = ray.get(self.buffer.stats.remote())
+        if self.pool is not None:
+            self.report["pool_events"] = self.pool.events
+            self.pool.shutdown()
+        if self.buffer is not None:
+            ray.kill(self.buffer)
+        if self.deployed_service:
+            from ray import serve
+
+            from services.reward.deploy import APP_NAME
+
+            serve.delete(APP_NAME)
+
+    # ------------------------------------------------------------ stages
+
+    def _evaluate(self, name: str, policy: str) -> dict:
+        import ray
+
+        limit = self.cfg.rl.eval_limit
+        result = ray.get(_remote_evaluate().remote(policy, self.cfg.model_dump(mode="json"), limit))
+        self.report["evaluations"][name] = result
+        self.log(f"rl: dev at {name}: format {result['format_valid']:.3f} tag {result['tag_score']:.3f} "
+                 f"task score {result['task_score']:.3f}")
+        return result
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        from actors.checkpoints import export_hf, read_state
+        from actors.cluster import connect
+        from actors.learner import train_stage
+        from tagpr.models import resolve_model_path
+
+        cfg = self.cfg
+        policy = resolve_model_path(cfg.model.policy, cfg.model.allow_hub)
+        self._check(policy)
+        start_stage, resume_from = 0, None
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None:
+                raise TagPRError(f"--resume: no learner checkpoint under {self.run_dir / 'ray_train'}")
+            state = read_state(ckpt)
+            start_stage = state["stage_index"] + int(state["stage_step"] >= cfg.rl.stages[state["stage_index"]].steps)
+            resume_from = str(ckpt)
+            self.log(f"rl: resuming from {ckpt} (step {state['step']}, stage {state['stage']})")
+        connect(cfg.cluster)
+        start = time.perf_counter()
+        try:
+            self._start_roles(policy)
+            if cfg.rl.eval_limit and start_stage == 0 and not resume:
+                self._evaluate("start", policy)
+            for i in range(start_stage, len(cfg.rl.stages)):
+                import ray
+
+                stage = cfg.rl.stages[i]
+                ray.get(self.buffer.set_stage.remote(stage.name))
+                t0 = time.perf_counter()
+                snapshot = self.initial_snapshot if resume_from is None else None
+                ckpt = train_stage(cfg, i, self.buffer, policy, policy, self.run_dir, resume_from, snapshot)
+                resume_from = str(ckpt)
+                exported = export_hf(ckpt, self.run_dir / "stages" / stage.name / "policy")
+                self.report["stages"][stage.name] = {**read_state(ckpt), "seconds": round(time.perf_counter() - t0, 1),
+                                                     "policy": str(exported)}
+                if cfg.rl.eval_limit:
+                    self._evaluate(stage.name, str(exported.resolve()))
+        finally:
+            self._stop_roles()
+            self.report["seconds"] = round(time.perf_counter() - start, 1)
+            (self.run_dir / "rl_report.json").write_text(json.dumps(self.report, indent=1, default=str))
+        return self.report

@@ -1,0 +1,241 @@
+"""The policy learner: GRPO steps on Ray Train workers (DDP or DeepSpeed ZeRO-2/3, LoRA optional).
+
+One TorchTrainer run per RL stage (the controller starts them). Each step, rank 0 takes one step's
+groups from the TrajectoryBuffer and broadcasts them; every rank trains on its shard in
+``learner.grad_accum`` micro-batches; every ``learner.sync_every`` steps rank 0 publishes the
+weights (only the adapter when training LoRA) as the next version, and the rollout workers load it
+before their next prompt. Version ``v`` is the policy after ``v`` optimizer steps.
+
+Checkpoints (every ``learner.checkpoint_every`` steps and at the stage's end) hold the model, the
+optimizer, the learner state and the buffer's snapshot taken at the same step. A run always starts
+by rewinding the buffer to the snapshot that matches its weights (the checkpoint's, or the one the
+controller took at the stage's start) and publishing those weights, so a worker crash retried by
+Ray Train's FailureConfig, or a resumed job, trains on every prompt exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, read_state, save_checkpoint
+from tagpr.config import TagPRConfig
+from tagpr.rl.plateau import Plateau
+
+
+def _take(buffer, timeout_s: float) -> tuple[list, float]:
+    """One step's groups, polling the buffer; and the seconds spent waiting for them."""
+    import ray
+
+    start = time.perf_counter()
+    while (groups := ray.get(buffer.take.remote())) is None:
+        if time.perf_counter() - start > timeout_s:
+            raise TimeoutError(f"no complete step of groups in {timeout_s:.0f} s: are rollout workers running? "
+                               f"buffer: {ray.get(buffer.stats.remote())}")
+        time.sleep(0.01)
+    return groups, time.perf_counter() - start
+
+
+class _Publisher:
+    """Rank 0's side of weight sync: full weights through the configured transport, or the LoRA
+    adapter as a folder under the run directory; keeps the previous version alive for late loaders."""
+
+    def __init__(self, cfg: TagPRConfig, buffer, run_dir: Path):
+        from actors.weights import TRANSPORTS
+
+        self.buffer, self.run_dir, self.lora = buffer, run_dir, cfg.learner.lora.enabled
+        self.transport = TRANSPORTS.get(cfg.rollout.weight_transport)()
+        self.live: list = []
+
+    def publish(self, model, version: int) -> float:
+        import ray
+
+        from actors.weights import publish_adapter
+
+        start = time.perf_counter()
+        if self.lora:
+            folder = self.run_dir / "adapters" / f"v{version}"
+            model.save_pretrained(folder, safe_serialization=True)
+            update = publish_adapter(folder, version)
+        else:
+            update = self.transport.publish(((n, p.detach()) for n, p in model.state_dict().items()), version)
+        ray.get(self.buffer.publish.remote(update))
+        self.live.append(update)
+        while len(self.live) > 2:
+            old = self.live.pop(0)
+            if old.kind == "lora":
+                shutil.rmtree(old.payload, ignore_errors=True)
+            else:
+                self.transport.release(old)
+        return time.perf_counter() - start
+
+
+def _maybe_crash(at_step: int, step: int, rank: int, run_dir: Path) -> None:
+    """``learner.fault_crash_at_step``: the process dies as a real crash would, with the step's groups
+    taken from the buffer and not trained on; a marker in the run directory makes it happen once."""
+    import os
+
+    marker = run_dir / f"fault-crash-step-{at_step}"
+    if at_step and step == at_step and rank == 0 and not marker.exists():
+        marker.touch()
+        print(f"fault injection: learner rank 0 exits at step {step}", flush=True)
+        os._exit(1)
+
+
+def _start_point(config: dict[str, Any]):
+    """The folder to start from: this run's newest checkpoint (after a crash), else ``resume_from``."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        return ckpt.as_directory()
+    return contextlib.nullcontext(config.get("resume_from"))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from actors.metrics import RunMetrics
+    from actors.train_strategy import STRATEGIES
+    from tagpr.rl.batch import rows_from_groups
+    from tagpr.rl.learn import LOSS_STATS, train_step
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = TagPRConfig.model_validate(config["cfg"])
+    rl, lc = cfg.rl, cfg.learner
+    stage_index, buffer, run_dir = config["stage_index"], config["buffer"], Path(config["run_dir"])
+    stage = rl.stages[stage_index]
+    torch.manual_seed(cfg.run.seed + rank)
+
+    with _start_point(config) as start:
+        state = {"step": 0, "stage_index": stage_index, "stage_step": 0, "plateau": {}}
+        snapshot = config.get("snapshot")
+        if start:
+            saved = read_state(start)
+            state.update({k: saved[k] for k in ("step", "stage_index", "stage_step", "plateau")})
+            if (Path(start) / BUFFER_SNAPSHOT).exists():
+                snapshot = json.loads((Path(start) / BUFFER_SNAPSHOT).read_text())
+            if (Path(start) / RNG).exists() and rank == 0:
+                torch.set_rng_state(torch.load(Path(start) / RNG, weights_only=True))
+        if state["stage_index"] != stage_index:  # the previous stage's final checkpoint
+            state.update(stage_index=stage_index, stage_step=0, plateau={})
+        model = load_trainable(config["policy"], lc.lora, start)
+        tokenizer = AutoTokenizer.from_pretrained(start or config["policy"], local_files_only=True)
+        strategy = STRATEGIES.get(lc.strategy)(model, lc, rl.lr, lc.weight_decay, rl.prompts_per_step, world,
+                                               lc.grad_accum)
+        if start:
+            strategy.load_state(Path(start))
+    reference = None
+    if rl.kl_coef > 0:  # the policy the RL run started from, frozen
+        reference = AutoModelForCausalLM.from_pretrained(config["reference"], dtype=torch.float32,
+                                                         local_files_only=True).eval().requires_grad_(False)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    publisher = _Publisher(cfg, buffer, run_dir) if rank == 0 else None
+    sink = RunMetrics(run_dir, "learner") if rank == 0 else None
+    plateau = Plateau(stage.plateau_patience, stage.plateau_delta, **state["plateau"])
+
+    def publish() -> float:
+        with strategy.full_model() as m:
+            return publisher.publish(m, state["step"]) if rank == 0 else 0.0
+
+    if snapshot is not None:  # rewind the buffer to these weights, and hand the weights out
+        if rank == 0:
+            ray.get(buffer.restore.remote(snapshot))
+        publish()
+
+    def checkpoint(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(strategy, tokenizer, Path(tmp), lc.lora.enabled, config["policy"],
+                            {**state, "plateau": plateau.state(), "stage": stage.name}, rank)
+            if rank == 0:
+                (Path(tmp) / BUFFER_SNAPSHOT).write_text(json.dumps(ray.get(buffer.snapshot.remote())))
+                torch.save(torch.get_rng_state(), Path(tmp) / RNG)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    strategy.train(True)
+    stop = False
+    while state["stage_step"] < stage.steps and not stop:
+        t0 = time.perf_counter()
+        box = [_take(buffer, lc.take_timeout_s) if rank == 0 else None]
+        if world > 1:
+            dist.broadcast_object_list(box, src=0)
+        groups, waited = box[0]
+        _maybe_crash(lc.fault_crash_at_step, state["step"] + 1, rank, run_dir)
+        staleness = [state["step"] - g.policy_version for g in groups]
+        rows, metrics = rows_from_groups(groups, stage.weights, rl)
+        tokens = sum(len(r.traj.token_ids) for r in rows)
+        sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
+        if rows:
+            sums = train_step(strategy, rows, rl, lc.grad_accum, pad, rank, world, reference)
+        if world > 1:
+            dist.all_reduce(sums)
+        state["step"] += 1
+        state["stage_step"] += 1
+        stop = plateau.update(metrics.get("reward_mean", 0.0))
+        last = stop or state["stage_step"] >= stage.steps
+        sync_s = publish() if state["step"] % lc.sync_every == 0 or last else 0.0
+        seconds = time.perf_counter() - t0
+        metrics.update({k: float(sums[i] / max(sums[-1], 1)) for i, k in enumerate(LOSS_STATS)})
+        metrics.update({
+            "stage": stage.name, "stage_step": state["stage_step"], "version": state["step"],
+            "trajectories": len(rows), "tokens": tokens, "step_s": seconds,
+            "trajectories_per_s": len(rows) / seconds, "tokens_per_s": tokens / seconds,
+            "learner_idle_frac": waited / seconds, "weight_sync_s": sync_s,
+            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
+            "staleness_hist": {str(s): staleness.count(s) for s in sorted(set(staleness))},
+            "plateau_stop": stop, "prompts": sorted(g.prompt.key for g in groups),
+        })
+        if rank == 0:
+            buf = ray.get(buffer.stats.remote())
+            metrics.update({"buffer_depth": buf["buffered"], "rollout_blocked_issues": buf["blocked_issues"],
+                            "buffer_dropped": sum(buf["dropped"].values())})
+            sink.log(state["step"], metrics)
+            print(f"rl {stage.name} step {state['stage_step']}/{stage.steps} reward {metrics['reward_mean']:.3f} "
+                  f"loss {metrics['pg_loss']:.4f} clip {metrics['clip_frac']:.3f} staleness "
+                  f"{metrics['staleness_mean']:.2f} idle {metrics['learner_idle_frac']:.2f} "
+                  f"({seconds:.1f} s/step)", flush=True)
+        if last or (lc.checkpoint_every and state["stage_step"] % lc.checkpoint_every == 0):
+            checkpoint({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    if rank == 0:
+        sink.close()
+    strategy.close()
+
+
+def train_stage(cfg: TagPRConfig, stage_index: int, buffer, policy: str, reference: str, run_dir: Path,
+                resume_from: str | None, snapshot: dict | None) -> Path:
+    """Run one stage's TorchTrainer to its end; returns the local folder of its final checkpoint."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from actors.cluster import cpus_per_worker
+
+    lc = cfg.learner
+    gpu = bool(ray.cluster_resources().get("GPU"))
+    stage = cfg.rl.stages[stage_index]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage_index": stage_index, "buffer": buffer,
+                           "policy": policy, "reference": reference, "run_dir": str(run_dir.resolve()),
+                           "resume_from": resume_from, "snapshot": snapshot},
+        scaling_config=ScalingConfig(num_workers=lc.num_workers, use_gpu=gpu,
+                                     resources_per_worker=None if gpu else {"CPU": cpus_per_worker(lc.num_workers)}),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=RunConfig(name=f"rl-{stage_index}-{stage.name}", storage_path=str((run_dir / "ray_train").resolve()),
+                             failure_config=FailureConfig(max_failures=lc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"RL stage {stage.name!r} reported no checkpoint")
+    return Path(result.checkpoint.path)

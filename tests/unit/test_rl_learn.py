@@ -1,0 +1,150 @@
+"""The learner's math without Ray: rows and advantages from groups, padded batches, one GRPO step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tagpr.config import RLConfig
+from tagpr.rl.batch import Row, collate, rows_from_groups, shard, stage_reward
+from tagpr.rl.learn import LOSS_STATS, train_step
+from tagpr.rl.plateau import Plateau
+from tagpr.rl.trajectory import Group, PromptRef, Trajectory
+
+
+def traj(prompt, tokens, logprobs=None, reward=0.0, components=None, key="p", version=0):
+    return Trajectory(PromptRef(0, key), list(prompt), list(tokens),
+                      list(logprobs) if logprobs is not None else [-1.0] * len(tokens), "", reward,
+                      components if components is not None else {"format_task": reward}, version, "w")
+
+
+def group(rewards, key="p", components=None):
+    return Group(PromptRef(0, key), [traj([1, 2], [3], reward=r, key=key,
+                                          components=components[i] if components else None)
+                                     for i, r in enumerate(rewards)], 0, "w")
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+class SGD:
+    """The stepper protocol over a plain module, keeping the last step's gradients."""
+
+    def __init__(self, module, lr=0.0):
+        self.module, self.opt = module, torch.optim.SGD(module.parameters(), lr=lr)
+        self.grads = None
+
+    def forward(self, **batch):
+        return self.module(**batch)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def optimizer_step(self):
+        self.grads = {n: p.grad.clone() for n, p in self.module.named_parameters() if p.grad is not None}
+        self.opt.step()
+        self.opt.zero_grad()
+
+
+def logprobs_alone(model, prompt, tokens):
+    ids = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1:-1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+
+
+def test_stage_reward_reweighs_components_and_names_missing_ones():
+    t = traj([1], [2], components={"format_task": 1.0, "tag": 0.5, "prmu": 0.25})
+    assert stage_reward(t, {"format_task": 1.0, "tag": 0.2, "prmu": 0.3}) == pytest.approx(1.175)
+    assert stage_reward(t, {"format_task": 1.0}) == 1.0
+    with pytest.raises(KeyError, match="prmu"):
+        stage_reward(traj([1], [2], components={"format_task": 1.0}), {"format_task": 1.0, "prmu": 0.3})
+
+
+def test_rows_carry_group_advantages_and_dynamic_sampling_drops_constant_groups():
+    groups = [group([1.0, 0.0], "a"), group([0.5, 0.5], "b")]
+    rows, stats = rows_from_groups(groups, {"format_task": 1.0}, RLConfig())
+    assert [round(r.advantage, 4) for r in rows] == [1.0, -1.0, 0.0, 0.0]
+    assert stats["reward_mean"] == pytest.approx(0.5) and stats["zero_variance_groups"] == 1
+    rows, stats = rows_from_groups(groups, {"format_task": 1.0}, RLConfig(dynamic_sampling=True))
+    assert len(rows) == 2 and stats["groups_kept"] == 1
+
+
+def test_shard_gives_every_rank_the_same_number_of_nonempty_chunks():
+    rows = [Row(traj([1], [2], key=str(i)), 1.0) for i in range(3)]
+    chunks = [shard(rows, rank, 2, 2) for rank in range(2)]
+    assert all(len(c) == 2 and all(c) for c in chunks)
+    real = [r.traj.prompt.id for c in chunks for part in c for r in part if r.weight > 0]
+    assert sorted(real) == ["0", "1", "2"]  # each row once; the filler carries weight 0
+    assert sum(r.weight == 0 for c in chunks for part in c for r in part) == 1
+
+
+def test_padded_batch_scores_each_response_as_the_model_does_alone(model):
+    rows = [Row(traj([5, 6, 7], [8, 9]), 1.0), Row(traj([5], [8, 9, 10]), -1.0)]
+    b = collate(rows, pad_id=0)
+    assert b.prompt_width == 3 and b.response_ids.tolist() == [[8, 9, 0], [8, 9, 10]]
+    assert b.response_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    with torch.no_grad():
+        logits = b.response_logits(model(**b.model_inputs()).logits)
+    lp = torch.log_softmax(logits, -1).gather(-1, b.response_ids[..., None])[..., 0]
+    for i, r in enumerate(rows):
+        n = len(r.traj.token_ids)
+        torch.testing.assert_close(lp[i, :n], logprobs_alone(model, r.traj.prompt_token_ids, r.traj.token_ids),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_collate_refuses_trajectories_without_every_rollout_logprob():
+    with pytest.raises(ValueError, match="rollout logprobs"):
+        collate([Row(traj([1], [2, 3], logprobs=[-1.0]), 1.0)], 0)
+
+
+def on_policy_rows(model, specs):
+    """Rows whose rollout logprobs are the model's own (no IS correction)."""
+    return [Row(traj(p, t, logprobs_alone(model, p, t).tolist(), key=str(i)), a) for i, (p, t, a) in enumerate(specs)]
+
+
+SPECS = [([1, 2, 3], [4, 5], 1.0), ([1, 2], [6, 7, 8], -1.0), ([3], [9], 0.5), ([2, 2, 2, 2], [10, 11], -0.5)]
+
+
+def test_a_step_raises_the_logprob_of_positive_samples_and_lowers_negative_ones(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    rows = on_policy_rows(m, SPECS[:2])
+    before = [logprobs_alone(m, r.traj.prompt_token_ids, r.traj.token_ids).sum() for r in rows]
+    sums = train_step(SGD(m, lr=0.5), rows, RLConfig(), grad_accum=1, pad_id=0)
+    after = [logprobs_alone(m, r.traj.prompt_token_ids, r.traj.token_ids).sum() for r in rows]
+    assert after[0] > before[0] and after[1] < before[1]
+    assert sums[-1] == 5  # tokens
+    stats = dict(zip(LOSS_STATS, (sums[:-1] / sums[-1]).tolist()))
+    assert stats["ratio_mean"] == pytest.approx(1.0) and stats["clip_frac"] == 0.0
+    assert stats["is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_gradient_does_not_depend_on_micro_batches_or_ranks(model):
+    rows = on_policy_rows(model, SPECS)
+    whole = SGD(model)
+    train_step(whole, rows, RLConfig(), grad_accum=1, pad_id=0)
+    accum = SGD(model)
+    train_step(accum, rows, RLConfig(), grad_accum=3, pad_id=0)
+    ranks = [SGD(model) for _ in range(2)]
+    for rank, s in enumerate(ranks):
+        train_step(s, rows, RLConfig(), grad_accum=2, pad_id=0, rank=rank, world=2)
+    for name, g in whole.grads.items():
+        torch.testing.assert_close(accum.grads[name], g, atol=1e-6, rtol=1e-4)
+        averaged = (ranks[0].grads[name] + ranks[1].grads[name]) / 2  # what DDP's all-reduce does
+        torch.testing.assert_close(averaged, g, atol=1e-6, rtol=1e-4)
+
+
+def test_plateau_stops_after_patience_steps_without_improvement():
+    p = Plateau(patience=2, delta=0.1)
+    assert [p.update(r) for r in (0.5, 0.55, 0.7, 0.65, 0.75)] == [False, False, False, False, True]
+    assert not any(Plateau(0, 0.1).update(0.0) for _ in range(5))
+    resumed = Plateau(2, 0.1, **p.state())
+    assert resumed.best == 0.7 and resumed.since == 2
