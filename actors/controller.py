@@ -45,6 +45,25 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return best[1] if best else None
 
 
+METRICS_EVERY_S = 10
+_TIMES = ("gen_s", "reward_s", "sync_s", "blocked_s")
+
+
+def rollout_totals(health: list[dict]) -> dict[str, float]:
+    return {k: sum(h[k] for h in health) for k in (*_TIMES, "tokens", "groups")}
+
+
+def rollout_fractions(before: dict, after: dict, seconds: float, workers: int) -> dict[str, float]:
+    """The pool's time split over a window: generating, scoring, loading weights, and blocked by
+    back-pressure (``rollout_idle_frac``), per worker-second; and its throughput."""
+    span = max(seconds * max(workers, 1), 1e-9)
+    delta = {k: max(0.0, after[k] - before.get(k, 0)) for k in after}  # a replaced worker starts from 0
+    out = {f"{k.removesuffix('_s')}_frac": delta[k] / span for k in _TIMES}
+    out["rollout_idle_frac"] = out.pop("blocked_frac")
+    out.update(tokens_per_s=delta["tokens"] / seconds, groups_per_s=delta["groups"] / seconds, workers=workers)
+    return out
+
+
 def _evaluate(policy: str, config: dict, limit: int) -> dict:
     from tagpr.evaluation import evaluate_policy
 
@@ -113,14 +132,26 @@ class RLController:
         threading.Thread(target=self._watch, daemon=True, name="pool-watch").start()
 
     def _watch(self) -> None:
+        """Replace dead workers every second; every ``METRICS_EVERY_S`` log the pool's time split."""
+        from actors.metrics import RunMetrics
+
+        sink = RunMetrics(self.run_dir, "rollout")
+        last, t_last, n = {}, time.monotonic(), 0
         while not self._watch_stop.wait(1.0):
+            n += 1
             try:
                 for wid in self.pool.check():
                     self.log(f"rl: rollout worker {wid} died and was replaced")
+                if n % METRICS_EVERY_S == 0:
+                    now = time.monotonic()
+                    totals = rollout_totals(self.pool.health())
+                    sink.log(n, rollout_fractions(last, totals, now - t_last, self.pool.size))
+                    last, t_last = totals, now
             except Exception as exc:  # too many failures: the learner's take timeout ends the run
                 log.error("rollout pool: %s", exc)
                 self.report["pool_error"] = str(exc)
-                return
+                break
+        sink.close()
 
     def _stop_roles(self) -> None:
         import ray

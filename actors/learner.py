@@ -108,6 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from actors.train_strategy import STRATEGIES
     from tagpr.rl.batch import rows_from_groups
     from tagpr.rl.learn import LOSS_STATS, train_step
+    from tagpr.schedule import lr_at
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -163,9 +164,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     strategy.train(True)
+    total_steps = sum(s.steps for s in rl.stages)
     stop = False
     while state["stage_step"] < stage.steps and not stop:
         t0 = time.perf_counter()
+        lr = lr_at(state["step"], total_steps, rl)
+        strategy.set_lr(lr)
         box = [_take(buffer, lc.take_timeout_s) if rank == 0 else None]
         if world > 1:
             dist.broadcast_object_list(box, src=0)
@@ -193,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "learner_idle_frac": waited / seconds, "weight_sync_s": sync_s,
             "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
             "staleness_hist": {str(s): staleness.count(s) for s in sorted(set(staleness))},
-            "plateau_stop": stop, "prompts": sorted(g.prompt.key for g in groups),
+            "lr": lr, "plateau_stop": stop, "prompts": sorted(g.prompt.key for g in groups),
         })
         if rank == 0:
             buf = ray.get(buffer.stats.remote())
@@ -233,7 +237,7 @@ def train_stage(cfg: TagPRConfig, stage_index: int, buffer, policy: str, referen
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=f"rl-{stage_index}-{stage.name}", storage_path=str((run_dir / "ray_train").resolve()),
                              failure_config=FailureConfig(max_failures=lc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints)),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -170,6 +170,8 @@ class RLConfig(Section):
     group_size: int = Field(8, ge=2)
     prompts_per_step: int = Field(8, ge=1)
     lr: float = Field(1e-5, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="after warmup, over all stages' steps")
+    warmup_steps: int = Field(0, ge=0)
     clip_eps_low: float = Field(0.2, ge=0)
     clip_eps_high: float = Field(0.28, ge=0)
     kl_coef: float = Field(0.0, ge=0)
@@ -352,6 +354,7 @@ class LearnerConfig(TrainStrategyConfig):
     weight_decay: float = Field(0.0, ge=0)
     sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: at each stage's end only)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per stage")
     max_failures: int = Field(2, ge=-1, description="learner worker crashes Ray Train retries from the last "
                                                     "checkpoint (-1: unlimited)")
     take_timeout_s: float = Field(600, gt=0, description="fail when no step's groups arrive for this long")

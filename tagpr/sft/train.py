@@ -6,13 +6,13 @@ unit tests, DDP or DeepSpeed under Ray Train (``actors/train_strategy.py``).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Protocol
 
 import torch
 
 from tagpr.config import SFTConfig
+from tagpr.schedule import lr_at
 from tagpr.sft.data import SFTData, collate
 
 
@@ -24,16 +24,6 @@ class Stepper(Protocol):
     def train(self, mode: bool = True) -> None: ...
 
     def set_lr(self, lr: float) -> None: ...
-
-
-def lr_at(step: int, total: int, cfg: SFTConfig) -> float:
-    """Linear warmup over ``warmup_steps``, then constant or cosine decay to 0 at ``total`` steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int):

@@ -14,8 +14,9 @@ import torch
 pytestmark = pytest.mark.integration
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _metrics(run_dir: Path, prefix: str = "learner") -> list[dict]:
+    lines = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [m for m in lines if m["prefix"] == prefix]
 
 
 def _prompts_by_step(run_dir: Path) -> dict[int, list[str]]:
@@ -70,6 +71,8 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, tiny_policy
     assert len(keys) == len(set(keys)) == 10  # each prompt once
     assert report["buffer"]["steps_taken"] == 5 and report["buffer"]["version"] == 5
     assert any((run_dir / "tensorboard").iterdir())
+    rollout = _metrics(run_dir, "rollout")  # the pool's time split, every 10 s
+    assert rollout and all(0 <= m["rollout_idle_frac"] <= 1 and m["workers"] == 1 for m in rollout)
 
     before = _weights(Path(tiny_policy))
     after = _weights(run_dir / "stages" / "exploratory" / "policy")

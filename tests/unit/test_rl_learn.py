@@ -148,3 +148,16 @@ def test_plateau_stops_after_patience_steps_without_improvement():
     assert not any(Plateau(0, 0.1).update(0.0) for _ in range(5))
     resumed = Plateau(2, 0.1, **p.state())
     assert resumed.best == 0.7 and resumed.since == 2
+
+
+def test_rollout_time_split_per_worker_second():
+    from actors.controller import rollout_fractions
+
+    before = {"gen_s": 1.0, "reward_s": 0.0, "sync_s": 0.0, "blocked_s": 0.0, "tokens": 100, "groups": 1}
+    after = {"gen_s": 13.0, "reward_s": 2.0, "sync_s": 1.0, "blocked_s": 4.0, "tokens": 1100, "groups": 5}
+    out = rollout_fractions(before, after, seconds=10.0, workers=2)
+    assert out["gen_frac"] == pytest.approx(0.6) and out["rollout_idle_frac"] == pytest.approx(0.2)
+    assert out["reward_frac"] == pytest.approx(0.1) and out["sync_frac"] == pytest.approx(0.05)
+    assert out["tokens_per_s"] == 100 and out["groups_per_s"] == 0.4
+    replaced = rollout_fractions(after, {**after, "gen_s": 3.0}, seconds=10.0, workers=2)
+    assert replaced["gen_frac"] == 0.0  # a replaced worker's counters restart from zero

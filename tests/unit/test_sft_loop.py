@@ -30,7 +30,7 @@ def test_loop_learns_and_reports_progress(cfg, tagset, tmp_path):
 
 
 def test_lr_schedule(cfg):
-    from tagpr.sft.train import lr_at
+    from tagpr.schedule import lr_at
 
     s = cfg.sft.model_copy(update={"lr": 1.0, "warmup_steps": 4, "lr_schedule": "cosine"})
     assert [lr_at(i, 104, s) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]

