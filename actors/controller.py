@@ -185,6 +185,8 @@ class RLController:
         return result
 
     def run(self, resume: bool = False) -> dict[str, Any]:
+        import ray
+
         from actors.checkpoints import export_hf, read_state
         from actors.cluster import connect
         from actors.learner import train_stage
@@ -209,8 +211,6 @@ class RLController:
             if cfg.rl.eval_limit and start_stage == 0 and not resume:
                 self._evaluate("start", policy)
             for i in range(start_stage, len(cfg.rl.stages)):
-                import ray
-
                 stage = cfg.rl.stages[i]
                 ray.get(self.buffer.set_stage.remote(stage.name))
                 t0 = time.perf_counter()

@@ -8,9 +8,9 @@ before their next prompt. Version ``v`` is the policy after ``v`` optimizer step
 
 Checkpoints (every ``learner.checkpoint_every`` steps and at the stage's end) hold the model, the
 optimizer, the learner state and the buffer's snapshot taken at the same step. A run always starts
-by rewinding the buffer to the snapshot that matches its weights (the checkpoint's, or the one the
-controller took at the stage's start) and publishing those weights, so a worker crash retried by
-Ray Train's FailureConfig, or a resumed job, trains on every prompt exactly once.
+by rewinding the buffer to the snapshot that matches its weights (its checkpoint's; for the job's
+first run, the empty buffer's) and publishing those weights, so a worker crash retried by Ray
+Train's FailureConfig, or a resumed job, trains on every prompt exactly once.
 """
 
 from __future__ import annotations

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         "name": "learning_curve", "figure": "dev task score after RL / SFT starting policy",
         "ratio": round(last / first, 4), "target": "> 1",
         "details": {"dev": {str(k): v for k, v in sorted(dev.items())}, "rewards": rewards,
-                    "improvement": round(last - first, 4), "questions_per_task": args.limit,
+                    "improvement": round(last - first, 4), "best_improvement": round(max(
+                        v["task_score"] for v in dev.values()) - first, 4), "questions_per_task": args.limit,
+                    "steps": args.steps, "eval_every": args.eval_every, "overrides": args.overrides,
                     "policy": args.policy, "run_dir": str(run_dir), "seconds": round(time.perf_counter() - start),
                     "final_per_task": evaluations[list(report["stages"])[-1]]["tasks"],
                     "start_per_task": evaluations["start"]["tasks"]},

@@ -121,3 +121,20 @@ def test_an_interrupted_run_resumes_at_the_exact_step(rl_base, uninterrupted):
     assert steps == uninterrupted
     assert Counter(k for keys in steps.values() for k in keys).most_common(1)[0][1] == 1
     assert report["stages"]["guided"]["step"] == 4
+
+
+def test_a_lora_learner_publishes_only_the_adapter(rl_base, tiny_policy):
+    from tagpr.jobs.rl import train
+
+    cfg = rl_base("rl.max_staleness=0", "rollout.engine.kind=hf", "rollout.engine.enable_lora=true",
+                  "learner.lora.enabled=true", "learner.lora.r=4",
+                  "rl.stages=[{name: guided, steps: 2, weights: {format_task: 1.0, tag: 0.2}}]")
+    report = train(cfg, log=lambda _: None)
+    run_dir = Path(report["run_dir"])
+    assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == ["v1", "v2"]
+    assert not list((run_dir / "adapters").glob("*/model.safetensors"))  # adapters only, never merged
+    policy = run_dir / "stages" / "guided" / "policy"
+    assert (policy / "adapter" / "adapter_config.json").exists()
+    before, after = _weights(Path(tiny_policy)), _weights(policy)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the merged export moved
+    assert report["buffer"]["version"] == 2
