@@ -127,6 +127,7 @@ class RLController:
         self._reward_service()
         self.pool = RolloutPool(cfg, self.buffer, policy)
         self.pool.scale(cfg.rollout.num_workers)
+        self.pool.wait_ready(timeout_s=600)
         self.log(f"rl: {len(ids)} prompts, {self.pool.size} rollout worker(s), "
                  f"max_staleness {cfg.rl.max_staleness}")
         threading.Thread(target=self._watch, daemon=True, name="pool-watch").start()

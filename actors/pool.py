@@ -74,6 +74,13 @@ class RolloutPool:
         ray.kill(m.actor)
         self.events.append({"t": time.time(), "event": "remove", "worker": wid})
 
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Until every worker has its engine up (and holds its resources, so what is left for the
+        learner is known)."""
+        import ray
+
+        ray.get([m.actor.health.remote() for m in self.members.values()], timeout=timeout_s)
+
     def check(self) -> list[str]:
         """Replace workers whose run loop ended with an error; the ids of those replaced."""
         import ray
