@@ -5,16 +5,38 @@ older, else prompts, as many as the staleness gate and capacity allow (none: bac
 worker waits). They offer finished groups; the learner takes one step's groups at a time. The
 accounting lives in :class:`tagpr.rl.buffer.BufferCore`; this adapter adds Ray, metrics and the
 current stage and weight update.
+
+The actor serves calls on several threads (create it with ``max_concurrency`` above the number of
+workers plus two), so one condition variable guards the core. A producer with no room, or a
+learner with no complete step, waits here up to ``wait_s`` and is woken by the change it waits
+for, instead of polling the actor.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
 from collections import Counter
 from typing import Any, Sequence
 
 from actors.weights import WeightUpdate
 from tagpr.rl.buffer import BufferCore, PromptCursor
 from tagpr.rl.trajectory import Group, PromptRef
+
+
+def _guarded(method):
+    """Run under the buffer's condition variable, then wake its waiters: any change may be the one
+    a producer or the learner waits for."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._cv:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._cv.notify_all()
+
+    return call
 
 
 class TrajectoryBuffer:
@@ -26,6 +48,7 @@ class TrajectoryBuffer:
         self.update: WeightUpdate | None = None
         self.stage, self.stopped = stage, False
         self.awaiting_weights = False  # after a restore, until the restored weights are published
+        self._cv = threading.Condition()
         self._depth = metrics.Gauge("tagpr_buffer_depth", "groups buffered", tag_keys=("kind",))
         self._drops = metrics.Counter("tagpr_buffer_dropped_groups", "groups dropped, by reason", tag_keys=("reason",))
         self._staleness = metrics.Counter("tagpr_buffer_consumed_staleness", "consumed groups by staleness",
@@ -37,16 +60,30 @@ class TrajectoryBuffer:
 
     # ------------------------------------------------------------ producers
 
-    def request_work(self, worker_id: str, k: int, worker_version: int) -> dict[str, Any]:
-        """``{"stop"}``, ``{"update": WeightUpdate}`` (load it, then ask again), or ``{"prompts", "stage"}``."""
+    def _wait(self, ready, wait_s: float) -> None:
+        """Wait (holding ``self._cv``) until ``ready()`` or ``wait_s`` has passed."""
+        deadline = time.monotonic() + wait_s
+        while not ready() and (left := deadline - time.monotonic()) > 0:
+            self._cv.wait(left)
+
+    @_guarded
+    def request_work(self, worker_id: str, k: int, worker_version: int, wait_s: float = 0.0) -> dict[str, Any]:
+        """``{"stop"}``, ``{"update": WeightUpdate}`` (load it, then ask again), or ``{"prompts", "stage"}``
+        (none after ``wait_s`` without room: back-pressure)."""
+        def stale() -> bool:  # older than the newest weights, or ahead of a rewind
+            return self.update is not None and worker_version != self.update.version
+
+        self._wait(lambda: self.stopped or stale() or (not self.awaiting_weights and self.core.issue_room() > 0),
+                   wait_s)
         if self.stopped:
             return {"stop": True}
-        if self.update is not None and worker_version != self.update.version:  # older, or ahead of a rewind
+        if stale():
             return {"update": self.update}
         refs = [] if self.awaiting_weights else self.core.issue(worker_id, k)
         self._export()
         return {"prompts": refs, "stage": self.stage, "version": self.core.version}
 
+    @_guarded
     def offer(self, group: Group) -> bool:
         """Whether the group was admitted; a dropped one is counted under its reason."""
         outcome = self.core.offer(group)
@@ -55,6 +92,7 @@ class TrajectoryBuffer:
         self._export()
         return outcome == "admitted"
 
+    @_guarded
     def release(self, worker_id: str) -> list[PromptRef]:
         refs = self.core.release(worker_id)
         if refs:
@@ -64,7 +102,10 @@ class TrajectoryBuffer:
 
     # ------------------------------------------------------------ the learner and the controller
 
-    def take(self) -> list[Group] | None:
+    @_guarded
+    def take(self, wait_s: float = 0.0) -> list[Group] | None:
+        """One step's groups, or None if none is complete after ``wait_s``."""
+        self._wait(lambda: len(self.core.groups) >= self.core.groups_per_step, wait_s)
         stale_before = self.core.stats.dropped["stale"]
         groups = self.core.take()
         if self.core.stats.dropped["stale"] > stale_before:
@@ -74,24 +115,29 @@ class TrajectoryBuffer:
         self._export()
         return groups
 
+    @_guarded
     def publish(self, update: WeightUpdate) -> None:
         """New weights: producers load them before their next prompt."""
         self.core.set_version(update.version)
         self.update = update
         self.awaiting_weights = False
 
+    @_guarded
     def weights_lost(self, version: int) -> None:
         """A worker could not fetch ``version``: its publisher (a learner run) is gone with its objects.
         Producers wait for the next publish, which every learner run makes when it starts."""
         if self.update is not None and self.update.version == version:
             self.update, self.awaiting_weights = None, True
 
+    @_guarded
     def set_stage(self, stage: str) -> None:
         self.stage = stage
 
+    @_guarded
     def stop_producers(self) -> None:
         self.stopped = True
 
+    @_guarded
     def stats(self) -> dict[str, Any]:
         s = self.core.stats
         holders = Counter(w for _, w in self.core.in_flight.values())
@@ -101,9 +147,11 @@ class TrajectoryBuffer:
                 "staleness": {str(k): v for k, v in sorted(s.staleness.items())}, "blocked_issues": s.blocked_issues,
                 "version": self.core.version, "steps_taken": self.core.steps_taken}
 
+    @_guarded
     def snapshot(self) -> dict[str, Any]:
         return {**self.core.snapshot(), "stage": self.stage}
 
+    @_guarded
     def restore(self, snap: dict[str, Any]) -> None:
         """Continue from a snapshot. Producers get no prompts until the restored learner publishes its
         weights: workers may hold newer ones from before the rewind."""

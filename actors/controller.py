@@ -120,7 +120,7 @@ class RLController:
         cfg = self.cfg
         ids = sorted(load_prompts(cfg))
         self.buffer = ray.remote(TrajectoryBuffer).options(
-            name=f"{cfg.run.name}-buffer", num_cpus=0, max_concurrency=16).remote(
+            name=f"{cfg.run.name}-buffer", num_cpus=0, max_concurrency=2 * cfg.rollout.max_workers + 8).remote(
             ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step, cfg.rl.stages[0].name,
             cfg.run.seed)
         self.initial_snapshot = ray.get(self.buffer.snapshot.remote())

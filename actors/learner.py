@@ -29,15 +29,14 @@ from tagpr.rl.plateau import Plateau
 
 
 def _take(buffer, timeout_s: float) -> tuple[list, float]:
-    """One step's groups, polling the buffer; and the seconds spent waiting for them."""
+    """One step's groups, and the seconds spent waiting for them."""
     import ray
 
     start = time.perf_counter()
-    while (groups := ray.get(buffer.take.remote())) is None:
+    while (groups := ray.get(buffer.take.remote(wait_s=0.5))) is None:  # the buffer holds the call until ready
         if time.perf_counter() - start > timeout_s:
             raise TimeoutError(f"no complete step of groups in {timeout_s:.0f} s: are rollout workers running? "
                                f"buffer: {ray.get(buffer.stats.remote())}")
-        time.sleep(0.01)
     return groups, time.perf_counter() - start
 
 

@@ -21,6 +21,7 @@ from tagpr.config import TagPRConfig
 from tagpr.rl.trajectory import Group, Trajectory
 
 PROMPT_CACHE = 4096  # prompts whose token ids a worker keeps
+WAIT_S = 0.5  # how long the buffer holds a request for work when there is no room
 
 
 class SyncFailed(RuntimeError):
@@ -97,16 +98,17 @@ class RolloutWorker:
         """One round with the buffer: groups offered (0 after a weight load or a wait), -1 once stopped."""
         import ray
 
-        work = ray.get(self.buffer.request_work.remote(self.id, self.cfg.rollout.prompts_per_request, self.version))
+        start = time.perf_counter()
+        work = ray.get(self.buffer.request_work.remote(self.id, self.cfg.rollout.prompts_per_request, self.version,
+                                                       wait_s=WAIT_S))
         if work.get("stop"):
             return -1
         if "update" in work:
             self.sync(work["update"])
             return 0
         refs = work["prompts"]
-        if not refs:
-            time.sleep(0.02)
-            self.counters["blocked_s"] += 0.02
+        if not refs:  # back-pressure: the buffer held the request until it gave up
+            self.counters["blocked_s"] += time.perf_counter() - start
             return 0
         groups = self.generate(refs, work["stage"])
         admitted = ray.get([self.buffer.offer.remote(g) for g in groups])

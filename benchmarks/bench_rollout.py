@@ -60,7 +60,8 @@ def _worker(cfg) -> tuple[int, float]:
     from tagpr.rl.trajectory import PromptRef
 
     ids = sorted(load_prompts(cfg))
-    buffer = ray.remote(TrajectoryBuffer).options(num_cpus=0).remote(ids, PROMPTS, PROMPTS, PER_REQUEST, "guided")
+    buffer = ray.remote(TrajectoryBuffer).options(num_cpus=0, max_concurrency=8).remote(
+        ids, PROMPTS, PROMPTS, PER_REQUEST, "guided")
     # The whole machine, as the raw engine in the driver has: Ray sizes an actor's threads by its CPUs.
     worker = ray.remote(RolloutWorker).options(num_cpus=2).remote("bench", cfg.model_dump(mode="json"), buffer,
                                                                  cfg.model.policy)

@@ -40,7 +40,7 @@ def _buffer(cfg):
     from tagpr.rl.data import load_prompts
 
     ids = sorted(load_prompts(cfg))
-    buffer = ray.remote(TrajectoryBuffer).options(num_cpus=0).remote(
+    buffer = ray.remote(TrajectoryBuffer).options(num_cpus=0, max_concurrency=16).remote(
         ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step, cfg.rl.stages[0].name)
     return ids, buffer
 
