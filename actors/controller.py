@@ -11,7 +11,7 @@
   scored on the dev set.
 
 Everything a run produces lives in its run directory: ``metrics.jsonl`` and ``tensorboard/``,
-``ray_train/rl-<i>-<stage>/`` (checkpoints), ``stages/<stage>/policy``, ``rl_report.json``.
+``checkpoints/step-<n>``, ``stages/<stage>/policy``, ``rl_report.json``.
 ``resume`` continues a run directory from its newest registered checkpoint.
 """
 
@@ -30,21 +30,6 @@ from tagpr.errors import TagPRError
 log = logging.getLogger("tagpr.controller")
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest learner checkpoint Ray Train registered under ``run_dir`` (registration follows the
-    complete upload, so a checkpoint cut off mid-write is never picked)."""
-    best: tuple[int, Path] | None = None
-    for snap in (run_dir / "ray_train").glob("rl-*/checkpoint_manager_snapshot.json"):
-        latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
-        if not latest:
-            continue
-        path = snap.parent / latest["checkpoint_dir_name"]
-        step = json.loads((path / "trainer_state.json").read_text())["step"]
-        if best is None or step > best[0]:
-            best = (step, path)
-    return best[1] if best else None
-
-
 METRICS_EVERY_S = 10
 _TIMES = ("gen_s", "reward_s", "sync_s", "blocked_s")
 
@@ -55,10 +40,11 @@ def rollout_totals(health: list[dict]) -> dict[str, float]:
 
 def rollout_fractions(before: dict, after: dict, seconds: float, workers: int) -> dict[str, float]:
     """The pool's time split over a window: generating, scoring, loading weights, and blocked by
-    back-pressure (``rollout_idle_frac``), per worker-second; and its throughput."""
+    back-pressure (``rollout_idle_frac``), per worker-second; and its throughput. A call that
+    straddles two windows counts in the one it ends in, so a fraction is capped at 1."""
     span = max(seconds * max(workers, 1), 1e-9)
     delta = {k: max(0.0, after[k] - before.get(k, 0)) for k in after}  # a replaced worker starts from 0
-    out = {f"{k.removesuffix('_s')}_frac": delta[k] / span for k in _TIMES}
+    out = {f"{k.removesuffix('_s')}_frac": min(1.0, delta[k] / span) for k in _TIMES}
     out["rollout_idle_frac"] = out.pop("blocked_frac")
     out.update(tokens_per_s=delta["tokens"] / seconds, groups_per_s=delta["groups"] / seconds, workers=workers)
     return out
@@ -190,7 +176,7 @@ class RLController:
 
         from actors.checkpoints import export_hf, read_state
         from actors.cluster import connect
-        from actors.learner import train_stage
+        from actors.learner import latest_checkpoint, train_stage
         from tagpr.models import resolve_model_path
 
         cfg = self.cfg
@@ -200,7 +186,7 @@ class RLController:
         if resume:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is None:
-                raise TagPRError(f"--resume: no learner checkpoint under {self.run_dir / 'ray_train'}")
+                raise TagPRError(f"--resume: no learner checkpoint under {self.run_dir / 'checkpoints'}")
             state = read_state(ckpt)
             start_stage = state["stage_index"] + int(state["stage_step"] >= cfg.rl.stages[state["stage_index"]].steps)
             resume_from = str(ckpt)

@@ -6,8 +6,9 @@ groups from the TrajectoryBuffer and broadcasts them; every rank trains on its s
 weights (only the adapter when training LoRA) as the next version, and the rollout workers load it
 before their next prompt. Version ``v`` is the policy after ``v`` optimizer steps.
 
-Checkpoints (every ``learner.checkpoint_every`` steps and at the stage's end) hold the model, the
-optimizer, the learner state and the buffer's snapshot taken at the same step. A run always starts
+Checkpoints (every ``learner.checkpoint_every`` steps and at the stage's end, in
+``<run dir>/checkpoints``, written under a temporary name and renamed once complete) hold the
+model, the optimizer, the learner state and the buffer's snapshot taken at the same step. A run always starts
 by rewinding the buffer to the snapshot that matches its weights (its checkpoint's; for the job's
 first run, the empty buffer's) and publishing those weights, so a worker crash retried by Ray
 Train's FailureConfig, or a resumed job, trains on every prompt exactly once.
@@ -15,10 +16,8 @@ Train's FailureConfig, or a resumed job, trains on every prompt exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,14 +85,22 @@ def _maybe_crash(at_step: int, step: int, rank: int, run_dir: Path) -> None:
         os._exit(1)
 
 
-def _start_point(config: dict[str, Any]):
-    """The folder to start from: this run's newest checkpoint (after a crash), else ``resume_from``."""
-    import ray.train
+CHECKPOINTS = "checkpoints"
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        return ckpt.as_directory()
-    return contextlib.nullcontext(config.get("resume_from"))
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint under ``run_dir/checkpoints`` (written under a temporary name
+    and renamed when every rank has written its part, so a cut-off write is never picked)."""
+    done = sorted((run_dir / CHECKPOINTS).glob("step-*"))
+    return done[-1] if done else None
+
+
+def _start_point(config: dict[str, Any]) -> str | None:
+    """Where a learner run starts: the run directory's newest checkpoint (this stage's after a
+    crash, the previous stage's at a stage start, the interrupted run's on ``--resume``), else
+    ``resume_from``, else the policy."""
+    newest = latest_checkpoint(Path(config["run_dir"]))
+    return str(newest) if newest else config.get("resume_from")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -117,24 +124,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stage = rl.stages[stage_index]
     torch.manual_seed(cfg.run.seed + rank)
 
-    with _start_point(config) as start:
-        state = {"step": 0, "stage_index": stage_index, "stage_step": 0, "plateau": {}}
-        snapshot = config.get("snapshot")
-        if start:
-            saved = read_state(start)
-            state.update({k: saved[k] for k in ("step", "stage_index", "stage_step", "plateau")})
-            if (Path(start) / BUFFER_SNAPSHOT).exists():
-                snapshot = json.loads((Path(start) / BUFFER_SNAPSHOT).read_text())
-            if (Path(start) / RNG).exists() and rank == 0:
-                torch.set_rng_state(torch.load(Path(start) / RNG, weights_only=True))
-        if state["stage_index"] != stage_index:  # the previous stage's final checkpoint
-            state.update(stage_index=stage_index, stage_step=0, plateau={})
-        model = load_trainable(config["policy"], lc.lora, start)
-        tokenizer = AutoTokenizer.from_pretrained(start or config["policy"], local_files_only=True)
-        strategy = STRATEGIES.get(lc.strategy)(model, lc, rl.lr, lc.weight_decay, rl.prompts_per_step, world,
-                                               lc.grad_accum)
-        if start:
-            strategy.load_state(Path(start))
+    start = _start_point(config)
+    state = {"step": 0, "stage_index": stage_index, "stage_step": 0, "plateau": {}}
+    snapshot = config.get("snapshot")
+    if start:
+        saved = read_state(start)
+        state.update({k: saved[k] for k in ("step", "stage_index", "stage_step", "plateau")})
+        if (Path(start) / BUFFER_SNAPSHOT).exists():
+            snapshot = json.loads((Path(start) / BUFFER_SNAPSHOT).read_text())
+        if (Path(start) / RNG).exists() and rank == 0:
+            torch.set_rng_state(torch.load(Path(start) / RNG, weights_only=True))
+    if state["stage_index"] != stage_index:  # the previous stage's final checkpoint
+        state.update(stage_index=stage_index, stage_step=0, plateau={})
+    model = load_trainable(config["policy"], lc.lora, start)
+    tokenizer = AutoTokenizer.from_pretrained(start or config["policy"], local_files_only=True)
+    strategy = STRATEGIES.get(lc.strategy)(model, lc, rl.lr, lc.weight_decay, rl.prompts_per_step, world,
+                                           lc.grad_accum)
+    if start:
+        strategy.load_state(Path(start))
     reference = None
     if rl.kl_coef > 0:  # the policy the RL run started from, frozen
         reference = AutoModelForCausalLM.from_pretrained(config["reference"], dtype=torch.float32,
@@ -154,13 +161,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         publish()
 
     def checkpoint(metrics: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(strategy, tokenizer, Path(tmp), lc.lora.enabled, config["policy"],
-                            {**state, "plateau": plateau.state(), "stage": stage.name}, rank)
-            if rank == 0:
-                (Path(tmp) / BUFFER_SNAPSHOT).write_text(json.dumps(ray.get(buffer.snapshot.remote())))
-                torch.save(torch.get_rng_state(), Path(tmp) / RNG)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        """All ranks write into a temporary folder (shared storage across nodes), rank 0 renames it."""
+        final = run_dir / CHECKPOINTS / f"step-{state['step']:06d}"
+        tmp = final.with_name(f".tmp-{final.name}")
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        save_checkpoint(strategy, tokenizer, tmp, lc.lora.enabled, config["policy"],
+                        {**state, "plateau": plateau.state(), "stage": stage.name}, rank)
+        barrier()
+        if rank == 0:
+            (tmp / BUFFER_SNAPSHOT).write_text(json.dumps(ray.get(buffer.snapshot.remote())))
+            torch.save(torch.get_rng_state(), tmp / RNG)
+            shutil.rmtree(final, ignore_errors=True)  # the same step, written again after a crash
+            tmp.rename(final)
+            for old in sorted((run_dir / CHECKPOINTS).glob("step-*"))[:-lc.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        ray.train.report(metrics)
+
+    def barrier() -> None:
+        if world > 1:
+            dist.barrier()
 
     strategy.train(True)
     total_steps = sum(s.steps for s in rl.stages)
@@ -218,7 +241,7 @@ def train_stage(cfg: TagPRConfig, stage_index: int, buffer, policy: str, referen
                 resume_from: str | None, snapshot: dict | None) -> Path:
     """Run one stage's TorchTrainer to its end; returns the local folder of its final checkpoint."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from actors.cluster import cpus_per_worker
@@ -235,10 +258,10 @@ def train_stage(cfg: TagPRConfig, stage_index: int, buffer, policy: str, referen
                                      resources_per_worker=None if gpu else {"CPU": cpus_per_worker(lc.num_workers)}),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=f"rl-{stage_index}-{stage.name}", storage_path=str((run_dir / "ray_train").resolve()),
-                             failure_config=FailureConfig(max_failures=lc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints)),
+                             failure_config=FailureConfig(max_failures=lc.max_failures)),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"RL stage {stage.name!r} reported no checkpoint")
-    return Path(result.checkpoint.path)
+    trainer.fit()
+    final = latest_checkpoint(run_dir)
+    if final is None or read_state(final)["stage_index"] != stage_index:
+        raise RuntimeError(f"RL stage {stage.name!r} wrote no final checkpoint")
+    return final

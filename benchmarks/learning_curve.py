@@ -22,7 +22,7 @@ from benchmarks.run import RESULTS, machine, meets
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     out = []
-    for state in (run_dir / "ray_train").glob("rl-*/checkpoint_*/trainer_state.json"):
+    for state in (run_dir / "checkpoints").glob("step-*/trainer_state.json"):
         out.append((json.loads(state.read_text())["step"], state.parent))
     return sorted(out)
 

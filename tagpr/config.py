@@ -354,7 +354,7 @@ class LearnerConfig(TrainStrategyConfig):
     weight_decay: float = Field(0.0, ge=0)
     sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: at each stage's end only)")
-    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per stage")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept in <run dir>/checkpoints")
     max_failures: int = Field(2, ge=-1, description="learner worker crashes Ray Train retries from the last "
                                                     "checkpoint (-1: unlimited)")
     take_timeout_s: float = Field(600, gt=0, description="fail when no step's groups arrive for this long")

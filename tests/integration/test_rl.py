@@ -102,6 +102,7 @@ def test_a_learner_crash_is_retried_from_the_last_checkpoint_losing_no_prompt(rl
     report = train(rl_base(*SYNC, "learner.fault_crash_at_step=3", "learner.max_failures=1"), log=lambda _: None)
     run_dir = Path(report["run_dir"])
     assert (run_dir / "fault-crash-step-3").exists()
+    assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3, 4]  # the retry started at step 3, not over
     assert _prompts_by_step(run_dir) == uninterrupted
     assert report["stages"]["guided"]["step"] == 4
 
@@ -127,8 +128,8 @@ def test_a_lora_learner_publishes_only_the_adapter(rl_base, tiny_policy):
     from tagpr.jobs.rl import train
 
     cfg = rl_base("rl.max_staleness=0", "rollout.engine.kind=hf", "rollout.engine.enable_lora=true",
-                  "learner.lora.enabled=true", "learner.lora.r=4",
-                  "rl.stages=[{name: guided, steps: 2, weights: {format_task: 1.0, tag: 0.2}}]")
+                  "learner.lora.enabled=true", "learner.lora.r=4",  # PRMU scores differ where the rest are 0
+                  "rl.stages=[{name: guided, steps: 2, weights: {format_task: 1.0, tag: 0.2, prmu: 0.3}}]")
     report = train(cfg, log=lambda _: None)
     run_dir = Path(report["run_dir"])
     assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == ["v1", "v2"]

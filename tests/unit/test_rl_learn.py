@@ -161,3 +161,5 @@ def test_rollout_time_split_per_worker_second():
     assert out["tokens_per_s"] == 100 and out["groups_per_s"] == 0.4
     replaced = rollout_fractions(after, {**after, "gen_s": 3.0}, seconds=10.0, workers=2)
     assert replaced["gen_frac"] == 0.0  # a replaced worker's counters restart from zero
+    straddling = rollout_fractions(before, {**before, "blocked_s": 25.0}, seconds=10.0, workers=2)
+    assert straddling["rollout_idle_frac"] == 1.0
