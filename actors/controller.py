@@ -12,7 +12,7 @@
 
 Everything a run produces lives in its run directory: ``metrics.jsonl`` and ``tensorboard/``,
 ``checkpoints/step-<n>``, ``stages/<stage>/policy``, ``rl_report.json``.
-``resume`` continues a run directory from its newest registered checkpoint.
+``resume`` continues a run directory from its newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class RLController:
 
     # ------------------------------------------------------------ roles
 
-    def _check(self, policy: str) -> None:
+    def _check(self) -> None:
         cfg = self.cfg
         needs_prmu = any(s.weights.get("prmu") for s in cfg.rl.stages)
         if needs_prmu and not cfg.prmu.checkpoint and not (cfg.rollout.reward_via == "http" and cfg.rollout.reward_url):
@@ -80,8 +80,6 @@ class RLController:
                              "`tagpr prmu train`, or drop 'prmu' from rl.stages[*].weights)")
         if cfg.rollout.num_workers < 1:
             raise TagPRError("rollout.num_workers must be at least 1 for an RL run")
-        if not (Path(policy) / "config.json").exists():
-            raise TagPRError(f"model.policy {policy} is not an HF model folder")
 
     def _reward_service(self) -> None:
         r = self.cfg.rollout
@@ -181,7 +179,7 @@ class RLController:
 
         cfg = self.cfg
         policy = resolve_model_path(cfg.model.policy, cfg.model.allow_hub)
-        self._check(policy)
+        self._check()  # the policy folder itself is checked by resolve_model_path
         start_stage, resume_from = 0, None
         if resume:
             ckpt = latest_checkpoint(self.run_dir)

@@ -199,7 +199,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _maybe_crash(lc.fault_crash_at_step, state["step"] + 1, rank, run_dir)
         staleness = [state["step"] - g.policy_version for g in groups]
         rows, metrics = rows_from_groups(groups, stage.weights, rl)
-        tokens = sum(len(r.traj.token_ids) for r in rows)
         sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
         if rows:
             sums = train_step(strategy, rows, rl, lc.grad_accum, pad, rank, world, reference)
@@ -211,6 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         last = stop or state["stage_step"] >= stage.steps
         sync_s = publish() if state["step"] % lc.sync_every == 0 or last else 0.0
         seconds = time.perf_counter() - t0
+        tokens = int(sums[-1])  # response tokens trained on, over all ranks
         metrics.update({k: float(sums[i] / max(sums[-1], 1)) for i, k in enumerate(LOSS_STATS)})
         metrics.update({
             "stage": stage.name, "stage_step": state["stage_step"], "version": state["step"],
