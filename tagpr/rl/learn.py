@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from tagpr.algos import LossInputs, policy_loss, token_entropy, token_logprobs
+from tagpr.algos import LossInputs, policy_loss, token_logprobs, token_logprobs_and_entropy
 from tagpr.config import RLConfig
 from tagpr.rl.batch import Row, collate, shard
 
@@ -43,9 +43,9 @@ def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accu
         if reference is not None:
             with torch.no_grad():
                 ref_lp = token_logprobs(b.response_logits(reference(**b.model_inputs()).logits), b.response_ids)
-        batch = LossInputs(token_logprobs(logits, b.response_ids), b.advantages, b.response_mask,
-                           rollout_logprobs=b.rollout_logprobs, ref_logprobs=ref_lp,
-                           entropy=token_entropy(logits.detach()))
+        logprobs, entropy = token_logprobs_and_entropy(logits, b.response_ids)
+        batch = LossInputs(logprobs, b.advantages, b.response_mask, rollout_logprobs=b.rollout_logprobs,
+                           ref_logprobs=ref_lp, entropy=entropy)
         loss, st = policy_loss(batch, cfg, token_normalizer=max(tokens, 1))
         stepper.backward(loss * world)
         sums += torch.tensor([st.get(k, 0.0) * st["tokens"] for k in LOSS_STATS] + [st["tokens"]],

@@ -16,8 +16,8 @@ from tagpr.algos import (
     nonzero_variance,
     policy_loss,
     ppo_clip_loss,
-    token_entropy,
     token_logprobs,
+    token_logprobs_and_entropy,
 )
 from tagpr.config import RLConfig
 from tagpr.errors import TagPRError
@@ -291,8 +291,11 @@ def test_token_logprobs_and_entropy():
     lp = token_logprobs(logits, torch.tensor([[1, 0]]))
     assert lp.dtype == torch.float32
     assert lp[0].tolist() == pytest.approx([math.log(0.75), math.log(0.5)], abs=1e-2)
-    ent = token_entropy(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, float("-inf"), float("-inf")]]))
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, float("-inf"), float("-inf")]], requires_grad=True)
+    both, ent = token_logprobs_and_entropy(logits, torch.tensor([3, 1]))
     assert ent.tolist() == pytest.approx([math.log(4), math.log(2)])
+    assert both.tolist() == pytest.approx(token_logprobs(logits, torch.tensor([3, 1])).tolist())
+    assert both.requires_grad and not ent.requires_grad
 
 
 # ---------------------------------------------------------------- registries
