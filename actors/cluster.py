@@ -1,10 +1,11 @@
-"""Joining or starting Ray, the one place that calls ``ray.init``."""
+"""Joining or starting Ray (the one place that calls ``ray.init``), and placing a role's process on CPUs."""
 
 from __future__ import annotations
 
 import os
 
 from tagpr.config import ClusterConfig
+from tagpr.errors import TagPRError
 
 
 def connect(cfg: ClusterConfig, **kwargs):
@@ -37,3 +38,18 @@ def cpus_per_worker(num_workers: int) -> int:
 
     free = int(ray.available_resources().get("CPU", 1))
     return max(1, free // max(num_workers, 1))
+
+
+def pin_cpus(cpus: list[int] | None, what: str) -> None:
+    """Run this process, every thread it already has included, on ``cpus`` only (no-op for None).
+
+    Threads started later (torch's OpenMP pool, vLLM's) inherit the mask. ``what`` names the
+    config field in the error when this host lacks one of the CPUs.
+    """
+    if not cpus:
+        return
+    have = os.sched_getaffinity(0)
+    if missing := sorted(set(cpus) - have):
+        raise TagPRError(f"{what}: CPUs {missing} are not available to this process (it may use {sorted(have)})")
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), set(cpus))

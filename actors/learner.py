@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, read_state, save_checkpoint
+from actors.cluster import pin_cpus
 from tagpr.config import TagPRConfig
 from tagpr.rl.plateau import Plateau
 
@@ -120,6 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TagPRConfig.model_validate(config["cfg"])
     rl, lc = cfg.rl, cfg.learner
+    pin_cpus(lc.cpu_affinity, "learner.cpu_affinity")
     stage_index, buffer, run_dir = config["stage_index"], config["buffer"], Path(config["run_dir"])
     stage = rl.stages[stage_index]
     torch.manual_seed(cfg.run.seed + rank)

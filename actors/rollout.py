@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from actors.cluster import pin_cpus
 from actors.weights import WeightUpdate, apply_update
 from tagpr.config import TagPRConfig
 from tagpr.rl.trajectory import Group, Trajectory
@@ -45,6 +46,7 @@ class RolloutWorker:
 
         self.id, self.buffer, self.policy = worker_id, buffer, policy
         self.cfg = cfg = TagPRConfig.model_validate(config)
+        pin_cpus(cfg.rollout.cpu_affinity, "rollout.cpu_affinity")
         self.engine = make_engine(cfg.rollout.engine, policy, cfg.model.dtype)
         self.rewards = make_reward_client(cfg, cfg.rollout.reward_via)
         self.prompts = load_prompts(cfg)

@@ -12,7 +12,8 @@ a prompt for every sample while vLLM caches it once per group, so long prompts m
 bottleneck at any response length. The learner trains one sequence per micro-batch: with whole-step
 batches its logits and activations overflow the cache, and the two roles then slow each other
 down through memory bandwidth (measured here: 12-17% longer learner steps when overlapped, against
-none with one sequence at a time). Throughput is trajectories per second over the steps after
+none with one sequence at a time), and each role is pinned to its own core (cache stays warm;
+about 6% shorter overlapped learner steps measured). Throughput is trajectories per second over the steps after
 ``WARMUP`` (engine and learner start-up excluded).
 """
 
@@ -35,7 +36,7 @@ def _job(root: Path, policy: str, staleness: int, max_tokens: int, steps: int) -
     cfg = load_config(None, [
         f"run.root={root}", f"model.policy={policy}", "rl.eval_limit=0", f"rl.max_staleness={staleness}",
         f"rl.group_size={GROUP_SIZE}", f"rl.prompts_per_step={GROUPS}", f"learner.grad_accum={GROUPS * GROUP_SIZE}",
-        "rl.lr=1e-4", f"rollout.max_tokens={max_tokens}",
+        "rl.lr=1e-4", f"rollout.max_tokens={max_tokens}", "rollout.cpu_affinity=[0]", "learner.cpu_affinity=[1]",
         "rollout.stop=[]", "rollout.prompts_per_request=4", "rollout.engine.max_model_len=2048",
         "data.prompt_profile_items=0",
         f"rl.stages=[{{name: guided, steps: {steps}, weights: {{format_task: 1.0, tag: 0.2}}}}]",

@@ -15,7 +15,7 @@ import datetime as _dt
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -146,6 +146,11 @@ class TagsConfig(Section):
 class RewardConfig(Section):
     generation_metric: Literal["rougeL", "mean_rouge1_rougeL"] = "rougeL"
     prmu_transform: Literal["sigmoid", "group_sigmoid"] = "sigmoid"
+
+
+CpuList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+CPU_AFFINITY_HELP = ("CPU ids this role's processes run on (all their threads); for roles sharing a CPU node, "
+                     "pinning them to separate cores keeps each one's caches warm (null: the OS decides)")
 
 
 class StageConfig(Section):
@@ -323,6 +328,7 @@ class RolloutConfig(Section):
     num_workers: int = Field(1, ge=0)
     num_cpus: float = Field(1, ge=0, description="CPUs each rollout worker reserves")
     num_gpus: float = Field(0, ge=0, description="GPUs each rollout worker reserves (1 for a CUDA vLLM engine)")
+    cpu_affinity: CpuList | None = Field(None, description=CPU_AFFINITY_HELP)
     min_workers: int = Field(0, ge=0)
     max_workers: int = Field(4, ge=1)
     temperature: float = Field(1.0, ge=0)
@@ -361,6 +367,7 @@ class LearnerConfig(TrainStrategyConfig):
     fault_crash_at_step: int = Field(0, ge=0, description="fault injection for tests and drills: rank 0 exits "
                                                           "right after taking this step's groups, once per run "
                                                           "directory (0: off)")
+    cpu_affinity: CpuList | None = Field(None, description=CPU_AFFINITY_HELP)
     lora: LoraConfig = LoraConfig()
 
 
@@ -549,18 +556,22 @@ def dump_config(cfg: TagPRConfig) -> str:
 RESOLVED_NAME = "tagpr_config.yaml"
 
 
-def write_resolved(cfg: TagPRConfig, run_dir: str | os.PathLike[str]) -> Path:
-    """Write the fully resolved config into ``run_dir/tagpr_config.yaml``."""
+def _stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+
+
+def write_resolved(cfg: TagPRConfig, run_dir: str | os.PathLike[str], resumed: bool = False) -> Path:
+    """Write the fully resolved config into ``run_dir/tagpr_config.yaml``; a resumed run keeps the
+    one it started with and writes its own beside it as ``tagpr_config.resume-<UTC time>.yaml``."""
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / RESOLVED_NAME
+    target = out / (RESOLVED_NAME.replace(".yaml", f".resume-{_stamp()}.yaml") if resumed else RESOLVED_NAME)
     target.write_text(dump_config(cfg), encoding="utf-8")
     return target
 
 
 def new_run_dir(cfg: TagPRConfig, kind: str) -> Path:
     """A fresh ``runs/<name>-<kind>-<UTC time>`` folder holding the resolved config."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-    run_dir = Path(cfg.run.root) / f"{cfg.run.name}-{kind}-{stamp}"
+    run_dir = Path(cfg.run.root) / f"{cfg.run.name}-{kind}-{_stamp()}"
     write_resolved(cfg, run_dir)
     return run_dir

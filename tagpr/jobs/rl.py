@@ -24,7 +24,7 @@ def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | 
         run_dir = Path(resume)
         if not run_dir.is_dir():
             raise TagPRError(f"--resume: {run_dir} is not a run directory")
-        write_resolved(cfg, run_dir)
+        write_resolved(cfg, run_dir, resumed=True)
     else:
         run_dir = run_dir or new_run_dir(cfg, "rl")
     log(f"rl: run directory {run_dir}")

@@ -119,3 +119,11 @@ def test_resolved_config_round_trips(tmp_path, cfg):
     again = load_config(written)
     assert again == cfg2
     assert write_resolved(again, tmp_path / "x").read_text() == written.read_text()
+
+
+def test_a_resumed_run_keeps_the_config_it_started_with(tmp_path):
+    first = load_config(None, ["run.root=" + str(tmp_path), "rl.group_size=3"])
+    run_dir = new_run_dir(first, "test")
+    resumed = write_resolved(load_config(None, ["rl.group_size=5"]), run_dir, resumed=True)
+    assert load_config(run_dir / RESOLVED_NAME) == first
+    assert resumed.name.startswith("tagpr_config.resume-") and load_config(resumed).rl.group_size == 5
