@@ -17,6 +17,7 @@ Train's FailureConfig, or a resumed job, trains on every prompt exactly once.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, read_state,
 from actors.cluster import pin_cpus
 from tagpr.config import TagPRConfig
 from tagpr.rl.plateau import Plateau
+
+# not print: Ray Train patches print into its logger and also tees it to a wrapped stdout, so each
+# progress line reached the driver twice
+log = logging.getLogger(__name__)
 
 
 def _take(buffer, timeout_s: float) -> tuple[list, float]:
@@ -82,7 +87,7 @@ def _maybe_crash(at_step: int, step: int, rank: int, run_dir: Path) -> None:
     marker = run_dir / f"fault-crash-step-{at_step}"
     if at_step and step == at_step and rank == 0 and not marker.exists():
         marker.touch()
-        print(f"fault injection: learner rank 0 exits at step {step}", flush=True)
+        log.warning("fault injection: learner rank 0 exits at step %d", step)
         os._exit(1)
 
 
@@ -228,10 +233,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({"buffer_depth": buf["buffered"], "rollout_blocked_issues": buf["blocked_issues"],
                             "buffer_dropped": sum(buf["dropped"].values())})
             sink.log(state["step"], metrics)
-            print(f"rl {stage.name} step {state['stage_step']}/{stage.steps} reward {metrics['reward_mean']:.3f} "
-                  f"loss {metrics['pg_loss']:.4f} clip {metrics['clip_frac']:.3f} staleness "
-                  f"{metrics['staleness_mean']:.2f} idle {metrics['learner_idle_frac']:.2f} "
-                  f"({seconds:.1f} s/step)", flush=True)
+            log.info(f"rl {stage.name} step {state['stage_step']}/{stage.steps} reward {metrics['reward_mean']:.3f} "
+                     f"loss {metrics['pg_loss']:.4f} clip {metrics['clip_frac']:.3f} staleness "
+                     f"{metrics['staleness_mean']:.2f} idle {metrics['learner_idle_frac']:.2f} ({seconds:.1f} s/step)")
         if last or (lc.checkpoint_every and state["stage_step"] % lc.checkpoint_every == 0):
             checkpoint({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if rank == 0:
