@@ -18,6 +18,7 @@ takes. Transports, registered by name:
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import math
@@ -206,7 +207,8 @@ class CollectiveTransport(Transport):
         self.host, self.port, self.keep, self.timeout_s = host, port, keep, timeout_s
         self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         self.versions: dict[int, dict[str, torch.Tensor]] = {}
-        self._store = None
+        self._store = self._server = None
+        self._closed, self._waiting = False, ""
 
     @staticmethod
     def _group(store, prefix: str, rank: int, backend: str, timeout_s: float):
@@ -217,13 +219,37 @@ class CollectiveTransport(Transport):
             return dist.ProcessGroupNCCL(pstore, rank, 2)
         return dist.ProcessGroupGloo(pstore, rank, 2, datetime.timedelta(seconds=timeout_s))
 
+    def _await(self, key: str) -> bool:
+        """Wait for request ``key`` however long receivers stay away (between stages, say); False once
+        closed. The store's own wait gives up after ``timeout_s``; the thread must outlive that."""
+        import torch.distributed as dist
+
+        self._waiting = key
+        while not self._closed:
+            try:
+                self._store.wait([key], datetime.timedelta(seconds=self.timeout_s))
+                return not self._closed
+            except dist.DistStoreError:  # a timeout (a lost connection is a DistNetworkError)
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop serving: wake the thread from its wait and join it. Registered at exit, since a thread
+        blocked in the store's wait aborts the interpreter when it wakes during finalization."""
+        if self._server is None or self._closed:
+            return
+        self._closed = True
+        self._store.set(self._waiting, "")
+        self._server.join(timeout=10)
+
     def _serve(self) -> None:
         pairs: dict[str, Any] = {}
         n = 0
         while True:
             n += 1
             key = f"tagpr/request/{n}"
-            self._store.wait([key])
+            if not self._await(key):
+                return
             receiver, version = self._store.get(key).decode().split("|")
             if receiver not in pairs:
                 pairs[receiver] = self._group(self._store, f"pair/{receiver}", 0, self.backend, self.timeout_s)
@@ -241,7 +267,9 @@ class CollectiveTransport(Transport):
             self._store = dist.TCPStore(self.host, self.port, is_master=True, wait_for_workers=False,
                                         timeout=datetime.timedelta(seconds=self.timeout_s))
             self.port = self._store.port
-            threading.Thread(target=self._serve, daemon=True, name="weight-server").start()
+            self._server = threading.Thread(target=self._serve, daemon=True, name="weight-server")
+            self._server.start()
+            atexit.register(self.close)
         device = "cuda" if self.backend == "nccl" else "cpu"
         tensors = {name: t.detach().to(device).contiguous().clone() for name, t in named}
         self.versions[version] = tensors

@@ -237,12 +237,12 @@ class _Receiver:
         return {name: float(t.double().sum()) for name, t in TRANSPORTS.get(update.transport)().fetch(update)}
 
 
-def _collective_roundtrip(backend: str, n: int):
+def _collective_roundtrip(backend: str, n: int, timeout_s: float = 60, idle_s: float = 0):
     import ray
 
     from actors.weights import CollectiveTransport
 
-    sender = CollectiveTransport(backend=backend, timeout_s=60)
+    sender = CollectiveTransport(backend=backend, timeout_s=timeout_s)
     receivers = [ray.remote(_Receiver).options(num_cpus=0, num_gpus=1 if backend == "nccl" else 0).remote()
                  for _ in range(n)]
     g = torch.Generator().manual_seed(1)
@@ -253,12 +253,16 @@ def _collective_roundtrip(backend: str, n: int):
         got = ray.get([r.fetch_sums.remote(update) for r in receivers])
         want = {k: float(v.double().sum()) for k, v in state.items()}
         assert all(g_ == pytest.approx(want) for g_ in got)
+        time.sleep(idle_s)
     for r in receivers:
         ray.kill(r)
+    sender.close()
+    assert not sender._server.is_alive()
 
 
 def test_collective_transport_serves_each_receiver_over_gloo(ray_cluster):
-    _collective_roundtrip("gloo", 2)
+    """The publisher's server outlives a pause longer than its store timeout between versions."""
+    _collective_roundtrip("gloo", 2, timeout_s=3, idle_s=5)
 
 
 @pytest.mark.gpu
