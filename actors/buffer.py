@@ -105,7 +105,7 @@ class TrajectoryBuffer:
     @_guarded
     def take(self, wait_s: float = 0.0) -> list[Group] | None:
         """One step's groups, or None if none is complete after ``wait_s``."""
-        self._wait(lambda: len(self.core.groups) >= self.core.groups_per_step, wait_s)
+        self._wait(self.core.step_ready, wait_s)
         stale_before = self.core.stats.dropped["stale"]
         groups = self.core.take()
         if self.core.stats.dropped["stale"] > stale_before:

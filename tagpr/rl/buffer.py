@@ -146,6 +146,10 @@ class BufferCore:
 
     # ------------------------------------------------------------ the learner
 
+    def step_ready(self) -> bool:
+        """Whether a step's worth of groups is queued (``take`` may still drop stale ones)."""
+        return len(self.groups) >= self.groups_per_step
+
     def take(self) -> list[Group] | None:
         """One step's groups within the staleness bound, oldest first, or None while fewer are ready."""
         fresh: deque[Group] = deque()
@@ -156,7 +160,7 @@ class BufferCore:
             else:
                 fresh.append(g)
         self.groups = fresh
-        if len(self.groups) < self.groups_per_step:
+        if not self.step_ready():
             return None
         out = [self.groups.popleft() for _ in range(self.groups_per_step)]
         for g in out:
