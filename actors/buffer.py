@@ -48,6 +48,7 @@ class TrajectoryBuffer:
         self.update: WeightUpdate | None = None
         self.stage, self.stopped = stage, False
         self.awaiting_weights = False  # after a restore, until the restored weights are published
+        self.learner_wait_s = 0.0  # time take() spent waiting for a complete step (the autoscaler's signal)
         self._cv = threading.Condition()
         self._depth = metrics.Gauge("tagpr_buffer_depth", "groups buffered", tag_keys=("kind",))
         self._drops = metrics.Counter("tagpr_buffer_dropped_groups", "groups dropped, by reason", tag_keys=("reason",))
@@ -105,7 +106,9 @@ class TrajectoryBuffer:
     @_guarded
     def take(self, wait_s: float = 0.0) -> list[Group] | None:
         """One step's groups, or None if none is complete after ``wait_s``."""
+        start = time.monotonic()
         self._wait(self.core.step_ready, wait_s)
+        self.learner_wait_s += time.monotonic() - start
         stale_before = self.core.stats.dropped["stale"]
         groups = self.core.take()
         if self.core.stats.dropped["stale"] > stale_before:
@@ -145,7 +148,8 @@ class TrajectoryBuffer:
                 "in_flight_by_worker": dict(holders), "offered": s.offered,
                 "admitted": s.admitted, "consumed": s.consumed, "dropped": dict(s.dropped),
                 "staleness": {str(k): v for k, v in sorted(s.staleness.items())}, "blocked_issues": s.blocked_issues,
-                "version": self.core.version, "steps_taken": self.core.steps_taken}
+                "version": self.core.version, "steps_taken": self.core.steps_taken,
+                "learner_wait_s": self.learner_wait_s}
 
     @_guarded
     def snapshot(self) -> dict[str, Any]:

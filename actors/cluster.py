@@ -1,8 +1,17 @@
-"""Joining or starting Ray (the one place that calls ``ray.init``), and placing a role's process on CPUs."""
+"""Joining or starting Ray (the one place that calls ``ray.init``), placing a role's process on CPUs,
+and a head started with ``ray start`` that can be stopped without touching another Ray on the host."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 from tagpr.config import ClusterConfig
 from tagpr.errors import TagPRError
@@ -53,3 +62,85 @@ def pin_cpus(cpus: list[int] | None, what: str) -> None:
         raise TagPRError(f"{what}: CPUs {missing} are not available to this process (it may use {sorted(have)})")
     for tid in os.listdir("/proc/self/task"):
         os.sched_setaffinity(int(tid), set(cpus))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class LocalHead:
+    """A Ray head on this host, started with the ``ray`` CLI in a temp dir of its own.
+
+    ``stop()`` ends only the processes whose command line names that temp dir (``ray stop`` would
+    end every Ray of this user). With ``autoscaling_config`` (a fake multi-node cluster config,
+    ``RAY_FAKE_CLUSTER=1``) the head's autoscaler starts and releases fake nodes; they are pointed
+    at this head's port. Token auth follows the environment (``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``).
+    """
+
+    def __init__(self, num_cpus: int, resources: dict[str, float] | None = None,
+                 autoscaling_config: str | Path | None = None, dashboard: bool = False):
+        import ray._private.services as services
+        import yaml
+
+        self.ip = services.get_node_ip_address()
+        self.port, self.metrics_port, self.dashboard_port = free_port(), free_port(), free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="tgp-", dir="/tmp")  # short: Ray's socket paths have a limit
+        self.num_cpus, self.resources, self.dashboard = num_cpus, resources or {}, dashboard
+        self.autoscaling_config = None
+        if autoscaling_config:
+            spec = yaml.safe_load(Path(autoscaling_config).read_text())
+            spec["provider"]["gcs_address"] = self.address
+            self.autoscaling_config = Path(self.temp_dir) / "autoscaling.yaml"
+            self.autoscaling_config.write_text(yaml.safe_dump(spec))
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.port}",
+               f"--num-cpus={self.num_cpus}", f"--resources={json.dumps(self.resources)}",
+               f"--temp-dir={self.temp_dir}", f"--metrics-export-port={self.metrics_port}",
+               f"--include-dashboard={str(self.dashboard).lower()}", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
+               # the defaults of these collide with another Ray on the host (its agent holds 52365)
+               *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                        "runtime-env-agent-port", "ray-client-server-port"))]
+        # jobs submitted here run `python` from PATH: make it this interpreter
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path, **(env or {})}
+        if self.autoscaling_config:
+            cmd.append(f"--autoscaling-config={self.autoscaling_config}")
+            env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if run.returncode:
+            self.stop()
+            raise RuntimeError(f"ray start failed ({run.returncode}): {run.stderr[-2000:]}")
+
+    def _pids(self) -> list[int]:
+        mine, pids = self.temp_dir.encode(), []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if mine in (proc / "cmdline").read_bytes():
+                        pids.append(int(proc.name))
+                except OSError:
+                    continue
+        return pids
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self._pids():
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + grace_s
+            while self._pids() and time.monotonic() < deadline:
+                time.sleep(0.5)

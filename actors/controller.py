@@ -2,7 +2,9 @@
 
 - the TrajectoryBuffer actor (named ``<run name>-buffer`` in the job's namespace): prompts out,
   groups in, staleness and back-pressure;
-- the RolloutPool: vLLM rollout workers, watched by a thread that replaces dead ones;
+- the RolloutPool: vLLM rollout workers, watched by a thread that replaces dead ones and applies
+  resizes: requests filed with the ``<run name>-control`` actor (``tagpr scale rollout N``) and,
+  with ``rollout.autoscale.enabled``, the decisions of ``tagpr.rl.autoscale``;
 - rewards: in the workers (``rollout.reward_via: local``), or through the PRMU reward service
   (``http``/``handle``), which the controller deploys on Ray Serve unless ``rollout.reward_url``
   names one already running;
@@ -65,7 +67,7 @@ def _remote_evaluate():
 class RLController:
     def __init__(self, cfg: TagPRConfig, run_dir: Path, log_fn: Callable[[str], None] = print):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log_fn
-        self.buffer = self.pool = None
+        self.buffer = self.pool = self.control = None
         self.deployed_service = False  # the reward service this run started, and stops at its end
         self._watch_stop = threading.Event()
         self.report: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}, "evaluations": {}}
@@ -96,15 +98,21 @@ class RLController:
 
     def _start_roles(self, policy: str) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from actors.buffer import TrajectoryBuffer
+        from actors.control import RunControl, control_name
         from actors.pool import RolloutPool
         from tagpr.rl.data import load_prompts
 
         cfg = self.cfg
         ids = sorted(load_prompts(cfg))
+        # The job's state lives on the driver's node: a zero-CPU actor could otherwise land on a rollout
+        # node, which the autoscaler releases when the pool shrinks.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.buffer = ray.remote(TrajectoryBuffer).options(
-            name=f"{cfg.run.name}-buffer", num_cpus=0, max_concurrency=2 * cfg.rollout.max_workers + 8).remote(
+            name=f"{cfg.run.name}-buffer", num_cpus=0, max_concurrency=2 * cfg.rollout.max_workers + 8,
+            scheduling_strategy=here).remote(
             ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step, cfg.rl.stages[0].name,
             cfg.run.seed)
         self.initial_snapshot = ray.get(self.buffer.snapshot.remote())
@@ -112,31 +120,61 @@ class RLController:
         self.pool = RolloutPool(cfg, self.buffer, policy)
         self.pool.scale(cfg.rollout.num_workers)
         self.pool.wait_ready(timeout_s=600)
+        r = cfg.rollout
+        self.control = ray.remote(RunControl).options(name=control_name(cfg.run.name), num_cpus=0,
+                                                      scheduling_strategy=here).remote(
+            r.min_workers, r.max_workers, self.pool.size)
         self.log(f"rl: {len(ids)} prompts, {self.pool.size} rollout worker(s), "
                  f"max_staleness {cfg.rl.max_staleness}")
         threading.Thread(target=self._watch, daemon=True, name="pool-watch").start()
 
     def _watch(self) -> None:
-        """Replace dead workers every second; every ``METRICS_EVERY_S`` log the pool's time split."""
-        from actors.metrics import RunMetrics
+        """Every second: replace dead workers and apply a requested size. Every ``METRICS_EVERY_S``:
+        log the pool's time split and the learner's wait, and let the autoscaler (if on) decide."""
+        import ray
 
+        from actors.metrics import RunMetrics
+        from tagpr.rl.autoscale import AutoscalePolicy
+
+        a, r = self.cfg.rollout.autoscale, self.cfg.rollout
+        autoscaler = (AutoscalePolicy(r.min_workers, r.max_workers, a.grow_above, a.shrink_above, a.window_s,
+                                      a.cooldown_s) if a.enabled else None)
         sink = RunMetrics(self.run_dir, "rollout")
-        last, t_last, n = {}, time.monotonic(), 0
+        last, last_wait, t_last, n = {}, 0.0, time.monotonic(), 0
         while not self._watch_stop.wait(1.0):
             n += 1
             try:
                 for wid in self.pool.check():
                     self.log(f"rl: rollout worker {wid} died and was replaced")
+                if request := ray.get(self.control.pending.remote()):
+                    ticket, size = request
+                    self._resize(size, "request", f"asked for {size}", sink, n, ticket)
                 if n % METRICS_EVERY_S == 0:
                     now = time.monotonic()
                     totals = rollout_totals(self.pool.health())
-                    sink.log(n, rollout_fractions(last, totals, now - t_last, self.pool.size))
-                    last, t_last = totals, now
+                    waited = ray.get(self.buffer.stats.remote())["learner_wait_s"]
+                    window = rollout_fractions(last, totals, now - t_last, self.pool.size)
+                    window["learner_wait_frac"] = min(1.0, (waited - last_wait) / max(now - t_last, 1e-9))
+                    sink.log(n, window)
+                    if autoscaler and (d := autoscaler.observe(
+                            now, now - t_last, waited - last_wait,
+                            max(0.0, totals["blocked_s"] - last.get("blocked_s", 0.0)), self.pool.size)):
+                        self._resize(d.size, "auto", d.reason, sink, n)
+                    last, last_wait, t_last = totals, waited, now
             except Exception as exc:  # too many failures: the learner's take timeout ends the run
                 log.error("rollout pool: %s", exc)
                 self.report["pool_error"] = str(exc)
                 break
         sink.close()
+
+    def _resize(self, size: int, source: str, reason: str, sink, step: int, ticket: int | None = None) -> None:
+        """Scale the pool, log the decision (console and ``metrics.jsonl``) and report it to the control actor."""
+        previous = self.pool.size
+        new = self.pool.scale(size)
+        self.control.record.remote(new, previous, source, reason, ticket)
+        if new != previous:
+            self.log(f"rl: rollout pool {previous} -> {new} ({source}: {reason})")
+            sink.log(step, {"pool_size": new, "pool_previous": previous, "scale_source": source})
 
     def _stop_roles(self) -> None:
         import ray
@@ -150,6 +188,9 @@ class RLController:
             self.pool.shutdown()
         if self.buffer is not None:
             ray.kill(self.buffer)
+        if self.control is not None:
+            self.report["scale_decisions"] = ray.get(self.control.status.remote())["decisions"]
+            ray.kill(self.control)
         if self.deployed_service:
             from ray import serve
 

@@ -30,7 +30,8 @@ class _Member:
 class RolloutPool:
     def __init__(self, cfg: TagPRConfig, buffer, policy: str, resources: dict[str, float] | None = None):
         self.cfg, self.buffer, self.policy = cfg, buffer, policy
-        self.resources = resources or {"num_cpus": cfg.rollout.num_cpus, "num_gpus": cfg.rollout.num_gpus}
+        r = cfg.rollout
+        self.resources = resources or {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": r.resources}
         self.members: dict[str, _Member] = {}
         self.events: list[dict[str, Any]] = []  # scale, death and replacement, with times
         self.replacements = 0

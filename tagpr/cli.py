@@ -250,6 +250,50 @@ def cmd_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale_rollout(args: argparse.Namespace) -> int:
+    """Resize a running RL job's rollout pool through its control actor, and wait until it is applied."""
+    import ray
+
+    from actors.cluster import connect
+    from actors.control import control_name
+
+    if args.n < 0:
+        raise TagPRError(f"N must be >= 0, got {args.n}")
+    cfg = _load(args)
+    name = args.run or cfg.run.name
+    connect(cfg.cluster.model_copy(update={"address": args.address}), log_to_driver=False)
+    try:
+        control = ray.get_actor(control_name(name), namespace=cfg.cluster.namespace)
+    except ValueError:
+        raise TagPRError(f"no running RL job named {name!r} in Ray namespace {cfg.cluster.namespace!r} "
+                         f"(--run sets the job's run.name)") from None
+    ticket = ray.get(control.request_scale.remote(args.n))
+    deadline = time.monotonic() + args.timeout
+    while (status := ray.get(control.status.remote()))["applied_ticket"] < ticket["ticket"]:
+        if time.monotonic() > deadline:
+            raise TagPRError(f"the job did not apply the resize within {args.timeout:g} s (is it between stages?)")
+        time.sleep(0.5)
+    clamped = f"; asked for {args.n}, bounds {status['min']}..{status['max']}" if ticket["target"] != args.n else ""
+    print(f"rollout workers: {ticket['size']} -> {status['size']}{clamped}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check this host and its Ray connection; exit 1 when a check fails."""
+    from tagpr.doctor import FAIL, WARN, run_checks
+
+    console = _console()
+    rows = run_checks(_load(args))
+    style = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for r in rows:
+        console.print(f"[{style[r.status]}]{r.status:>4}[/] {r.name:<14} {r.detail}", soft_wrap=True)
+        if r.fix:
+            console.print(f"{'':>5} {'':<14} fix: {r.fix}", soft_wrap=True)
+    failed, warned = sum(r.status == FAIL for r in rows), sum(r.status == WARN for r in rows)
+    console.print(f"{len(rows)} checks: {failed} failed, {warned} warnings")
+    return 1 if failed else 0
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -379,6 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(rl)
     rl.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory from its newest checkpoint")
     rl.set_defaults(func=cmd_rl)
+
+    doctor = sub.add_parser("doctor", help="check versions, devices, the Ray address and token, and ports")
+    _config_args(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
+    scale = sub.add_parser("scale", help="resize a running job's roles").add_subparsers(dest="action", required=True)
+    srollout = scale.add_parser("rollout", help="set the number of rollout workers of a running RL job")
+    _config_args(srollout)
+    srollout.add_argument("n", type=int, metavar="N", help="workers wanted (clamped to rollout.min/max_workers)")
+    srollout.add_argument("--run", help="the job's run.name (default: from the config)")
+    srollout.add_argument("--address", default="auto", help="Ray address (default: auto; RAY_ADDRESS wins)")
+    srollout.add_argument("--timeout", type=float, default=120, help="seconds to wait for the job to apply it")
+    srollout.set_defaults(func=cmd_scale_rollout)
 
     serve_p = sub.add_parser("serve", help="services").add_subparsers(dest="action", required=True)
     sprmu = serve_p.add_parser("prmu", help="serve the PRMU reward service over HTTP (Ray Serve)")

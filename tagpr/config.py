@@ -323,14 +323,30 @@ class ChainsConfig(Section):
 # ---------------------------------------------------------------- the Ray roles
 
 
+class AutoscaleConfig(Section):
+    """The pool's automatic size (``tagpr.rl.autoscale``): grow when the learner waits on the buffer,
+    shrink when workers are blocked by back-pressure; within ``min_workers..max_workers``."""
+
+    enabled: bool = False
+    grow_above: float = Field(0.3, ge=0, le=1, description="learner's waiting share of the window that adds a worker")
+    shrink_above: float = Field(0.5, ge=0, le=1,
+                                description="workers' blocked share of the window that removes a worker")
+    window_s: float = Field(60, gt=0, description="seconds of measurements behind a decision")
+    cooldown_s: float = Field(60, ge=0, description="seconds after a decision before the next")
+
+
 class RolloutConfig(Section):
     engine: EngineConfig = EngineConfig()
     num_workers: int = Field(1, ge=0)
     num_cpus: float = Field(1, ge=0, description="CPUs each rollout worker reserves")
     num_gpus: float = Field(0, ge=0, description="GPUs each rollout worker reserves (1 for a CUDA vLLM engine)")
     cpu_affinity: CpuList | None = Field(None, description=CPU_AFFINITY_HELP)
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "custom Ray resources each worker requests, e.g. {rollout_worker: 1} to land on (and make the autoscaler "
+        "start) the rollout node type of cluster.yaml"))
     min_workers: int = Field(0, ge=0)
     max_workers: int = Field(4, ge=1)
+    autoscale: AutoscaleConfig = AutoscaleConfig()
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)

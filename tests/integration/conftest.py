@@ -7,16 +7,11 @@ production keeps Ray's default token auth (see docs/security.md).
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from actors.cluster import free_port
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,8 @@ def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
         (["config", "show", "--config", "nope.yaml"], "file not found"),
         (["sft", "--set", "sft.resume_from=/no/such/ckpt"], "sft.resume_from: /no/such/ckpt is not an SFT epoch"),
         (["sft", "--set", "sft.strategy=zero"], "sft.strategy"),
+        (["scale", "rollout", "-1"], "N must be >= 0"),
+        (["config", "show", "--set", "rollout.autoscale.grow_above=2"], "rollout.autoscale.grow_above"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(argv, message):
