@@ -197,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stop = False
     while state["stage_step"] < stage.steps and not stop:
         t0 = time.perf_counter()
-        lr = lr_at(state["step"], total_steps, rl)
+        lr = lr_at(state["step"], total_steps, rl) * stage.lr_scale
         strategy.set_lr(lr)
         box = [_take(buffer, lc.take_timeout_s) if rank == 0 else None]
         if world > 1:

@@ -159,6 +159,7 @@ class StageConfig(Section):
     name: str = Field(min_length=1)
     steps: int = Field(ge=1)
     weights: dict[str, float]
+    lr_scale: float = Field(1.0, gt=0, description="multiplies rl.lr (after its schedule) during this stage")
     plateau_patience: int = Field(0, ge=0, description="0: never stop early")
     plateau_delta: float = Field(0.005, ge=0)
 

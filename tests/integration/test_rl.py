@@ -52,7 +52,7 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, tiny_policy
     cfg = rl_base("rl.max_staleness=1", "rollout.reward_via=http", "learner.strategy=deepspeed",
                   "learner.zero_stage=2", "rl.eval_limit=2",
                   "rl.stages=[{name: guided, steps: 3, weights: {format_task: 1.0, tag: 0.2, prmu: 0.3}},"
-                  " {name: exploratory, steps: 2, weights: {format_task: 1.0}}]")
+                  " {name: exploratory, steps: 2, lr_scale: 0.5, weights: {format_task: 1.0}}]")
     report = train(cfg, log=lambda _: None)
     run_dir = Path(report["run_dir"])
 
@@ -61,6 +61,7 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, tiny_policy
     metrics = _metrics(run_dir)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [m["stage"] for m in metrics] == ["guided"] * 3 + ["exploratory"] * 2
+    assert [m["lr"] for m in metrics] == pytest.approx([1e-3] * 3 + [5e-4] * 2)  # the stage's lr_scale
     assert all(m["staleness_max"] <= 1 for m in metrics)  # bounded asynchrony
     for m in metrics:
         assert m["trajectories"] == 8 and m["tokens"] > 0 and 0 <= m["learner_idle_frac"] <= 1
@@ -139,3 +140,23 @@ def test_a_lora_learner_publishes_only_the_adapter(rl_base, tiny_policy):
     before, after = _weights(Path(tiny_policy)), _weights(policy)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the merged export moved
     assert report["buffer"]["version"] == 2
+
+
+def test_the_autoscaler_grows_the_pool_while_the_learner_waits(rl_base):
+    """Generation is the bottleneck here (one HF worker, a learner that waits): with autoscaling on,
+    the job adds a worker on its own, logs the decision and keeps every prompt exactly once."""
+    from tagpr.jobs.rl import train
+
+    cfg = rl_base("rl.max_staleness=1", "rollout.engine.kind=hf", "rollout.max_tokens=160",  # slow generation
+                  "rollout.min_workers=1", "rollout.max_workers=2",
+                  "rollout.autoscale={enabled: true, grow_above: 0.05, shrink_above: 0.99, window_s: 10, "
+                  "cooldown_s: 0}", "rl.stages=[{name: guided, steps: 14, weights: {format_task: 1.0, tag: 0.2}}]")
+    report = train(cfg, log=lambda _: None)
+    auto = [d for d in report["scale_decisions"] if d["source"] == "auto"]
+    assert auto, report["scale_decisions"]
+    assert (auto[0]["from"], auto[0]["to"]) == (1, 2) and "learner waited" in auto[0]["reason"]
+    assert any(e["event"] == "add" for e in report["pool_events"][1:])  # a second worker joined mid-run
+    scaled = [m for m in _metrics(Path(report["run_dir"]), "rollout") if m.get("scale_source") == "auto"]
+    assert scaled and scaled[0]["scale_to"] == 2
+    keys = [k for m in _metrics(Path(report["run_dir"])) for k in m["prompts"]]
+    assert len(keys) == len(set(keys)) == 14 * 2
