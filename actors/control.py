@@ -2,7 +2,8 @@
 
 ``tagpr scale rollout N`` (or anyone with a Ray connection) files a request here; the controller's
 watch thread, the only code that resizes the pool, applies it within a second and reports back.
-The actor also holds the pool's size and every scaling decision, exported as Prometheus metrics.
+The actor also holds the pool's size and every scaling decision (counted in Prometheus; the size
+itself is the controller's ``tagpr_rollout_workers``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ class RunControl:
         self.tickets = 0
         self.applied_ticket = 0
         self.decisions: list[dict[str, Any]] = []
-        self._size = metrics.Gauge("tagpr_rollout_pool_size", "rollout workers in the pool")
         self._decisions = metrics.Counter("tagpr_rollout_scale_decisions", "pool resizes, by source and direction",
                                           tag_keys=("source", "direction"))
-        self._size.set(size)
 
     def request_scale(self, n: int) -> dict[str, Any]:
         """File a request for ``n`` workers; its ticket and the size it will get (clamped to the bounds)."""
@@ -54,7 +53,6 @@ class RunControl:
             self._decisions.inc(tags={"source": source, "direction": direction})
             self.decisions.append({"t": time.time(), "source": source, "from": previous, "to": size,
                                    "reason": reason})
-        self._size.set(size)
 
     def status(self) -> dict[str, Any]:
         return {"size": self.size, "min": self.min, "max": self.max, "applied_ticket": self.applied_ticket,

@@ -174,7 +174,6 @@ class RLController:
         self.control.record.remote(new, previous, source, reason, ticket)
         if new != previous:
             self.log(f"rl: rollout pool {previous} -> {new} ({source}: {reason})")
-            # not "pool_size": that gauge is the control actor's (one process per metric name)
             sink.log(step, {"scale_from": previous, "scale_to": new, "scale_source": source})
 
     def _stop_roles(self) -> None:
