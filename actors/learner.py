@@ -260,8 +260,8 @@ def train_stage(cfg: TagPRConfig, stage_index: int, buffer, policy: str, referen
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage_index": stage_index, "buffer": buffer,
                            "policy": policy, "reference": reference, "run_dir": str(run_dir.resolve()),
                            "resume_from": resume_from, "snapshot": snapshot},
-        scaling_config=ScalingConfig(num_workers=lc.num_workers, use_gpu=gpu,
-                                     resources_per_worker=None if gpu else {"CPU": cpus_per_worker(lc.num_workers)}),
+        scaling_config=ScalingConfig(num_workers=lc.num_workers, use_gpu=gpu, resources_per_worker={
+            **({} if gpu else {"CPU": cpus_per_worker(lc.num_workers)}), **lc.resources} or None),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=f"rl-{stage_index}-{stage.name}", storage_path=str((run_dir / "ray_train").resolve()),
                              failure_config=FailureConfig(max_failures=lc.max_failures)),

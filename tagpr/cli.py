@@ -128,21 +128,45 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tagpr.lamp.io import load_outputs, write_outputs
+    """Score a predictions file, or generate one with ``--policy`` from a questions file (and score it
+    when golds are given)."""
+    from tagpr.lamp.io import iter_questions, load_outputs, write_outputs
     from tagpr.lamp.metrics import score_task
     from tagpr.lamp.tasks import get_task
 
     task = get_task(args.task)
-    _, golds = load_outputs(args.golds, task)
-    _, preds = load_outputs(args.predictions, task)
-    scores = score_task(task, preds, golds)
-    result = {"task": task.name, "n": len(golds), **scores}
+    if bool(args.policy) == bool(args.predictions):
+        raise TagPRError("give --predictions (a file to score) or --policy with --questions (to generate one)")
+    if args.predictions and not args.golds:
+        raise TagPRError("--predictions needs --golds to score against")
+    result: dict = {"task": task.name}
+    if args.policy:
+        from tagpr.evaluation import predict
+        from tagpr.models import resolve_model_path
+
+        if not args.questions:
+            raise TagPRError("--policy needs --questions (a LaMP {split}_questions.json)")
+        cfg = _load(args)
+        questions = list(iter_questions(task, args.questions, skip_invalid=cfg.data.skip_invalid))
+        preds, valid = predict(resolve_model_path(args.policy, cfg.model.allow_hub), cfg, task.name, questions)
+        out = args.write_predictions or str(Path(args.questions).with_name(
+            Path(args.questions).name.replace("questions", "predictions")))
+        write_outputs(out, task.name, preds)
+        result.update(n=len(preds), format_valid=valid, predictions=out)
+    else:
+        _, preds = load_outputs(args.predictions, task)
+    if args.golds:
+        _, golds = load_outputs(args.golds, task)
+        missing = sorted(set(golds) - set(preds))
+        if args.policy and missing:
+            raise TagPRError(f"--golds: {len(missing)} ids have no question in --questions (first: {missing[0]})")
+        result.update(n=len(golds), **score_task(task, preds, golds))
+        if args.write_predictions and not args.policy:
+            write_outputs(args.write_predictions, task.name, {i: preds[i] for i in golds})
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
-    if args.write_predictions:
-        write_outputs(args.write_predictions, task.name, {i: preds[i] for i in golds})
     return 0
 
 
@@ -376,12 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", help="comma-separated steps to run instead of run.steps")
     run.set_defaults(func=cmd_run)
 
-    ev = sub.add_parser("eval", help="score predictions with LaMP's official metrics")
+    ev = sub.add_parser("eval", help="LaMP's official scores of a predictions file, or of a policy's answers")
+    _config_args(ev)
     ev.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7")
-    ev.add_argument("--predictions", required=True, help="predictions in the outputs shape")
-    ev.add_argument("--golds", required=True, help="{split}_outputs.json")
+    ev.add_argument("--predictions", help="predictions in the outputs shape, to score")
+    ev.add_argument("--policy", help="HF policy folder: generate predictions for --questions (vLLM, else HF)")
+    ev.add_argument("--questions", help="{split}_questions.json to answer with --policy")
+    ev.add_argument("--golds", help="{split}_outputs.json (required with --predictions)")
     ev.add_argument("--out", help="write the scores here as JSON")
-    ev.add_argument("--write-predictions", help="rewrite the scored predictions in the official shape")
+    ev.add_argument("--write-predictions", help="where the official predictions file goes (with --policy: "
+                                                 "default beside --questions; else rewrites the scored ones)")
     ev.set_defaults(func=cmd_eval)
 
     model = sub.add_parser("model", help="policy models").add_subparsers(dest="action", required=True)

@@ -373,6 +373,8 @@ class RolloutConfig(Section):
 
 
 class LearnerConfig(TrainStrategyConfig):
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "custom Ray resources each learner worker requests, e.g. {learner: 1} for cluster.yaml's learner node"))
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, per worker")
     weight_decay: float = Field(0.0, ge=0)
     sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")
@@ -419,6 +421,7 @@ class RunConfig(Section):
     seed: int = 0
     steps: list[str] = Field(default_factory=lambda: ["data", "model"], min_length=1,
                              description="pipeline steps of `tagpr run`, in order")
+    report_eval_limit: int = Field(0, ge=0, description="dev questions per task the report scores (0: all)")
 
 
 # ---------------------------------------------------------------- root

@@ -8,12 +8,13 @@ through the configured engine (``rollout.engine``: vLLM, or HF transformers wher
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from tagpr.config import TagPRConfig
 from tagpr.engines import Engine, Sampling, make_engine
-from tagpr.lamp.io import load_split
+from tagpr.lamp.io import Question, load_split
 from tagpr.lamp.metrics import score_task
+from tagpr.lamp.tasks import get_task
 from tagpr.rewards import RewardInput, judge, r_format
 from tagpr.sft.data import prompt_text
 from tagpr.tags import TagSet
@@ -29,18 +30,38 @@ def evaluate_policy(policy: str | Engine, cfg: TagPRConfig, split: str | None = 
             engine.close()
 
 
-def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int) -> dict[str, Any]:
+def respond(engine: Engine, cfg: TagPRConfig, task: str, questions: Sequence[Question]) -> list[str]:
+    """The policy's greedy responses to ``questions`` of ``task``, prompted as in training."""
     tags = TagSet(cfg.tags)
     sampling = Sampling(temperature=0.0, max_tokens=cfg.rollout.max_tokens, stop=tuple(cfg.rollout.stop),
                         logprobs=False)
+    prompts = [prompt_text(engine.tokenizer, tags, task, q.input, q.profile, cfg.data.prompt_profile_items)
+               for q in questions]
+    return [g.completions[0].text for g in engine.generate(prompts, sampling)]
+
+
+def predict(policy: str, cfg: TagPRConfig, task: str, questions: Sequence[Question]) -> tuple[dict[str, str], float]:
+    """LaMP predictions of ``policy`` (the answer section of each response; empty where the response
+    has none) and the fraction of responses whose format is valid."""
+    tags, t = TagSet(cfg.tags), get_task(task)
+    engine = make_engine(cfg.rollout.engine, policy, cfg.model.dtype)
+    try:
+        responses = respond(engine, cfg, task, questions)
+    finally:
+        engine.close()
+    checked = [tags.check(r, t.task_type) for r in responses]
+    valid = [c.parses and t.in_answer_space(c.answer) for c in checked]
+    return {q.id: c.answer or "" for q, c in zip(questions, checked)}, sum(valid) / max(len(valid), 1)
+
+
+def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int) -> dict[str, Any]:
+    tags = TagSet(cfg.tags)
     per_task: dict[str, Any] = {}
     fmt, tag_scores = [], []
     for task in cfg.data.tasks:
         s = load_split(cfg.data.root, task, split, cfg.data.skip_invalid)
         questions = s.questions[: limit or None]
-        prompts = [prompt_text(engine.tokenizer, tags, task, q.input, q.profile, cfg.data.prompt_profile_items)
-                   for q in questions]
-        responses = [g.completions[0].text for g in engine.generate(prompts, sampling)]
+        responses = respond(engine, cfg, task, questions)
         judged = [judge(tags, RewardInput(task, r, s.golds[q.id], q.input, q.profile))
                   for q, r in zip(questions, responses)]
         f = [r_format(j) for j in judged]

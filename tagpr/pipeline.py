@@ -90,6 +90,65 @@ def step_sft(ctx: RunContext) -> dict[str, Any]:
     return train(ctx.cfg, log=ctx.log, run_dir=ctx.run_dir)
 
 
+@STEPS.register("rl")
+def step_rl(ctx: RunContext) -> dict[str, Any]:
+    """Multi-stage asynchronous GRPO into ``<run dir>/rl`` from this run's SFT policy (else
+    ``model.policy``), with this run's PRMU (else ``prmu.checkpoint``) behind the reward."""
+    from tagpr.jobs.rl import train
+
+    cfg = ctx.cfg
+    policy = ctx.results.get("sft", {}).get("policy") or cfg.model.policy
+    prmu = ctx.results.get("prmu", {}).get("checkpoint") or cfg.prmu.checkpoint
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": str(Path(policy).resolve())}),
+                                 "prmu": cfg.prmu.model_copy(update={"checkpoint": prmu})})
+    run_dir = ctx.run_dir / "rl"
+    run_dir.mkdir(exist_ok=True)
+    report = train(cfg, log=ctx.log, run_dir=run_dir)
+    last = list(report["stages"])[-1]
+    return {"policy": report["stages"][last]["policy"], "run_dir": str(run_dir), "stages": report["stages"],
+            "evaluations": report["evaluations"], "seconds": report["seconds"]}
+
+
+@STEPS.register("report")
+def step_report(ctx: RunContext) -> dict[str, Any]:
+    """``report.md``, ``report.json`` and PNGs: base, SFT and RL policies scored on the same dev
+    questions (``run.report_eval_limit`` per task), reward and staleness over steps, tag distribution."""
+    from tagpr.evaluation import evaluate_policy
+    from tagpr.report import build_report, plot_report, read_metrics, render_markdown
+
+    cfg = ctx.cfg
+    limit = cfg.run.report_eval_limit
+    sft, rl = ctx.results.get("sft", {}), ctx.results.get("rl", {})
+    policies = {"base": sft.get("policy_in") or cfg.model.policy, "sft": sft.get("policy"), "rl": rl.get("policy")}
+    # the SFT and RL steps already scored these policies; reused when on the same questions
+    done = {}
+    if cfg.sft.eval_limit == limit:
+        done.update(base=sft.get("before"), sft=sft.get("after"))
+    if cfg.rl.eval_limit == limit and rl.get("evaluations"):
+        done["rl"] = list(rl["evaluations"].values())[-1]
+    evaluations = {}
+    for phase, policy in policies.items():
+        if done.get(phase):
+            evaluations[phase] = done[phase]
+        elif policy:
+            ctx.log(f"report: scoring the {phase} policy on dev")
+            evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit)
+    report = build_report(evaluations)
+    rl_dir = Path(rl.get("run_dir", ctx.run_dir / "rl"))
+    learner, rollout = (read_metrics(rl_dir / "metrics.jsonl", p) for p in ("learner", "rollout"))
+    tags = ctx.results.get("chains", {}).get(cfg.data.train_split, {}).get("tag_distribution", {})
+    plots = plot_report(report, learner, rollout, tags, ctx.run_dir)
+    n = report["tasks"][0]["n"] if report["tasks"] else 0
+    notes = [f"{n} dev questions per task, greedy decoding; relative improvement is (policy - base) / base, "
+             "sign-flipped for MAE and RMSE; the average is over tasks (the paper's headline figure).",
+             "Steps and seconds: " + ", ".join(f"{k} {v.get('seconds', '?')} s" for k, v in ctx.results.items()
+                                                if isinstance(v, dict)) + "."]
+    (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
+    (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
+    ctx.log(f"report: {ctx.run_dir / 'report.md'}")
+    return {"report": str(ctx.run_dir / "report.md"), "summary": report["summary"]}
+
+
 def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] = print) -> RunContext:
     funcs = [(name, STEPS.get(name)) for name in steps]  # unknown names fail before any work
     ctx = RunContext(cfg, new_run_dir(cfg, "run"), log)

@@ -26,6 +26,9 @@ def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
         (["sft", "--set", "sft.resume_from=/no/such/ckpt"], "sft.resume_from: /no/such/ckpt is not an SFT epoch"),
         (["sft", "--set", "sft.strategy=zero"], "sft.strategy"),
         (["scale", "rollout", "-1"], "N must be >= 0"),
+        (["eval", "--task", "LaMP_2", "--predictions", "p.json"], "--predictions needs --golds"),
+        (["eval", "--task", "LaMP_2", "--predictions", "p", "--policy", "x"], "give --predictions"),
+        (["eval", "--task", "LaMP_2", "--policy", "x"], "--policy needs --questions"),
         (["config", "show", "--set", "rollout.autoscale.grow_above=2"], "rollout.autoscale.grow_above"),
     ],
 )

@@ -127,3 +127,11 @@ def test_a_resumed_run_keeps_the_config_it_started_with(tmp_path):
     resumed = write_resolved(load_config(None, ["rl.group_size=5"]), run_dir, resumed=True)
     assert load_config(run_dir / RESOLVED_NAME) == first
     assert resumed.name.startswith("tagpr_config.resume-") and load_config(resumed).rl.group_size == 5
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "lamp-qwen3.yaml"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+
+    cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / name))
+    assert cfg.run.steps

@@ -37,6 +37,7 @@ def test_a_listening_ray_address_passes(cfg, monkeypatch):
 
 
 def test_a_remote_cluster_without_a_token_fails(cfg, monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # the integration tests' cluster turns it off
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
