@@ -33,6 +33,7 @@ log = logging.getLogger("tagpr.controller")
 
 
 METRICS_EVERY_S = 10
+WORKER_START_S = 600
 _TIMES = ("gen_s", "reward_s", "sync_s", "blocked_s")
 
 
@@ -119,7 +120,13 @@ class RLController:
         self._reward_service()
         self.pool = RolloutPool(cfg, self.buffer, policy)
         self.pool.scale(cfg.rollout.num_workers)
-        self.pool.wait_ready(timeout_s=600)
+        self.log(f"rl: starting {self.pool.size} rollout worker(s), each asking for {self.pool.resources}")
+        try:
+            self.pool.wait_ready(timeout_s=WORKER_START_S)
+        except ray.exceptions.GetTimeoutError:
+            raise TagPRError(f"rollout workers did not start within {WORKER_START_S} s; each asks for "
+                             f"{self.pool.resources} and the cluster has {ray.available_resources()} free "
+                             "(lower rollout.num_cpus, or give Ray more: cluster.num_cpus)") from None
         r = cfg.rollout
         self.control = ray.remote(RunControl).options(name=control_name(cfg.run.name), num_cpus=0,
                                                       scheduling_strategy=here).remote(
