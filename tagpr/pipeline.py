@@ -23,6 +23,7 @@ class RunContext:
     run_dir: Path
     log: Callable[[str], None] = print
     results: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # each finished step's wall time
 
 
 Step = Callable[[RunContext], dict[str, Any]]
@@ -141,8 +142,7 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
     n = report["tasks"][0]["n"] if report["tasks"] else 0
     notes = [f"{n} dev questions per task, greedy decoding; relative improvement is (policy - base) / base, "
              "sign-flipped for MAE and RMSE; the average is over tasks (the paper's headline figure).",
-             "Steps and seconds: " + ", ".join(f"{k} {v.get('seconds', '?')} s" for k, v in ctx.results.items()
-                                                if isinstance(v, dict)) + "."]
+             "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in ctx.seconds.items()) + "."]
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
     (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")
@@ -157,6 +157,7 @@ def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] 
         start = time.perf_counter()
         out = func(ctx)
         ctx.results[name] = out
-        summary["steps"][name] = {"seconds": round(time.perf_counter() - start, 2), **out}
+        ctx.seconds[name] = round(time.perf_counter() - start, 1)
+        summary["steps"][name] = {"seconds": ctx.seconds[name], **out}
         (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return ctx

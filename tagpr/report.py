@@ -48,13 +48,14 @@ def build_report(evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
                    "tag_score": evaluations[p]["tag_score"]} for p in phases}
     for p, gains in improvements.items():
         summary[p]["avg_relative_improvement"] = sum(gains) / len(gains) if gains else None
+        summary[p]["relative_improvement_tasks"] = len(gains)  # tasks where base scored above 0
     return {"phases": phases, "tasks": rows, "summary": summary}
 
 
 def _fmt(value: float | None, pct: bool = False) -> str:
     if value is None:
         return "n/a"
-    return f"{value:+.1%}" if pct else f"{value:.3f}"
+    return f"{value + 0.0:+.1%}" if pct else f"{value:.3f}"  # + 0.0: no "-0.0%"
 
 
 def render_markdown(report: dict[str, Any], title: str, notes: list[str] | None = None,
@@ -69,11 +70,16 @@ def render_markdown(report: dict[str, Any], title: str, notes: list[str] | None 
                  *(_fmt(r.get(f"{p}_rel"), pct=True) for p in rel)]
         lines.append("| " + " | ".join(cells) + " |")
     s = report["summary"]
+    covered = {p: s[p]["relative_improvement_tasks"] for p in rel}
     lines.append("| **average relative improvement over base** | | " + " | ".join("" for _ in phases) + " | "
-                 + " | ".join(f"**{_fmt(s[p]['avg_relative_improvement'], pct=True)}**" for p in rel) + " |")
+                 + " | ".join(f"**{_fmt(s[p]['avg_relative_improvement'], pct=True)}** ({covered[p]} of "
+                              f"{len(report['tasks'])} tasks)" for p in rel) + " |")
     lines += ["", "| | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
     for key, label in (("task_score", "dev task score"), ("format_valid", "format valid"), ("tag_score", "tag score")):
         lines.append(f"| {label} | " + " | ".join(_fmt(s[p][key]) for p in phases) + " |")
+    if any(covered[p] < len(report["tasks"]) for p in rel):
+        lines += ["", "Relative improvement is undefined where the base policy scores 0 (n/a); the average "
+                      "covers the other tasks only, so compare the dev task scores above."]
     for note in notes or []:
         lines += ["", note]
     for plot in plots or []:

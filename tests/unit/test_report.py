@@ -29,9 +29,19 @@ def test_report_rows_and_average():
     assert report["summary"]["sft"]["avg_relative_improvement"] == pytest.approx((0.5 + 0.2) / 2)
     md = render_markdown(report, "run", notes=["a note"], plots=["dev_metrics.png"])
     assert "| LaMP_3 | mae (lower is better) | 1.000 | 0.800 | 0.500 | +20.0% | +50.0% |" in md
-    assert "**+75.0%**" in md and "![dev_metrics](dev_metrics.png)" in md and "a note" in md
+    assert "**+75.0%** (2 of 2 tasks)" in md and "undefined" not in md
+    assert "![dev_metrics](dev_metrics.png)" in md and "a note" in md
 
 
 def test_a_report_needs_the_base_policy():
     with pytest.raises(ValueError, match="base"):
         build_report({"sft": evaluation(0.5, 0.3, 0.8)})
+
+
+def test_tasks_where_base_scores_zero_are_left_out_of_the_average_and_said_so():
+    report = build_report({"base": evaluation(0.1, 0.0, 1.0), "rl": evaluation(0.3, 0.5, 0.5)})
+    assert report["tasks"][0]["rl_rel"] is None
+    assert report["summary"]["rl"]["avg_relative_improvement"] == pytest.approx(0.5)
+    assert report["summary"]["rl"]["relative_improvement_tasks"] == 1
+    md = render_markdown(report, "run")
+    assert "(1 of 2 tasks)" in md and "undefined where the base policy scores 0" in md and "| n/a |" in md
