@@ -64,6 +64,11 @@ def pin_cpus(cpus: list[int] | None, what: str) -> None:
         os.sched_setaffinity(int(tid), set(cpus))
 
 
+def entry_point(name: str) -> str:
+    """A console script (``ray``, ``tagpr``) of the environment this interpreter runs in."""
+    return str(Path(sys.executable).with_name(name))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -104,7 +109,7 @@ class LocalHead:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self, env: dict[str, str] | None = None) -> None:
-        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.port}",
+        cmd = [entry_point("ray"), "start", "--head", f"--port={self.port}",
                f"--num-cpus={self.num_cpus}", f"--resources={json.dumps(self.resources)}",
                f"--temp-dir={self.temp_dir}", f"--metrics-export-port={self.metrics_port}",
                f"--include-dashboard={str(self.dashboard).lower()}", "--dashboard-host=127.0.0.1",

@@ -34,10 +34,6 @@ REWARD_SERVICE_SERIES = {"ray_tagpr_reward_requests_total", "ray_tagpr_reward_la
 ONLY_AFTER_A_DROP = {"ray_tagpr_buffer_dropped_groups_total"}
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
 def _prepare(root: Path) -> list[str]:
     """Synthetic data and the tiny policy under ``root``; the job's config overrides."""
     from tagpr.config import load_config
@@ -108,7 +104,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from actors.cluster import LocalHead
+    from actors.cluster import LocalHead, entry_point
     from tagpr.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="tagpr-fake-cluster-"))
@@ -146,7 +142,7 @@ def main(argv=None) -> int:
 
         def scale(n: int) -> None:
             t = round(time.monotonic() - start, 1)
-            out = subprocess.run([_bin("tagpr"), "scale", "rollout", str(n), "--run", RUN_NAME, "--address",
+            out = subprocess.run([entry_point("tagpr"), "scale", "rollout", str(n), "--run", RUN_NAME, "--address",
                                   cluster.address, *sets], env=env, capture_output=True, text=True, timeout=180)
             commands.append({"t": t, "command": f"tagpr scale rollout {n}", "rc": out.returncode,
                              "output": out.stdout.strip() or out.stderr.strip()[-500:]})

@@ -35,14 +35,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def check_python() -> list[Check]:
+def check_python(cfg: TagPRConfig | None = None) -> list[Check]:
     v = sys.version_info
     if v < (3, 10):
         return [Check("python", FAIL, sys.version.split()[0], "use Python 3.10 or newer")]
     return [Check("python", OK, sys.version.split()[0])]
 
 
-def check_packages() -> list[Check]:
+def check_packages(cfg: TagPRConfig | None = None) -> list[Check]:
     rows = []
     for dist, fix in (("ray", "pip install -e '.[cpu]' (or '.[gpu]')"), ("torch", "pip install -e '.[cpu]'"),
                       ("transformers", "pip install -e ."), ("deepspeed", "pip install -e ."),
@@ -146,7 +146,7 @@ def check_ports(cfg: TagPRConfig) -> list[Check]:
     return [Check("service port", status, f"{host}:{port} is free{exposure}", fix)]
 
 
-CHECKS: list[Callable[..., list[Check]]] = [check_python, check_packages, check_devices, check_ray_address,
+CHECKS: list[Callable[[TagPRConfig], list[Check]]] = [check_python, check_packages, check_devices, check_ray_address,
                                              check_ray_auth, check_ports]
 
 
@@ -154,7 +154,7 @@ def run_checks(cfg: TagPRConfig) -> list[Check]:
     rows = []
     for check in CHECKS:
         try:
-            rows += check(cfg) if check.__code__.co_argcount else check()
+            rows += check(cfg)
         except Exception as exc:  # a broken check is a finding, not a crash of the doctor
             rows.append(Check(check.__name__.removeprefix("check_"), FAIL, f"{type(exc).__name__}: {exc}"))
     return rows

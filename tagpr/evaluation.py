@@ -15,7 +15,7 @@ from tagpr.engines import Engine, Sampling, make_engine
 from tagpr.lamp.io import Question, load_split
 from tagpr.lamp.metrics import score_task
 from tagpr.lamp.tasks import get_task
-from tagpr.rewards import RewardInput, judge, r_format
+from tagpr.rewards import RewardInput, format_valid, judge, r_format
 from tagpr.sft.data import prompt_text
 from tagpr.tags import TagSet
 
@@ -50,7 +50,7 @@ def predict(policy: str, cfg: TagPRConfig, task: str, questions: Sequence[Questi
     finally:
         engine.close()
     checked = [tags.check(r, t.task_type) for r in responses]
-    valid = [c.parses and t.in_answer_space(c.answer) for c in checked]
+    valid = [format_valid(c, t) for c in checked]
     return {q.id: c.answer or "" for q, c in zip(questions, checked)}, sum(valid) / max(len(valid), 1)
 
 

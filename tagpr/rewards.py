@@ -84,9 +84,13 @@ def judge(tags: TagSet, item: RewardInput) -> Judged:
     return Judged(item, task, tags.check(item.response, task.task_type))
 
 
+def format_valid(checked: Checked, task: LampTask) -> bool:
+    """The response parses and its answer lies in the task's answer space."""
+    return checked.parses and task.in_answer_space(checked.answer)
+
+
 def r_format(j: Judged) -> float:
-    """1 if the response parses and its answer lies in the task's answer space."""
-    return float(j.checked.parses and j.task.in_answer_space(j.checked.answer))
+    return float(format_valid(j.checked, j.task))
 
 
 @REWARD_TERMS.register("format_task")

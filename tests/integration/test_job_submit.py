@@ -8,13 +8,12 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from actors.cluster import LocalHead
+from actors.cluster import LocalHead, entry_point
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +36,7 @@ def submit(head: LocalHead, entrypoint: list[str], token: str | None = TOKEN, ho
         env["RAY_AUTH_TOKEN"] = token
     if home:
         env["HOME"] = str(home)
-    cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", head.dashboard_url,
+    cmd = [entry_point("ray"), "job", "submit", "--address", head.dashboard_url,
            "--working-dir", str(ROOT), "--", *entrypoint]
     deadline = time.monotonic() + 60
     while True:  # a fresh head's job agent registers a few seconds after `ray start` returns
