@@ -54,9 +54,11 @@ def rollout_fractions(before: dict, after: dict, seconds: float, workers: int) -
 
 
 def _evaluate(policy: str, config: dict, limit: int) -> dict:
+    from actors.progress import report
     from tagpr.evaluation import evaluate_policy
 
-    return evaluate_policy(policy, TagPRConfig.model_validate(config), limit=limit)
+    return evaluate_policy(policy, TagPRConfig.model_validate(config), limit=limit,
+                           on_task=lambda done, total: report("dev tasks scored", done, total))
 
 
 def _remote_evaluate():

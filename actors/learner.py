@@ -25,6 +25,7 @@ from typing import Any
 
 from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, read_state, save_checkpoint
 from actors.cluster import pin_cpus
+from actors.progress import report as report_progress
 from tagpr.config import TagPRConfig
 from tagpr.rl.plateau import Plateau
 
@@ -233,6 +234,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({"buffer_depth": buf["buffered"], "rollout_blocked_issues": buf["blocked_issues"],
                             "buffer_dropped": sum(buf["dropped"].values())})
             sink.log(state["step"], metrics)
+            report_progress(f"rl {stage.name} steps", state["stage_step"], stage.steps)
             log.info(f"rl {stage.name} step {state['stage_step']}/{stage.steps} reward {metrics['reward_mean']:.3f} "
                      f"loss {metrics['pg_loss']:.4f} clip {metrics['clip_frac']:.3f} staleness "
                      f"{metrics['staleness_mean']:.2f} idle {metrics['learner_idle_frac']:.2f} ({seconds:.1f} s/step)")

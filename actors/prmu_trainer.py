@@ -20,6 +20,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from actors.progress import report as report_progress
     from tagpr.prmu import checkpoint
     from tagpr.prmu.train import fit
 
@@ -30,7 +31,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     net = checkpoint.build_net(cfg, config["dim"], len(config["user_index"]), config.get("backbone"))
     model = ray.train.torch.prepare_model(net) if world > 1 else net
-    history = fit(model, data, cfg, rank, world)
+    on_epoch = (lambda epoch, _: report_progress("prmu epochs", epoch, cfg.epochs)) if rank == 0 else None
+    history = fit(model, data, cfg, rank, world, on_epoch=on_epoch)
     metrics = {"loss": history[-1]["loss"], "epochs": len(history), "world_size": world}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None

@@ -22,6 +22,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoTokenizer
 
+    from actors.progress import report as report_progress
     from actors.train_strategy import STRATEGIES
     from tagpr.sft.train import train_epochs
 
@@ -45,12 +46,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             {"epoch": epoch, **stats}, rank)
             ray.train.report(stats, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
+    on_step = (lambda done, total: report_progress(f"{config['name']} steps", done, total)) if rank == 0 else None
     train_epochs(strategy, train, dev, cfg, tokenizer.pad_token_id, start_epoch, rank, world, config["seed"],
-                 report, log=print if rank == 0 else None)
+                 report, log=print if rank == 0 else None, on_step=on_step,
+                 label=config["name"])
     strategy.close()
 
 
-def train_on_ray(cfg: SFTConfig, train: Any, dev: Any, policy: str, storage: Path, seed: int = 0) -> Path:
+def train_on_ray(cfg: SFTConfig, train: Any, dev: Any, policy: str, storage: Path, seed: int = 0,
+                 name: str = "sft") -> Path:
     """Run the TorchTrainer; returns the local folder of the last epoch checkpoint."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -61,14 +65,14 @@ def train_on_ray(cfg: SFTConfig, train: Any, dev: Any, policy: str, storage: Pat
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"sft": cfg.model_dump(mode="json"), "train": ray.put(train), "dev": ray.put(dev),
-                           "policy": policy, "seed": seed},
+                           "policy": policy, "seed": seed, "name": name},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={
             "CPU": cpus_per_worker(cfg.num_workers)}),
         torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name="sft", storage_path=str(storage.resolve()),
+        run_config=RunConfig(name=name, storage_path=str(storage.resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError("SFT reported no checkpoint")
+        raise RuntimeError(f"{name} training reported no checkpoint")
     return Path(result.checkpoint.path)

@@ -109,13 +109,16 @@ def _print_baselines(results: dict, dev_split: str, console) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from actors.progress import BoardFollower
     from tagpr.pipeline import run_pipeline
+    from tagpr.progress import RunProgress
 
     cfg = _load(args)
     console = _console()
     steps = args.steps.split(",") if args.steps else cfg.run.steps
     start = time.perf_counter()
-    ctx = run_pipeline(cfg, steps, log=console.print)
+    with RunProgress(steps, console) as progress, BoardFollower(progress.update):
+        ctx = run_pipeline(cfg, steps, log=progress.log, listener=progress)
     if "data" in ctx.results:
         _print_baselines(ctx.results["data"]["baselines"], cfg.data.dev_split, console)
     if "prmu" in ctx.results:

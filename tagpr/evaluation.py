@@ -8,7 +8,7 @@ through the configured engine (``rollout.engine``: vLLM, or HF transformers wher
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig
 from tagpr.engines import Engine, Sampling, make_engine
@@ -20,11 +20,13 @@ from tagpr.sft.data import prompt_text
 from tagpr.tags import TagSet
 
 
-def evaluate_policy(policy: str | Engine, cfg: TagPRConfig, split: str | None = None, limit: int = 0) -> dict[str, Any]:
-    """Scores of ``policy`` (an HF folder, or an engine already holding it) on ``limit`` questions per task."""
+def evaluate_policy(policy: str | Engine, cfg: TagPRConfig, split: str | None = None, limit: int = 0,
+                    on_task: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Scores of ``policy`` (an HF folder, or an engine already holding it) on ``limit`` questions per
+    task; ``on_task`` gets (tasks done, tasks) after each task."""
     engine = make_engine(cfg.rollout.engine, policy, cfg.model.dtype) if isinstance(policy, str) else policy
     try:
-        return _evaluate(engine, cfg, split or cfg.data.dev_split, limit)
+        return _evaluate(engine, cfg, split or cfg.data.dev_split, limit, on_task)
     finally:
         if engine is not policy:
             engine.close()
@@ -54,7 +56,8 @@ def predict(policy: str, cfg: TagPRConfig, task: str, questions: Sequence[Questi
     return {q.id: c.answer or "" for q, c in zip(questions, checked)}, sum(valid) / max(len(valid), 1)
 
 
-def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int) -> dict[str, Any]:
+def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int,
+              on_task: Callable[[int, int], None] | None) -> dict[str, Any]:
     tags = TagSet(cfg.tags)
     per_task: dict[str, Any] = {}
     fmt, tag_scores = [], []
@@ -72,6 +75,8 @@ def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int) -> dict[
         per_task[task] = {"n": len(questions), "format": sum(f) / len(f), "tag": sum(t) / len(t),
                           **score_task(s.task, preds, {q.id: s.golds[q.id] for q in questions}),
                           "example": responses[0] if responses else ""}
+        if on_task:
+            on_task(len(per_task), len(cfg.data.tasks))
     return {"format_valid": sum(fmt) / len(fmt), "tag_score": sum(tag_scores) / len(tag_scores),
             "task_score": sum(primary_score(t) for t in per_task.values()) / len(per_task), "tasks": per_task}
 

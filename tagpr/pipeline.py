@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from tagpr.config import TagPRConfig, new_run_dir
 from tagpr.registry import Registry
@@ -97,11 +97,9 @@ def step_rl(ctx: RunContext) -> dict[str, Any]:
     ``model.policy``), with this run's PRMU (else ``prmu.checkpoint``) behind the reward."""
     from tagpr.jobs.rl import train
 
-    cfg = ctx.cfg
-    policy = ctx.results.get("sft", {}).get("policy") or cfg.model.policy
+    cfg = with_policy(ctx.cfg, ctx.results.get("sft", {}).get("policy"))
     prmu = ctx.results.get("prmu", {}).get("checkpoint") or cfg.prmu.checkpoint
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": str(Path(policy).resolve())}),
-                                 "prmu": cfg.prmu.model_copy(update={"checkpoint": prmu})})
+    cfg = cfg.model_copy(update={"prmu": cfg.prmu.model_copy(update={"checkpoint": prmu})})
     run_dir = ctx.run_dir / "rl"
     run_dir.mkdir(exist_ok=True)
     report = train(cfg, log=ctx.log, run_dir=run_dir)
@@ -114,6 +112,7 @@ def step_rl(ctx: RunContext) -> dict[str, Any]:
 def step_report(ctx: RunContext) -> dict[str, Any]:
     """``report.md``, ``report.json`` and PNGs: base, SFT and RL policies scored on the same dev
     questions (``run.report_eval_limit`` per task), reward and staleness over steps, tag distribution."""
+    from actors.progress import report as report_progress
     from tagpr.evaluation import evaluate_policy
     from tagpr.report import build_report, plot_report, read_metrics, render_markdown
 
@@ -133,7 +132,8 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
             evaluations[phase] = done[phase]
         elif policy:
             ctx.log(f"report: scoring the {phase} policy on dev")
-            evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit)
+            evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit, on_task=lambda d, t,
+                                                 p=phase: report_progress(f"dev tasks scored ({p})", d, t))
     report = build_report(evaluations)
     rl_dir = Path(rl.get("run_dir", ctx.run_dir / "rl"))
     learner, rollout = (read_metrics(rl_dir / "metrics.jsonl", p) for p in ("learner", "rollout"))
@@ -149,13 +149,31 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
     return {"report": str(ctx.run_dir / "report.md"), "summary": report["summary"]}
 
 
-def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] = print) -> RunContext:
+def with_policy(cfg: TagPRConfig, policy: str | None) -> TagPRConfig:
+    """``cfg`` starting from ``policy`` (an earlier step's output), or unchanged when there is none."""
+    if not policy:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": str(Path(policy).resolve())})})
+
+
+class StepListener(Protocol):
+    def start_step(self, name: str) -> None: ...
+
+    def finish_step(self, name: str) -> None: ...
+
+
+def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] = print,
+                 listener: StepListener | None = None) -> RunContext:
     funcs = [(name, STEPS.get(name)) for name in steps]  # unknown names fail before any work
     ctx = RunContext(cfg, new_run_dir(cfg, "run"), log)
     summary: dict[str, Any] = {"run_dir": str(ctx.run_dir), "steps": {}}
     for name, func in funcs:
         start = time.perf_counter()
+        if listener:
+            listener.start_step(name)
         out = func(ctx)
+        if listener:
+            listener.finish_step(name)
         ctx.results[name] = out
         ctx.seconds[name] = round(time.perf_counter() - start, 1)
         summary["steps"][name] = {"seconds": ctx.seconds[name], **out}

@@ -48,8 +48,10 @@ def eval_loss(stepper: Stepper, data: SFTData, batch_size: int, pad_id: int) -> 
 def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFTConfig, pad_id: int,
                  start_epoch: int = 0, rank: int = 0, world: int = 1, seed: int = 0,
                  on_epoch: Callable[[int, dict], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> list[dict]:
-    """Epochs ``start_epoch..cfg.epochs``; ``log`` gets a progress line about every tenth of an epoch."""
+                 log: Callable[[str], None] | None = None,
+                 on_step: Callable[[int, int], None] | None = None, label: str = "sft") -> list[dict]:
+    """Epochs ``start_epoch..cfg.epochs``; ``log`` gets a progress line about every tenth of an epoch,
+    ``on_step`` (steps done, steps in all epochs) every step."""
     history = []
     stepper.train(True)
     for epoch in range(start_epoch, cfg.epochs):
@@ -64,9 +66,11 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
             stepper.step(loss)
             total += loss.item()
             steps += 1
+            if on_step:
+                on_step(epoch * n_steps + steps, cfg.epochs * n_steps)
             if log and (steps % every == 0 or steps == n_steps):
                 rate = steps / (time.perf_counter() - start)
-                log(f"sft epoch {epoch + 1}/{cfg.epochs} step {steps}/{n_steps} loss {total / steps:.4f} "
+                log(f"{label} epoch {epoch + 1}/{cfg.epochs} step {steps}/{n_steps} loss {total / steps:.4f} "
                     f"lr {lr_at(epoch * n_steps + steps - 1, cfg.epochs * n_steps, cfg):.2e} "
                     f"({rate:.2f} steps/s, {(n_steps - steps) / rate:.0f} s left in epoch)")
         stats = {"epoch": epoch + 1, "train_loss": total / max(steps, 1)}

@@ -18,10 +18,11 @@ def test_loop_learns_and_reports_progress(cfg, tagset, tmp_path):
     sft = cfg.sft.model_copy(update={"epochs": 3, "batch_size": 4, "lr": 3e-3})
     stepper = DDPStrategy(model, sft, sft.lr, 0.0, sft.batch_size, world=1)
     before = eval_loss(stepper, data, 4, tok.pad_token_id)
-    epochs, lines = [], []
+    epochs, lines, steps = [], [], []
     history = train_epochs(stepper, data, data, sft, tok.pad_token_id, on_epoch=lambda e, s: epochs.append(e),
-                           log=lines.append)
+                           log=lines.append, on_step=lambda done, total: steps.append((done, total)))
     assert epochs == [1, 2, 3] and [h["epoch"] for h in history] == [1, 2, 3]
+    assert steps == [(i, 6) for i in range(1, 7)]  # 2 steps per epoch, counted across epochs
     assert history[-1]["dev_loss"] < before / 2
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert any("step 2/2" in line for line in lines)
@@ -37,3 +38,4 @@ def test_lr_schedule(cfg):
     assert lr_at(4, 104, s) == 1.0 and abs(lr_at(54, 104, s) - 0.5) < 1e-9 and lr_at(104, 104, s) == 0.0
     flat = s.model_copy(update={"lr_schedule": "constant", "warmup_steps": 0})
     assert lr_at(0, 10, flat) == lr_at(9, 10, flat) == 1.0
+
