@@ -37,6 +37,19 @@ def connect(cfg: ClusterConfig, **kwargs):
     return ray.get_runtime_context()
 
 
+def train_scaling(num_workers: int, resources: dict[str, float]):
+    """Ray Train's scaling and backend for ``num_workers``: a GPU each (NCCL) when the cluster has GPUs,
+    else an even share of the free CPUs (gloo); ``resources`` are added to (or override) each worker's."""
+    import ray
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    gpu = bool(ray.cluster_resources().get("GPU"))
+    per_worker = {**({} if gpu else {"CPU": cpus_per_worker(num_workers)}), **resources}
+    return (ScalingConfig(num_workers=num_workers, use_gpu=gpu, resources_per_worker=per_worker or None),
+            TorchConfig(backend="nccl" if gpu else "gloo"))
+
+
 def cpus_per_worker(num_workers: int) -> int:
     """CPUs to give each Ray Train worker: an even share of the cluster's free CPUs, at least one.
 

@@ -154,6 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rl.kl_coef > 0:  # the policy the RL run started from, frozen
         reference = AutoModelForCausalLM.from_pretrained(config["reference"], dtype=torch.float32,
                                                          local_files_only=True).eval().requires_grad_(False)
+        reference.to(strategy.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     publisher = _Publisher(cfg, buffer, run_dir) if rank == 0 else None
     sink = RunMetrics(run_dir, "learner") if rank == 0 else None
@@ -248,23 +249,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def train_stage(cfg: TagPRConfig, stage_index: int, buffer, policy: str, reference: str, run_dir: Path,
                 resume_from: str | None, snapshot: dict | None) -> Path:
     """Run one stage's TorchTrainer to its end; returns the local folder of its final checkpoint."""
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
 
-    from actors.cluster import cpus_per_worker
+    from actors.cluster import train_scaling
 
     lc = cfg.learner
-    gpu = bool(ray.cluster_resources().get("GPU"))
     stage = cfg.rl.stages[stage_index]
+    scaling, backend = train_scaling(lc.num_workers, lc.resources)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage_index": stage_index, "buffer": buffer,
                            "policy": policy, "reference": reference, "run_dir": str(run_dir.resolve()),
                            "resume_from": resume_from, "snapshot": snapshot},
-        scaling_config=ScalingConfig(num_workers=lc.num_workers, use_gpu=gpu, resources_per_worker={
-            **({} if gpu else {"CPU": cpus_per_worker(lc.num_workers)}), **lc.resources} or None),
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=scaling,
+        torch_config=backend,
         run_config=RunConfig(name=f"rl-{stage_index}-{stage.name}", storage_path=str((run_dir / "ray_train").resolve()),
                              failure_config=FailureConfig(max_failures=lc.max_failures)),
     )

@@ -1,5 +1,5 @@
 """SFT on Ray Train: a TorchTrainer whose workers run ``tagpr.sft.train`` under DDP or DeepSpeed
-ZeRO-2/3 (``sft.strategy``; gloo on CPUs).
+ZeRO-2/3 (``sft.strategy``; a GPU each with NCCL where the cluster has GPUs, else gloo on CPUs).
 
 The driver tokenizes once and puts the data in the object store. Every epoch the workers write an
 epoch checkpoint (HF model folder from rank 0, optimizer state from every rank that holds a part)
@@ -46,33 +46,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             {"epoch": epoch, **stats}, rank)
             ray.train.report(stats, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    on_step = (lambda done, total: report_progress(f"{config['name']} steps", done, total)) if rank == 0 else None
+    on_step = (lambda done, total: report_progress("sft steps", done, total)) if rank == 0 else None
     train_epochs(strategy, train, dev, cfg, tokenizer.pad_token_id, start_epoch, rank, world, config["seed"],
-                 report, log=print if rank == 0 else None, on_step=on_step,
-                 label=config["name"])
+                 report, log=print if rank == 0 else None, on_step=on_step)
     strategy.close()
 
 
-def train_on_ray(cfg: SFTConfig, train: Any, dev: Any, policy: str, storage: Path, seed: int = 0,
-                 name: str = "sft") -> Path:
+def train_on_ray(cfg: SFTConfig, train: Any, dev: Any, policy: str, storage: Path, seed: int = 0) -> Path:
     """Run the TorchTrainer; returns the local folder of the last epoch checkpoint."""
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig, RunConfig
+    from ray.train.torch import TorchTrainer
 
-    from actors.cluster import cpus_per_worker
+    from actors.cluster import train_scaling
 
+    scaling, backend = train_scaling(cfg.num_workers, cfg.resources)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"sft": cfg.model_dump(mode="json"), "train": ray.put(train), "dev": ray.put(dev),
-                           "policy": policy, "seed": seed, "name": name},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={
-            "CPU": cpus_per_worker(cfg.num_workers)}),
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name=name, storage_path=str(storage.resolve()),
+                           "policy": policy, "seed": seed},
+        scaling_config=scaling,
+        torch_config=backend,
+        run_config=RunConfig(name="sft", storage_path=str(storage.resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"{name} training reported no checkpoint")
+        raise RuntimeError("SFT reported no checkpoint")
     return Path(result.checkpoint.path)

@@ -1,6 +1,7 @@
 """How a Ray Train worker wraps its model: DDP, or DeepSpeed ZeRO-2/3; registered by name.
 
-The SFT trainer and the RL learner write one loop against this interface: ``forward(**batch)``,
+The SFT trainer and the RL learner write one loop against this interface: ``forward(**batch)``
+(batches built on the CPU; the strategy moves them to its ``device``, the worker's GPU when it has one),
 ``backward(loss)`` per micro-batch then ``optimizer_step()`` (or ``step(loss)`` for both),
 ``full_model()`` (all ranks enter; under ZeRO-3 it gathers the shards), and
 ``save_state``/``load_state`` of the optimizer (and DeepSpeed's partitions) for resume. A resumed
@@ -23,12 +24,22 @@ OPTIMIZER = "optimizer.pt"
 DEEPSPEED_DIR = "deepspeed"
 
 
+def training_device() -> torch.device:
+    """This worker's GPU (Ray Train makes the assigned one the only visible device), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 class TrainStrategy:
     name: str
 
     def __init__(self, model: torch.nn.Module, cfg: TrainStrategyConfig, lr: float, weight_decay: float,
-                 micro_batch: int, world: int, grad_accum: int = 1):
+                 micro_batch: int, world: int, grad_accum: int = 1, device: torch.device | None = None):
         self.model, self.cfg, self.world, self.grad_accum = model, cfg, world, grad_accum
+        self.device = device or training_device()
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def forward(self, **batch):
@@ -76,21 +87,21 @@ STRATEGIES: Registry[type[TrainStrategy]] = Registry("train strategy")
 class DDPStrategy(TrainStrategy):
     name = "ddp"
 
-    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world, grad_accum=1):
-        super().__init__(model, cfg, lr, weight_decay, micro_batch, world, grad_accum)
+    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world, grad_accum=1, device=None):
+        super().__init__(model, cfg, lr, weight_decay, micro_batch, world, grad_accum, device)
+        model.to(self.device)  # in place: the parameters stay the objects the optimizer gets
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.module = model
         if world > 1:  # one process needs no Ray: unit tests and single-worker runs drive the model directly
             import ray.train.torch
 
             self.module = ray.train.torch.prepare_model(model)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if cfg.precision == "bf16" \
-            else contextlib.nullcontext
+        self._autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
+            if cfg.precision == "bf16" else contextlib.nullcontext
 
     def forward(self, **batch):
         with self._autocast():
-            return self.module(**batch)
+            return self.module(**to_device(batch, self.device))
 
     def backward(self, loss):
         loss.backward()
@@ -116,8 +127,8 @@ class DeepSpeedStrategy(TrainStrategy):
 
     name = "deepspeed"
 
-    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world, grad_accum=1):
-        super().__init__(model, cfg, lr, weight_decay, micro_batch, world, grad_accum)
+    def __init__(self, model, cfg, lr, weight_decay, micro_batch, world, grad_accum=1, device=None):
+        super().__init__(model, cfg, lr, weight_decay, micro_batch, world, grad_accum, device)
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         import deepspeed
 
@@ -129,9 +140,10 @@ class DeepSpeedStrategy(TrainStrategy):
         optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.module = self.engine
+        self.device = self.engine.device
 
     def forward(self, **batch):
-        return self.engine(**batch)
+        return self.engine(**to_device(batch, self.device))
 
     def backward(self, loss):
         # DeepSpeed wants step() after every backward and updates at the accumulation boundary

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo pipeline on one GPU (at most 8 minutes on an H100): synthetic users, a real small model
 # (SmolLM2-135M from a local folder, `make smollm2`), PRMU, chains, SFT, RL with CUDA vLLM rollout,
-# the report. Records generation tokens/s and weight-sync seconds from the RL run's metrics.
+# the report. Records generation tokens/s and weight-sync seconds from the RL run's metrics. The
+# rollout engine and the learner share the one GPU (half each); weights move through shared memory.
 #   bash scripts/gpu_e2e.sh [--model DIR]        (writes gpu_e2e.json to $OUT, else benchmarks/results/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,8 @@ start=$(date +%s)
 timeout 470 "$PY" -m tagpr.cli run configs/demo.yaml \
   --set run.root="$WORK/runs" --set data.root="$WORK/data" --set chains.out="$WORK/chains" \
   --set model.policy="$MODEL" --set model.dtype=bfloat16 \
-  --set rollout.num_gpus=1 --set rollout.engine.gpu_memory_utilization=0.3 \
+  --set rollout.num_gpus=0.5 --set "learner.resources={GPU: 0.5}" --set rollout.engine.gpu_memory_utilization=0.3 \
+  --set rollout.weight_transport=shm \
   --set rl.prompts_per_step=16 --set sft.batch_size=16 2>&1 | tee "$WORK/log"
 "$PY" - "$WORK" "$(( $(date +%s) - start ))" "${OUT:-benchmarks/results}/gpu_e2e.json" <<'PY'
 import json, sys

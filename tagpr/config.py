@@ -234,6 +234,9 @@ class TrainStrategyConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0: no clipping)")
     num_workers: int = Field(1, ge=1, le=64, description="Ray Train workers")
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "Ray resources each worker requests besides its device, e.g. {learner: 1} for cluster.yaml's learner "
+        "node, or {GPU: 0.5} to share one GPU with a rollout engine"))
 
 
 class SFTConfig(TrainStrategyConfig):
@@ -373,8 +376,6 @@ class RolloutConfig(Section):
 
 
 class LearnerConfig(TrainStrategyConfig):
-    resources: dict[str, float] = Field(default_factory=dict, description=(
-        "custom Ray resources each learner worker requests, e.g. {learner: 1} for cluster.yaml's learner node"))
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, per worker")
     weight_decay: float = Field(0.0, ge=0)
     sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")

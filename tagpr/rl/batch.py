@@ -81,6 +81,11 @@ class PolicyBatch:
     advantages: Tensor  # (B,)
     prompt_width: int  # P
 
+    def to(self, device) -> PolicyBatch:
+        return PolicyBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
+                                                   self.response_ids, self.response_mask, self.rollout_logprobs,
+                                                   self.advantages)), self.prompt_width)
+
     def model_inputs(self) -> dict[str, Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 

@@ -17,6 +17,8 @@ LOSS_STATS = ("pg_loss", "kl", "clip_frac", "ratio_mean", "is_weight_mean", "is_
 
 
 class RLStepper(Protocol):
+    device: torch.device
+
     def forward(self, **batch): ...
 
     def backward(self, loss: torch.Tensor) -> None: ...
@@ -37,7 +39,7 @@ def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accu
     sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
     tokens = sum(len(r.traj.token_ids) for r in rows if r.weight > 0)
     for chunk in shard(rows, rank, world, grad_accum):
-        b = collate(chunk, pad_id)
+        b = collate(chunk, pad_id).to(stepper.device)
         logits = b.response_logits(stepper.forward(**b.model_inputs()).logits)
         ref_lp = None
         if reference is not None:

@@ -49,7 +49,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
                  start_epoch: int = 0, rank: int = 0, world: int = 1, seed: int = 0,
                  on_epoch: Callable[[int, dict], None] | None = None,
                  log: Callable[[str], None] | None = None,
-                 on_step: Callable[[int, int], None] | None = None, label: str = "sft") -> list[dict]:
+                 on_step: Callable[[int, int], None] | None = None) -> list[dict]:
     """Epochs ``start_epoch..cfg.epochs``; ``log`` gets a progress line about every tenth of an epoch,
     ``on_step`` (steps done, steps in all epochs) every step."""
     history = []
@@ -70,7 +70,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
                 on_step(epoch * n_steps + steps, cfg.epochs * n_steps)
             if log and (steps % every == 0 or steps == n_steps):
                 rate = steps / (time.perf_counter() - start)
-                log(f"{label} epoch {epoch + 1}/{cfg.epochs} step {steps}/{n_steps} loss {total / steps:.4f} "
+                log(f"sft epoch {epoch + 1}/{cfg.epochs} step {steps}/{n_steps} loss {total / steps:.4f} "
                     f"lr {lr_at(epoch * n_steps + steps - 1, cfg.epochs * n_steps, cfg):.2e} "
                     f"({rate:.2f} steps/s, {(n_steps - steps) / rate:.0f} s left in epoch)")
         stats = {"epoch": epoch + 1, "train_loss": total / max(steps, 1)}

@@ -135,3 +135,10 @@ def test_shipped_configs_validate(name):
 
     cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / name))
     assert cfg.run.steps
+
+
+def test_every_training_section_takes_worker_resources():
+    cfg = load_config(None, ["learner.resources={learner: 1}", "sft.resources={GPU: 0.5}"])
+    assert cfg.learner.resources == {"learner": 1.0} and cfg.sft.resources == {"GPU": 0.5}
+    with pytest.raises(ConfigError, match="prmu.resources: unknown key"):
+        load_config(None, ["prmu.resources={GPU: 1}"])

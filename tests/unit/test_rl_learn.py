@@ -36,6 +36,8 @@ def model():
 class SGD:
     """The stepper protocol over a plain module, keeping the last step's gradients."""
 
+    device = torch.device("cpu")
+
     def __init__(self, module, lr=0.0):
         self.module, self.opt = module, torch.optim.SGD(module.parameters(), lr=lr)
         self.grads = None
@@ -163,3 +165,17 @@ def test_rollout_time_split_per_worker_second():
     assert replaced["gen_frac"] == 0.0  # a replaced worker's counters restart from zero
     straddling = rollout_fractions(before, {**before, "blocked_s": 25.0}, seconds=10.0, workers=2)
     assert straddling["rollout_idle_frac"] == 1.0
+
+
+def test_a_batch_moves_whole_to_the_stepper_device():
+    from actors.train_strategy import to_device
+
+    b = collate([Row(traj([1, 2], [3, 4]), 1.0), Row(traj([5], [6]), -1.0)], 0)
+    moved = b.to(torch.device("meta"))
+    fields = ("input_ids", "attention_mask", "position_ids", "response_ids", "response_mask", "rollout_logprobs",
+              "advantages")
+    assert all(getattr(moved, f).device.type == "meta" and getattr(moved, f).shape == getattr(b, f).shape
+               for f in fields)
+    assert moved.prompt_width == b.prompt_width
+    inputs = to_device({**b.model_inputs(), "return_dict": True}, torch.device("meta"))
+    assert inputs["input_ids"].device.type == "meta" and inputs["return_dict"] is True
