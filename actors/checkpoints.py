@@ -8,6 +8,7 @@ A checkpoint folder holds the model as an HF folder (or, with LoRA, only the ada
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from actors.train_strategy import DEEPSPEED_DIR, OPTIMIZER
@@ -56,6 +57,22 @@ def save_checkpoint(strategy, tokenizer, out: Path, lora: bool, base: str, state
     if rank == 0:
         tokenizer.save_pretrained(out)
         (out / STATE).write_text(json.dumps({**state, "lora": lora, "base": base}))
+
+
+def publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:
+    """Make the fully written folder ``tmp`` the checkpoint ``final`` by renames alone, then keep the
+    ``keep`` newest siblings. A process killed at any point leaves complete checkpoints only: the
+    one ``final`` replaces is renamed away before ``tmp`` takes its name, and ``*.trash`` folders
+    are never read (the next publish removes them)."""
+    trash = final.with_name(f".{final.name}.trash")
+    shutil.rmtree(trash, ignore_errors=True)
+    if final.exists():  # the same step written again after a crash
+        final.rename(trash)
+    tmp.rename(final)
+    for old in sorted(final.parent.glob("step-*"))[:-keep]:
+        old.rename(old.with_name(f".{old.name}.trash"))
+    for stale in final.parent.glob(".*.trash"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def export_hf(checkpoint: Path, out: Path) -> Path:

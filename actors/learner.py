@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, read_state, save_checkpoint
+from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, publish_checkpoint, read_state, save_checkpoint
 from actors.cluster import pin_cpus
 from actors.progress import report as report_progress
 from tagpr.config import TagPRConfig
@@ -183,10 +183,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             (tmp / BUFFER_SNAPSHOT).write_text(json.dumps(ray.get(buffer.snapshot.remote())))
             torch.save(torch.get_rng_state(), tmp / RNG)
-            shutil.rmtree(final, ignore_errors=True)  # the same step, written again after a crash
-            tmp.rename(final)
-            for old in sorted((run_dir / CHECKPOINTS).glob("step-*"))[:-lc.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            publish_checkpoint(tmp, final, lc.keep_checkpoints)
         barrier()
         ray.train.report(metrics)
 

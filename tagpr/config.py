@@ -407,6 +407,10 @@ class ServiceConfig(Section):
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(32, gt=0)
+    max_queued_requests: int = Field(256, ge=1, description=(
+        "requests waiting for a busy replica; beyond it the service sheds load with 503 and Retry-After "
+        "instead of letting requests time out"))
+    retry_after_s: float = Field(1.0, ge=0, description="the Retry-After a shed request gets")
     limits: ServiceLimits = ServiceLimits()
 
 

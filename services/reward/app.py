@@ -29,7 +29,7 @@ from typing import Any, Optional
 import ray
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -382,9 +382,12 @@ class RewardIngress:
         except Exception:
             raise ClientError(503, "PRMU not loaded", headers={"Retry-After": "1"}) from None
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus exposition"},
+        401: {"model": ErrorResponse}})
     async def metrics(self) -> Response:
-        return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4")
+        """This replica's request counters in Prometheus' text format."""
+        return PlainTextResponse(self.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS)
     async def score(self, req: ScoreRequest, request: Request) -> ScoreResponse:

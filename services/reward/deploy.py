@@ -42,10 +42,14 @@ def _registry(app_name: str, checkpoint: str):
 
 def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = None, batching: bool = True,
               name: str = APP_NAME):
-    """The application: autoscaled, batching PRMU scorer behind the FastAPI ingress.
+    """The application: autoscaled, batching PRMU scorer behind the FastAPI ingress. Each deployment
+    queues at most ``service.max_queued_requests`` requests; beyond that the proxy (ingress) or the
+    ingress (scorer) answers 503 with ``Retry-After`` at once, so overload sheds instead of timing out.
 
     ``batching=False`` serves one item per call (the unbatched baseline the benchmark compares with).
     """
+    from ray.serve.config import BackpressureConfig
+
     from services.reward.app import PRMUScorerDeployment, RewardIngress
     from tagpr.prmu import checkpoint as ckpt
 
@@ -56,13 +60,16 @@ def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = N
     if not batching:
         user_config["max_batch_size"] = 1
         user_config["batch_wait_timeout_s"] = 0.0
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=s.retry_after_s)
     scorer = PRMUScorerDeployment.options(
-        max_ongoing_requests=max(2 * s.max_batch_size, 8),
+        max_ongoing_requests=max(2 * s.max_batch_size, 8), max_queued_requests=s.max_queued_requests,
         autoscaling_config={"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                             "target_ongoing_requests": s.target_ongoing_requests},
         user_config=user_config,
     ).bind(registry_name(name))
-    return RewardIngress.options(max_ongoing_requests=max(4 * s.max_batch_size, 64)).bind(
+    # the ingress takes no more than the scorer can hold, so overload is shed at the proxy (cheap)
+    return RewardIngress.options(max_ongoing_requests=max(2 * s.max_batch_size, 8),
+                                 max_queued_requests=s.max_queued_requests, backpressure_config=backpressure).bind(
         scorer, cfg.model_dump(mode="json"), token_sha256)
 
 

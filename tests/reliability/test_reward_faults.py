@@ -1,0 +1,130 @@
+"""The reward service failing under its clients: a scorer replica killed under traffic, then the
+service slow and unreachable behind a fault proxy. Clients retry; under the ``default`` failure
+policy an item that could not be scored carries ``defaulted`` (never a silently wrong reward),
+under ``raise`` the caller sees the error; when the service returns, rewards are right again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import urlparse
+
+import pytest
+
+from actors.cluster import free_port
+from services.reward.client import RewardClient, RewardServiceError
+from tests.reliability.faultproxy import FaultProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def service(serve_port, tmp_path_factory):
+    from ray import serve
+
+    from benchmarks.bench_reward_service import _payloads
+    from services.reward.deploy import deploy
+    from tagpr.config import load_config
+    from tagpr.prmu import checkpoint
+
+    cfg = load_config(None, ["service.min_replicas=2", "service.max_replicas=2", "prmu.include_reasoning=true"])
+    ckpt = tmp_path_factory.mktemp("faults") / "prmu"
+    checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
+    deploy(cfg, str(ckpt), token_env="TAGPR_FAULTS_NO_TOKEN", name="faults", route_prefix="/faults")
+    items = [[{**it, "response": it["response"].replace("{i}", str(k)), "gold": _answer(it["response"])}
+              for it in p["items"]] for k, p in enumerate(_payloads(4)[:8])]
+    url = f"http://127.0.0.1:{serve_port}/faults"
+    with RewardClient(url) as client:
+        expected = [[o.reward for o in client.reward(batch, "guided")] for batch in items]
+    yield url, items, expected
+    serve.delete("faults")
+
+
+def _answer(response: str) -> str:
+    return response.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
+
+
+def _scorer_replicas() -> list[str]:
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and "faults#PRMUScorer" in a["name"]]
+
+
+def test_killing_a_scorer_replica_under_traffic_loses_and_corrupts_nothing(service):
+    import ray
+
+    url, items, expected = service
+    assert len(_scorer_replicas()) == 2
+    results, errors, stop = [], [], threading.Event()
+
+    def traffic():
+        with RewardClient(url, retries=6, backoff=0.5) as client:
+            k = 0
+            while not stop.is_set():
+                i = k % len(items)
+                try:
+                    results.append((i, [o.reward for o in client.reward(items[i], "guided")]))
+                except RewardServiceError as exc:
+                    errors.append(exc)
+                k += 1
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    victim = _scorer_replicas()[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    served_before = len(results)
+    time.sleep(10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    assert len(results) > served_before  # traffic went on after the kill
+    for i, rewards in results:
+        assert rewards == pytest.approx(expected[i], abs=1e-5)  # the same rewards from the surviving replica
+    deadline = time.monotonic() + 120
+    while len(_scorer_replicas()) < 2 and time.monotonic() < deadline:  # Serve replaced it
+        time.sleep(1)
+    assert len(_scorer_replicas()) == 2 and victim not in _scorer_replicas()
+
+
+def test_slow_then_unreachable_service_under_both_failure_policies(service):
+    url, items, expected = service
+    target = urlparse(url)
+    proxy = FaultProxy(target.port, free_port())
+    base = f"{proxy.url}{target.path}"
+    tolerant = RewardClient(base, timeout=2.0, retries=1, backoff=0.1, failure_policy="default", default_reward=-1.0)
+    strict = RewardClient(base, timeout=2.0, retries=1, backoff=0.1)
+    try:
+        assert [o.reward for o in tolerant.reward(items[0], "guided")] == pytest.approx(expected[0], abs=1e-5)
+
+        proxy.delay_s = 0.5  # slow, within the timeout: right answers, later
+        start = time.perf_counter()
+        out = tolerant.reward(items[1], "guided")
+        assert time.perf_counter() - start >= 0.5
+        assert [o.reward for o in out] == pytest.approx(expected[1], abs=1e-5) and not any(o.defaulted for o in out)
+
+        proxy.delay_s = 5.0  # slower than the client's timeout: after its retries, the policy decides
+        out = tolerant.reward(items[2], "guided")
+        assert all(o.defaulted and o.reward == -1.0 for o in out) and tolerant.failed_items == len(items[2])
+        with pytest.raises(RewardServiceError, match="gave up after 2 attempts"):
+            strict.reward(items[2], "guided")
+
+        proxy.delay_s = 0.0
+        proxy.down()  # unreachable: connections refused
+        out = tolerant.reward(items[3], "guided")
+        assert all(o.defaulted for o in out) and tolerant.failed_items == len(items[2]) + len(items[3])
+        with pytest.raises(RewardServiceError):
+            strict.reward(items[3], "guided")
+
+        proxy.up()  # back: right rewards again, nothing defaulted
+        for client in (tolerant, strict):
+            out = client.reward(items[4], "guided")
+            assert [o.reward for o in out] == pytest.approx(expected[4], abs=1e-5)
+            assert not any(o.defaulted for o in out)
+    finally:
+        tolerant.close()
+        strict.close()
+        proxy.close()
