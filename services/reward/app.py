@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from typing import Any, Optional
@@ -279,6 +280,7 @@ class RewardIngress:
         self.tags = TagSet(self.cfg.tags)
         self.stages = {s.name: s.weights for s in self.cfg.rl.stages}
         self.token_sha256 = token_sha256
+        self.retry_after = str(math.ceil(self.cfg.service.retry_after_s))
         self.metrics = IngressMetrics()
         self.profiles: OrderedDict[str, list[dict]] = OrderedDict()  # user_id -> profile, per ingress replica
         from services.reward import runtime
@@ -338,7 +340,7 @@ class RewardIngress:
             return await self.scorer.score.remote(judged)
         except Exception as exc:  # replica died, scorer overloaded or not loaded
             log.warning("PRMU scorer unavailable: %s", exc)
-            raise ClientError(503, "PRMU scorer unavailable", headers={"Retry-After": "1"}) from None
+            raise ClientError(503, "PRMU scorer unavailable", headers={"Retry-After": self.retry_after}) from None
 
     def _stage(self, stage: Optional[str]) -> tuple[str, dict[str, float]]:
         name = stage or next(iter(self.stages))
@@ -372,7 +374,7 @@ class RewardIngress:
         try:
             info = await asyncio.wait_for(self.scorer.info.remote(), timeout=5)
         except Exception:
-            raise ClientError(503, "PRMU not loaded", headers={"Retry-After": "1"}) from None
+            raise ClientError(503, "PRMU not loaded", headers={"Retry-After": self.retry_after}) from None
         return {"status": "ready", "model_version": info["version"]}
 
     @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS)
@@ -380,7 +382,7 @@ class RewardIngress:
         try:
             return ModelInfo(**await self.scorer.info.remote())
         except Exception:
-            raise ClientError(503, "PRMU not loaded", headers={"Retry-After": "1"}) from None
+            raise ClientError(503, "PRMU not loaded", headers={"Retry-After": self.retry_after}) from None
 
     @app.get("/metrics", responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus exposition"},

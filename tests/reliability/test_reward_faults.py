@@ -84,10 +84,12 @@ def test_killing_a_scorer_replica_under_traffic_loses_and_corrupts_nothing(servi
     assert len(results) > served_before  # traffic went on after the kill
     for i, rewards in results:
         assert rewards == pytest.approx(expected[i], abs=1e-5)  # the same rewards from the surviving replica
-    deadline = time.monotonic() + 120
+    killed_at, deadline = time.monotonic(), time.monotonic() + 120
     while len(_scorer_replicas()) < 2 and time.monotonic() < deadline:  # Serve replaced it
         time.sleep(1)
     assert len(_scorer_replicas()) == 2 and victim not in _scorer_replicas()
+    print(f"replica kill: {len(results)} batches scored ({served_before} before the kill), 0 errors, every reward "
+          f"equal to the expected one; replacement replica up {time.monotonic() - killed_at:.0f} s after the run")
 
 
 def test_slow_then_unreachable_service_under_both_failure_policies(service):
