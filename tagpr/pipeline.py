@@ -97,7 +97,7 @@ def step_rl(ctx: RunContext) -> dict[str, Any]:
     ``model.policy``), with this run's PRMU (else ``prmu.checkpoint``) behind the reward."""
     from tagpr.jobs.rl import train
 
-    cfg = with_policy(ctx.cfg, ctx.results.get("sft", {}).get("policy"))
+    cfg = with_policy(ctx.cfg, ctx.results.get("sft", {}).get("policy") or ctx.cfg.model.policy)
     prmu = ctx.results.get("prmu", {}).get("checkpoint") or cfg.prmu.checkpoint
     cfg = cfg.model_copy(update={"prmu": cfg.prmu.model_copy(update={"checkpoint": prmu})})
     run_dir = ctx.run_dir / "rl"
@@ -132,8 +132,9 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
             evaluations[phase] = done[phase]
         elif policy:
             ctx.log(f"report: scoring the {phase} policy on dev")
-            evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit, on_task=lambda d, t,
-                                                 p=phase: report_progress(f"dev tasks scored ({p})", d, t))
+            label = f"dev tasks scored ({phase})"
+            evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit,
+                                                 on_task=lambda d, t, label=label: report_progress(label, d, t))
     report = build_report(evaluations)
     rl_dir = Path(rl.get("run_dir", ctx.run_dir / "rl"))
     learner, rollout = (read_metrics(rl_dir / "metrics.jsonl", p) for p in ("learner", "rollout"))
