@@ -94,6 +94,14 @@ class TrajectoryBuffer:
         return outcome == "admitted"
 
     @_guarded
+    def give_back(self, ref: PromptRef, reason: str) -> bool:
+        given = self.core.give_back(ref, reason)
+        if given:
+            self._drops.inc(tags={"reason": reason})
+        self._export()
+        return given
+
+    @_guarded
     def release(self, worker_id: str) -> list[PromptRef]:
         refs = self.core.release(worker_id)
         if refs:

@@ -23,6 +23,7 @@ from tagpr.rl.trajectory import Group, Trajectory
 
 PROMPT_CACHE = 4096  # prompts whose token ids a worker keeps
 WAIT_S = 0.5  # how long the buffer holds a request for work when there is no room
+UNSCORED = "reward unavailable"  # the buffer's drop reason for a group the reward service could not score
 
 
 class SyncFailed(RuntimeError):
@@ -57,7 +58,8 @@ class RolloutWorker:
         self.prompt_tokens = functools.lru_cache(maxsize=PROMPT_CACHE)(self._render)
         self.version, self.healthy = 0, True  # version 0: the policy on disk
         self._stop = threading.Event()
-        self.counters = {"batches": 0, "groups": 0, "admitted": 0, "tokens": 0, "syncs": 0,
+        self.unscored: set[str] = set()  # prompt keys of the last batch's groups without real rewards
+        self.counters = {"batches": 0, "groups": 0, "admitted": 0, "unscored": 0, "tokens": 0, "syncs": 0,
                          "gen_s": 0.0, "reward_s": 0.0, "sync_s": 0.0, "blocked_s": 0.0}
 
     # ------------------------------------------------------------ weights
@@ -113,12 +115,19 @@ class RolloutWorker:
             self.counters["blocked_s"] += time.perf_counter() - start
             return 0
         groups = self.generate(refs, work["stage"])
-        admitted = ray.get([self.buffer.offer.remote(g) for g in groups])
-        self.counters["admitted"] += sum(admitted)
+        scored = [g for g in groups if g.prompt.key not in self.unscored]
+        unscored = [g.prompt for g in groups if g.prompt.key in self.unscored]
+        admitted = ray.get([self.buffer.offer.remote(g) for g in scored]
+                           + [self.buffer.give_back.remote(r, UNSCORED) for r in unscored])
+        self.counters["admitted"] += sum(admitted[:len(scored)])
+        self.counters["unscored"] += len(unscored)
         return len(groups)
 
     def generate(self, refs, stage: str) -> list[Group]:
-        """G samples for each prompt and their rewards, one reward call per group."""
+        """G samples for each prompt and their rewards, one reward call per group. A group whose
+        rewards the failure policy filled in (``defaulted``) lands in :attr:`unscored`: it is not
+        trained on, and its prompt goes back to the queue."""
+        self.unscored = set()
         prompts = [self.prompts[r.id] for r in refs]
         start = time.perf_counter()
         gens = self.engine.generate([self.prompt_tokens(r.id) for r in refs], self.sampling)
@@ -128,6 +137,8 @@ class RolloutWorker:
             t0 = time.perf_counter()
             outcomes = self.rewards.reward([p.reward_item(c.text) for c in gen.completions], stage)
             reward_s = time.perf_counter() - t0
+            if any(o.defaulted for o in outcomes):
+                self.unscored.add(ref.key)
             trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text, o.reward,
                                 o.components, self.version, self.id, self._tags(c.text), c.finish_reason,
                                 {"gen_s": gen_s / len(gens), "reward_s": reward_s})

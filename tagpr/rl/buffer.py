@@ -135,6 +135,15 @@ class BufferCore:
         self.stats.admitted += 1
         return "admitted"
 
+    def give_back(self, ref: PromptRef, reason: str) -> bool:
+        """A prompt its worker could not finish (say, the reward service was down): back to the
+        queue, counted under ``reason``; False if it was not in flight (released meanwhile)."""
+        if self.in_flight.pop(ref.key, None) is None:
+            return False
+        self.cursor.requeue(ref)
+        self.stats.dropped[reason] += 1
+        return True
+
     def release(self, worker_id: str) -> list[PromptRef]:
         """Return a dead or removed worker's in-flight prompts to the queue."""
         refs = [r for r, w in self.in_flight.values() if w == worker_id]

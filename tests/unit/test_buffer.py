@@ -126,3 +126,14 @@ def test_every_prompt_trained_exactly_once(ops, staleness, per_step):
     pending = {r.key for r in b.cursor.requeued} | set(b.in_flight) | {g.prompt.key for g in b.groups}
     assert set(trained) | pending == cursor_out
     assert not set(trained) & pending and len(pending) == len(b.cursor.requeued) + len(b.in_flight) + len(b.groups)
+
+
+def test_an_unscored_prompt_goes_back_to_the_queue_once():
+    b = BufferCore(PromptCursor(IDS, shuffle=False), capacity=8, max_staleness=1, groups_per_step=2)
+    first, second = b.issue("w0", 2)
+    assert b.give_back(first, "reward unavailable") and not b.give_back(first, "reward unavailable")
+    assert b.stats.dropped == {"reward unavailable": 1} and b.outstanding == 1
+    assert b.offer(group(first, 0)) == "not in flight"  # a late copy of it is not trained on
+    assert b.issue("w0", 1) == [first]  # the next request gets it again
+    assert b.offer(group(first, 0)) == "admitted" and b.offer(group(second, 0)) == "admitted"
+    assert [g.prompt for g in b.take()] == [first, second]
