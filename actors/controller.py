@@ -54,11 +54,11 @@ def rollout_fractions(before: dict, after: dict, seconds: float, workers: int) -
 
 
 def _evaluate(policy: str, config: dict, limit: int) -> dict:
-    from actors.progress import report
+    from actors.progress import dev_progress
     from tagpr.evaluation import evaluate_policy
 
     return evaluate_policy(policy, TagPRConfig.model_validate(config), limit=limit,
-                           on_task=lambda done, total: report("dev tasks scored", done, total))
+                           on_task=dev_progress("RL"))
 
 
 def _remote_evaluate():

@@ -57,6 +57,11 @@ def report(what: str, done: int, total: int) -> None:
             _lookup["handle"] = None
 
 
+def dev_progress(phase: str) -> Callable[[int, int], None]:
+    """The ``on_task`` callback of ``evaluate_policy`` that reports scored dev tasks as ``phase``."""
+    return lambda done, total: report(f"dev tasks scored ({phase})", done, total)
+
+
 class BoardFollower:
     """Driver side: once Ray is up, create the board and pass each change to ``on_update``."""
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.loadgen import run_process
 
 LEVELS = (1, 8, 32, 128)
 GROUP = 8
@@ -50,13 +50,6 @@ def _payloads(group: int) -> list[dict]:
         out.append({"items": [{**item, "response": item["response"].replace("{i}", f"{{i}}-{k}")}
                               for k in range(group)]})
     return out
-
-
-def _load(url: str, payload_file: Path, concurrency: int, duration: float) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--payloads", str(payload_file),
-           "--concurrency", str(concurrency), "--duration", str(duration)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds: float) -> dict:
@@ -113,8 +106,8 @@ def _variant(reasoning: bool, port: int, tmp: Path) -> dict:
         file = tmp / f"{name}.json"
         file.write_text(json.dumps(body))
         url = f"http://127.0.0.1:{port}/{name}/v1/score"
-        _load(url, file, 8, 2.0)  # warm-up
-        levels[app] = [_load(url, file, c, DURATION) for c in LEVELS]
+        run_process(url, file, concurrency=8, seconds=2.0)  # warm-up
+        levels[app] = [run_process(url, file, concurrency=c, seconds=DURATION) for c in LEVELS]
         serve.delete(name)
         for r in levels[app]:
             print(f"  {tag:9s} {app:8s} c={r['concurrency']:<4d} {r['items_per_s']:7.1f} items/s  "

@@ -92,6 +92,21 @@ async def run(url: str, payloads: list[dict], concurrency: int, duration: float,
             "503_with_retry_after": retry_after}
 
 
+def run_process(url: str, payloads: str | os.PathLike, *, concurrency: int, seconds: float,
+                rate: float | None = None, timeout: float = 60.0) -> dict:
+    """Run the generator in its own process (so it does not share the server's GIL) and return its result."""
+    import subprocess
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--payloads", str(payloads), "--concurrency",
+           str(concurrency), "--duration", str(seconds), "--timeout", str(timeout)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+                         timeout=seconds + timeout + 120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True)

@@ -112,7 +112,7 @@ def step_rl(ctx: RunContext) -> dict[str, Any]:
 def step_report(ctx: RunContext) -> dict[str, Any]:
     """``report.md``, ``report.json`` and PNGs: base, SFT and RL policies scored on the same dev
     questions (``run.report_eval_limit`` per task), reward and staleness over steps, tag distribution."""
-    from actors.progress import report as report_progress
+    from actors.progress import dev_progress
     from tagpr.evaluation import evaluate_policy
     from tagpr.report import build_report, plot_report, read_metrics, render_markdown
 
@@ -132,9 +132,8 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
             evaluations[phase] = done[phase]
         elif policy:
             ctx.log(f"report: scoring the {phase} policy on dev")
-            label = f"dev tasks scored ({phase})"
             evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit,
-                                                 on_task=lambda d, t, label=label: report_progress(label, d, t))
+                                                 on_task=dev_progress(phase))
     report = build_report(evaluations)
     rl_dir = Path(rl.get("run_dir", ctx.run_dir / "rl"))
     learner, rollout = (read_metrics(rl_dir / "metrics.jsonl", p) for p in ("learner", "rollout"))

@@ -44,9 +44,10 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
         log(f"sft: {split}: {len(d)} chains ({d.skipped_too_long} longer than {s.max_length} tokens skipped)")
     result: dict = {"policy_in": policy}
     if evaluate:
+        from actors.progress import dev_progress
         from tagpr.evaluation import evaluate_policy
 
-        result["before"] = evaluate_policy(policy, cfg, limit=s.eval_limit, on_task=_dev_progress("before SFT"))
+        result["before"] = evaluate_policy(policy, cfg, limit=s.eval_limit, on_task=dev_progress("before SFT"))
     connect(cfg.cluster)
     ckpt = train_on_ray(s, data[cfg.data.train_split], data[cfg.data.dev_split], policy, run_dir / "ray_train",
                         cfg.run.seed)
@@ -55,16 +56,10 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     result["history"] = json.loads((ckpt / "trainer_state.json").read_text())
     if evaluate:
         result["after"] = evaluate_policy(str(out.resolve()), cfg, limit=s.eval_limit,
-                                          on_task=_dev_progress("after SFT"))
+                                          on_task=dev_progress("after SFT"))
     result["seconds"] = round(time.perf_counter() - start, 1)
     (run_dir / "sft_eval.json").write_text(json.dumps(result, indent=1))
     return result
-
-
-def _dev_progress(phase: str) -> Callable[[int, int], None]:
-    from actors.progress import report
-
-    return lambda done, total: report(f"dev tasks scored ({phase})", done, total)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

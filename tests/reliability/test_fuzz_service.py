@@ -10,6 +10,8 @@ from collections import Counter
 
 import pytest
 
+from tests.reliability.conftest import deploy_untrained
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CASES_PER_MODE = int(os.environ.get("TAGPR_FUZZ_CASES", "600"))  # two modes: with and without the token
@@ -20,16 +22,11 @@ TOKEN_ENV = "TAGPR_FUZZ_TOKEN"
 def api(serve_port, tmp_path_factory):
     from ray import serve
 
-    from services.reward.deploy import deploy
-    from tagpr.config import load_config
-    from tagpr.prmu import checkpoint
 
     token = secrets.token_hex(16)
     os.environ[TOKEN_ENV] = token
-    cfg = load_config(None, ["service.min_replicas=1", "service.max_replicas=1"])
-    ckpt = tmp_path_factory.mktemp("fuzz") / "prmu"
-    checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
-    deploy(cfg, str(ckpt), token_env=TOKEN_ENV, name="fuzz", route_prefix="/fuzz")
+    deploy_untrained("fuzz", ["service.min_replicas=1", "service.max_replicas=1"], tmp_path_factory.mktemp("fuzz"),
+                     TOKEN_ENV)
     yield f"http://127.0.0.1:{serve_port}/fuzz", token
     serve.delete("fuzz")
     os.environ.pop(TOKEN_ENV, None)

@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.loadgen import run_process as _run_process
+from tests.reliability.conftest import deploy_untrained
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 STEADY_S = float(os.environ.get("TAGPR_LOAD_SECONDS", "60"))
 
 
-def _load(url: str, payloads: Path, *, concurrency: int, seconds: float, rate: float | None = None,
-          timeout: float = 30.0) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--payloads", str(payloads), "--concurrency",
-           str(concurrency), "--duration", str(seconds), "--timeout", str(timeout)]
-    if rate:
-        cmd += ["--rate", str(rate)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, timeout=seconds + 120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_process(*args, **kwargs) -> dict:
+    return _run_process(*args, **{"timeout": 30.0, **kwargs})  # a client gives up on a request after 30 s
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +31,15 @@ def service(serve_port, tmp_path_factory):
     from ray import serve
 
     from benchmarks.bench_reward_service import _payloads
-    from services.reward.deploy import deploy
-    from tagpr.config import load_config
-    from tagpr.prmu import checkpoint
 
     tmp = tmp_path_factory.mktemp("load")
-    cfg = load_config(None, ["service.min_replicas=1", "service.max_replicas=1", "service.max_batch_size=32",
-                             "service.max_queued_requests=32", "service.retry_after_s=2"])
-    ckpt = tmp / "prmu"
-    checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
-    deploy(cfg, str(ckpt), token_env="TAGPR_LOAD_NO_TOKEN", name="load", route_prefix="/load")
+    cfg = deploy_untrained("load", ["service.min_replicas=1", "service.max_replicas=1", "service.max_batch_size=32",
+                                    "service.max_queued_requests=32", "service.retry_after_s=2"], tmp,
+                           "TAGPR_LOAD_NO_TOKEN")
     payloads = tmp / "payloads.json"
     payloads.write_text(json.dumps(_payloads(8)))
     url = f"http://127.0.0.1:{serve_port}/load/v1/score"
-    _load(url, payloads, concurrency=8, seconds=3)  # warm-up: encoder and batching paths
+    run_process(url, payloads, concurrency=8, seconds=3)  # warm-up: encoder and batching paths
     yield url, payloads, cfg
     serve.delete("load")
 
@@ -58,12 +47,12 @@ def service(serve_port, tmp_path_factory):
 def test_steady_load_then_overload_then_recovery(service):
     url, payloads, cfg = service
     out = Path(os.environ.get("TAGPR_RELIABILITY_OUT", payloads.parent))
-    capacity = _load(url, payloads, concurrency=16, seconds=10)
+    capacity = run_process(url, payloads, concurrency=16, seconds=10)
     assert not capacity["errors"], capacity
     rate = 0.8 * capacity["requests_per_s"]
-    steady = _load(url, payloads, concurrency=256, seconds=STEADY_S, rate=rate)
-    overload = _load(url, payloads, concurrency=1024, seconds=15, rate=3 * capacity["requests_per_s"], timeout=30)
-    recovery = _load(url, payloads, concurrency=4, seconds=5)
+    steady = run_process(url, payloads, concurrency=256, seconds=STEADY_S, rate=rate)
+    overload = run_process(url, payloads, concurrency=1024, seconds=15, rate=3 * capacity["requests_per_s"], timeout=30)
+    recovery = run_process(url, payloads, concurrency=4, seconds=5)
     result = {"capacity": capacity, "steady_80pct": steady, "overload_3x": overload, "recovery": recovery,
               "max_queued_requests": cfg.service.max_queued_requests}
     out.mkdir(parents=True, exist_ok=True)

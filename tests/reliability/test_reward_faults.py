@@ -14,6 +14,7 @@ import pytest
 
 from actors.cluster import free_port
 from services.reward.client import RewardClient, RewardServiceError
+from tests.reliability.conftest import deploy_untrained
 from tests.reliability.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,14 +25,9 @@ def service(serve_port, tmp_path_factory):
     from ray import serve
 
     from benchmarks.bench_reward_service import _payloads
-    from services.reward.deploy import deploy
-    from tagpr.config import load_config
-    from tagpr.prmu import checkpoint
 
-    cfg = load_config(None, ["service.min_replicas=2", "service.max_replicas=2", "prmu.include_reasoning=true"])
-    ckpt = tmp_path_factory.mktemp("faults") / "prmu"
-    checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
-    deploy(cfg, str(ckpt), token_env="TAGPR_FAULTS_NO_TOKEN", name="faults", route_prefix="/faults")
+    deploy_untrained("faults", ["service.min_replicas=2", "service.max_replicas=2", "prmu.include_reasoning=true"],
+                     tmp_path_factory.mktemp("faults"), "TAGPR_FAULTS_NO_TOKEN")
     items = [[{**it, "response": it["response"].replace("{i}", str(k)), "gold": _answer(it["response"])}
               for it in p["items"]] for k, p in enumerate(_payloads(4)[:8])]
     url = f"http://127.0.0.1:{serve_port}/faults"
