@@ -80,16 +80,18 @@ class _Publisher:
         return time.perf_counter() - start
 
 
-def _maybe_crash(at_step: int, step: int, rank: int, run_dir: Path) -> None:
-    """``learner.fault_crash_at_step``: the process dies as a real crash would, with the step's groups
-    taken from the buffer and not trained on; a marker in the run directory makes it happen once."""
+def _maybe_crash(lc, point: str, step: int, rank: int, run_dir: Path) -> None:
+    """``learner.fault_crash_at_step`` / ``fault_crash_point``: the process is killed (SIGKILL, so no
+    cleanup runs) at that point of that step; a marker in the run directory makes it happen once."""
     import os
+    import signal
 
-    marker = run_dir / f"fault-crash-step-{at_step}"
-    if at_step and step == at_step and rank == 0 and not marker.exists():
-        marker.touch()
-        log.warning("fault injection: learner rank 0 exits at step %d", step)
-        os._exit(1)
+    marker = run_dir / f"fault-crash-step-{lc.fault_crash_at_step}"
+    if (lc.fault_crash_at_step and step == lc.fault_crash_at_step and point == lc.fault_crash_point and rank == 0
+            and not marker.exists()):
+        marker.write_text(point)
+        log.warning("fault injection: learner rank 0 killed at step %d (%s)", step, point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 CHECKPOINTS = "checkpoints"
@@ -179,6 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         barrier()
         save_checkpoint(strategy, tokenizer, tmp, lc.lora.enabled, config["policy"],
                         {**state, "plateau": plateau.state(), "stage": stage.name}, rank)
+        _maybe_crash(lc, "checkpoint_write", state["step"], rank, run_dir)
         barrier()
         if rank == 0:
             (tmp / BUFFER_SNAPSHOT).write_text(json.dumps(ray.get(buffer.snapshot.remote())))
@@ -202,7 +205,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if world > 1:
             dist.broadcast_object_list(box, src=0)
         groups, waited = box[0]
-        _maybe_crash(lc.fault_crash_at_step, state["step"] + 1, rank, run_dir)
+        _maybe_crash(lc, "after_take", state["step"] + 1, rank, run_dir)
         staleness = [state["step"] - g.policy_version for g in groups]
         rows, metrics = rows_from_groups(groups, stage.weights, rl)
         sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)

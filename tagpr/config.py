@@ -360,7 +360,11 @@ class RolloutConfig(Section):
         "local", description="local: in the worker; http: the reward service at reward_url; handle: Serve handle; "
                              "none: rewards off (0)")
     reward_url: str | None = Field(None, description="default: http://<service.host>:<service.port>")
-    reward_failure_policy: Literal["raise", "default"] = "raise"
+    reward_failure_policy: Literal["raise", "default"] = Field(
+        "raise", description="a reward call that fails after its retries: raise (the worker is replaced, its prompts "
+                             "re-queued) or default (the group is not trained on, its prompts re-queued)")
+    reward_timeout_s: float = Field(30, gt=0, description="http: seconds per reward call attempt")
+    reward_retries: int = Field(3, ge=0, description="http: retries of a failed or timed-out reward call")
     weight_transport: str = Field("object_store", description="how the learner publishes weights: object_store, shm")
     sync_timeout_s: float = Field(120, gt=0, description="a weight load slower than this marks the worker unhealthy")
     capacity: int = Field(64, ge=1, description="groups buffered plus in flight (back-pressure on producers)")
@@ -384,9 +388,12 @@ class LearnerConfig(TrainStrategyConfig):
     max_failures: int = Field(2, ge=-1, description="learner worker crashes Ray Train retries from the last "
                                                     "checkpoint (-1: unlimited)")
     take_timeout_s: float = Field(600, gt=0, description="fail when no step's groups arrive for this long")
-    fault_crash_at_step: int = Field(0, ge=0, description="fault injection for tests and drills: rank 0 exits "
-                                                          "right after taking this step's groups, once per run "
-                                                          "directory (0: off)")
+    fault_crash_at_step: int = Field(0, ge=0, description="fault injection for tests and drills: rank 0 kills "
+                                                          "itself (SIGKILL) at this step, once per run directory "
+                                                          "(0: off)")
+    fault_crash_point: Literal["after_take", "checkpoint_write"] = Field(
+        "after_take", description="where in that step: right after taking its groups, or halfway through writing "
+                                  "its checkpoint (model and optimizer written, not yet published)")
     cpu_affinity: CpuList | None = Field(None, description=CPU_AFFINITY_HELP)
     lora: LoraConfig = LoraConfig()
 

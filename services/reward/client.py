@@ -183,5 +183,6 @@ def make_reward_client(cfg, via: str):
     s = cfg.service
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     url = cfg.rollout.reward_url or f"http://{host}:{s.port}"
-    return RewardClient(url, token=os.environ.get(s.token_env) or None,
-                        failure_policy=cfg.rollout.reward_failure_policy)
+    r = cfg.rollout
+    return RewardClient(url, token=os.environ.get(s.token_env) or None, timeout=r.reward_timeout_s,
+                        retries=r.reward_retries, failure_policy=r.reward_failure_policy)

@@ -5,45 +5,18 @@ main job runs in the default test run; the SFT, PRMU and RL jobs, each minutes l
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
-from actors.cluster import LocalHead, entry_point
+from .jobs import submit, token_head
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN = secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")
 def head():
-    h = LocalHead(num_cpus=4, dashboard=True)
-    h.start(env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN})
-    yield h
-    h.stop()
-
-
-def submit(head: LocalHead, entrypoint: list[str], token: str | None = TOKEN, home: Path | None = None,
-           timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["RAY_AUTH_MODE"] = "token"
-    if token:
-        env["RAY_AUTH_TOKEN"] = token
-    if home:
-        env["HOME"] = str(home)
-    cmd = [entry_point("ray"), "job", "submit", "--address", head.dashboard_url,
-           "--working-dir", str(ROOT), "--", *entrypoint]
-    deadline = time.monotonic() + 60
-    while True:  # a fresh head's job agent registers a few seconds after `ray start` returns
-        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        if "No available agent" not in run.stderr or time.monotonic() > deadline:
-            return run
-        time.sleep(2)
+    with token_head() as h:
+        yield h
 
 
 def test_a_client_without_the_token_is_refused(head, tmp_path):
