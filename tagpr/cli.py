@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tagpr.config import TagPRConfig, dump_config, load_config, write_resolved
+from tagpr.credentials import read_secret
 from tagpr.errors import TagPRError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -340,7 +340,7 @@ def cmd_serve_prmu(args: argparse.Namespace) -> int:
     meta = load_meta(args.checkpoint)
     connect(cfg.cluster)
     url = serve_reward(cfg, args.checkpoint)
-    auth = f"bearer token from ${cfg.service.token_env}" if os.environ.get(cfg.service.token_env) else "no token"
+    auth = f"bearer token from ${cfg.service.token_env}" if read_secret(cfg.service.token_env) else "no token"
     print(f"reward service {meta['version']} at {url} ({auth}); docs at {url}/docs", flush=True)
     if args.detach:
         return 0

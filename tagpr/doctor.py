@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from tagpr.config import TagPRConfig
+from tagpr.credentials import read_secret
+from tagpr.errors import TagPRError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -140,8 +142,13 @@ def check_ports(cfg: TagPRConfig) -> list[Check]:
             detail = f"{host}:{port} is {'in use (a reward service may already run)' if in_use else exc.strerror}"
             return [Check("service port", WARN, detail, "set service.port, or reuse the running service with "
                                                         "rollout.reward_url")]
+    try:
+        token = read_secret(cfg.service.token_env)
+    except TagPRError as exc:
+        return [Check("service token", FAIL, str(exc), f"point {cfg.service.token_env}_FILE at a readable, non-empty "
+                                                       "file, or unset it")]
     exposure = "" if host in ("127.0.0.1", "localhost", "::1") else " (not loopback: set service.token_env)"
-    status = OK if not exposure or os.environ.get(cfg.service.token_env) else WARN
+    status = OK if not exposure or token else WARN
     fix = "" if status == OK else f"export {cfg.service.token_env}=<secret> before serving on {host}"
     return [Check("service port", status, f"{host}:{port} is free{exposure}", fix)]
 

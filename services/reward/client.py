@@ -172,7 +172,7 @@ class NoReward:
 def make_reward_client(cfg, via: str):
     """The reward client a rollout worker uses: ``local``, ``http`` (``service.*``), ``handle`` (Serve) or
     ``none``."""
-    import os
+    from tagpr.credentials import read_secret
 
     if via == "none":
         return NoReward()
@@ -184,5 +184,5 @@ def make_reward_client(cfg, via: str):
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     url = cfg.rollout.reward_url or f"http://{host}:{s.port}"
     r = cfg.rollout
-    return RewardClient(url, token=os.environ.get(s.token_env) or None, timeout=r.reward_timeout_s,
+    return RewardClient(url, token=read_secret(s.token_env), timeout=r.reward_timeout_s,
                         retries=r.reward_retries, failure_policy=r.reward_failure_policy)

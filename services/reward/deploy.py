@@ -7,13 +7,15 @@ import os
 from typing import Optional
 
 from tagpr.config import TagPRConfig
+from tagpr.credentials import read_secret
 
 APP_NAME = "tagpr-reward"
 
 
 def token_digest(token_env: str) -> Optional[str]:
-    """sha256 of the bearer token in ``$token_env``; the token itself never enters Serve's config."""
-    token = os.environ.get(token_env, "").strip()
+    """sha256 of the bearer token in ``$token_env`` (or the file ``$token_env_FILE``); the token
+    itself never enters Serve's config."""
+    token = read_secret(token_env)
     return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 

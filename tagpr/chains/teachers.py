@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tagpr.credentials import read_secret
 from tagpr.lamp.synthetic import TOPICS, Citation, MovieTagging, Rating, Styled, generator
 from tagpr.lamp.tasks import get_task
 from tagpr.registry import Registry
@@ -175,13 +176,12 @@ class OpenAITeacher(ChatTeacher):
     name = "openai"
 
     def __init__(self, cfg, client=None):
-        import os
         import threading
 
         import httpx
 
         super().__init__(cfg, cfg.chains.openai)
-        key = os.environ.get(self.options.api_key_env, "")
+        key = read_secret(self.options.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = client or httpx.Client(base_url=self.options.base_url.rstrip("/"), headers=headers,
                                            timeout=self.options.timeout_s)

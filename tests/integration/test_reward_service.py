@@ -40,10 +40,12 @@ def service_cfg(base):
 
 
 @pytest.fixture(scope="module")
-def service(prmu_job, serve_port):
+def service(prmu_job, serve_port, tmp_path_factory):
     cfg, result = prmu_job
     cfg = service_cfg(cfg)
-    os.environ[TOKEN_ENV] = "s3cret-test-token"
+    secret = tmp_path_factory.mktemp("secret") / "token"  # as a mounted secret: $<token_env>_FILE
+    secret.write_text("s3cret-test-token\n")
+    os.environ[f"{TOKEN_ENV}_FILE"] = str(secret)
     deploy(cfg, result["checkpoint"], token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
     deploy(cfg, result["checkpoint"], token_env=TOKEN_ENV, name="reward-secure", route_prefix="/secure")
     client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60)
@@ -141,6 +143,7 @@ BIG = "word " * 500
          "items.0.user_id"),
         ("/v1/score", {"items": [score_item("x", profile=[{"tag": "sci-fi"}])]}, 422, "items.0.profile.0.description"),
         ("/v1/score", {"items": [score_item("x", extra=1)]}, 422, "items.0.extra"),
+        ("/v1/score", {"items": [score_item("x")], "checkpoint": "/etc/passwd"}, 422, "checkpoint"),  # no paths
         ("/v1/score", {"items": [score_item(1.5)]}, 422, "items.0.response"),
         ("/v1/reward", {"stage": "warmup", "items": [{**score_item("x"), "gold": "y"}]}, 422, "stage"),
         ("/v1/reward", {"items": [score_item("x")]}, 422, "items.0.gold"),
@@ -168,6 +171,11 @@ def test_openapi_documents_every_route(service):
     spec = client.get("/openapi.json").json()
     assert {"/v1/score", "/v1/reward", "/get_reward", "/healthz", "/readyz", "/v1/model"} <= set(spec["paths"])
     assert "ScoreRequest" in spec["components"]["schemas"] and client.get("/docs").status_code == 200
+    # requests carry data only: no parameter or body field names a file
+    names = {p["name"] for route in spec["paths"].values() for op in route.values() for p in op.get("parameters", [])}
+    names |= {f for schema in spec["components"]["schemas"].values() for f in schema.get("properties", {})}
+    pathlike = {"path", "file", "filename", "dir", "folder", "checkpoint", "ckpt", "url"}
+    assert "stage" in names and not {f for f in names if pathlike & set(f.lower().split("_"))}, names
 
 
 def test_malformed_json_and_wrong_method(service):

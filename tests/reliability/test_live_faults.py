@@ -83,6 +83,7 @@ def test_a_rollout_worker_killed_mid_batch_is_replaced_and_its_prompts_requeued(
     (replaced,) = [e for e in report["pool_events"] if e["event"] == "replace"]
     assert replaced["worker"] in held and replaced["requeued"]  # it died holding prompts; they went back
     assert len(report["pool_events"]) == 2  # the first worker, then its replacement
+    print(f"rollout worker kill: {len(replaced['requeued'])} prompt(s) re-queued, 6 steps, 0 lost, 0 twice")
 
 
 def test_a_learner_worker_killed_is_retried_from_the_last_checkpoint(rl, tmp_path):
@@ -221,3 +222,5 @@ def test_a_slow_then_unreachable_reward_service_during_a_run(rl, service, tmp_pa
         assert report["buffer"]["dropped"].get("reward unavailable", 0) > 0 and not replaced
     else:
         assert "reward unavailable" not in report["buffer"]["dropped"] and replaced
+    print(f"slow/unreachable ({policy}): {report['buffer']['dropped'].get('reward unavailable', 0)} group(s) "
+          f"re-queued unscored, {len(replaced)} worker(s) replaced, 6 steps, 0 lost, 0 twice")

@@ -62,6 +62,18 @@ def test_a_taken_service_port_and_an_exposed_service_without_token_warn(cfg, mon
     assert row.status == doctor.WARN and cfg.service.token_env in row.fix
 
 
+def test_an_exposed_service_with_a_token_file_passes_and_a_broken_one_fails(cfg, monkeypatch, tmp_path):
+    name = cfg.service.token_env
+    monkeypatch.delenv(name, raising=False)
+    exposed = cfg.model_copy(update={"service": cfg.service.model_copy(update={"host": "0.0.0.0", "port": 0})})
+    (tmp_path / "token").write_text("s3cret\n")
+    monkeypatch.setenv(f"{name}_FILE", str(tmp_path / "token"))
+    assert doctor.check_ports(exposed)[0].status == doctor.OK
+    monkeypatch.setenv(f"{name}_FILE", str(tmp_path / "absent"))
+    [row] = doctor.check_ports(exposed)
+    assert row.status == doctor.FAIL and f"{name}_FILE" in row.detail and "absent" in row.detail
+
+
 def test_both_vllm_builds_installed_is_a_failure(monkeypatch):
     monkeypatch.setattr(doctor, "_version", lambda dist: "1.0")
     rows = {r.name: r for r in doctor.check_packages()}

@@ -1,0 +1,28 @@
+"""Secrets (the reward service's bearer token, a teacher API key) come from the environment only:
+the variable ``NAME`` holding the value, or ``NAME_FILE`` naming a file that holds it (how Docker,
+Kubernetes and Ray clusters mount secrets). Configs name the variable, never the value."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tagpr.errors import TagPRError
+
+
+def read_secret(name: str) -> str | None:
+    """The secret ``$name``, else the contents of the file ``$name_FILE``, stripped; ``None`` when
+    neither is set. A ``_FILE`` that cannot be read, or is empty, is an error, not a missing token."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    path = os.environ.get(f"{name}_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        value = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TagPRError(f"${name}_FILE: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise TagPRError(f"${name}_FILE: {path} is empty")
+    return value
