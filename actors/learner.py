@@ -26,7 +26,7 @@ from typing import Any
 from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, publish_checkpoint, read_state, save_checkpoint
 from actors.cluster import pin_cpus
 from actors.progress import report as report_progress
-from tagpr.config import TagPRConfig
+from tagpr.config import LearnerConfig, TagPRConfig
 from tagpr.rl.plateau import Plateau
 
 # not print: Ray Train patches print into its logger and also tees it to a wrapped stdout, so each
@@ -80,7 +80,7 @@ class _Publisher:
         return time.perf_counter() - start
 
 
-def _maybe_crash(lc, point: str, step: int, rank: int, run_dir: Path) -> None:
+def _maybe_crash(lc: LearnerConfig, point: str, step: int, rank: int, run_dir: Path) -> None:
     """``learner.fault_crash_at_step`` / ``fault_crash_point``: the process is killed (SIGKILL, so no
     cleanup runs) at that point of that step; a marker in the run directory makes it happen once."""
     import os

@@ -1,6 +1,6 @@
 """Secrets (the reward service's bearer token, a teacher API key) come from the environment only:
-the variable ``NAME`` holding the value, or ``NAME_FILE`` naming a file that holds it (how Docker,
-Kubernetes and Ray clusters mount secrets). Configs name the variable, never the value."""
+the variable ``NAME`` holding the value, or ``NAME_FILE`` naming a file that holds it (as Docker
+and Kubernetes mount secrets). Configs name the variable, never the value."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Shared test setup: markers, fixture paths, the default config."""
+"""Shared test setup: markers, fixture paths, the default config, and for the integration and
+reliability suites one local Ray cluster per test session (explicit address) with Serve on a free
+loopback port, and the tiny policy.
+
+Token authentication is disabled for the test cluster only (``RAY_AUTH_MODE=disabled``);
+production keeps Ray's default token auth (see docs/security.md).
+"""
 
 from __future__ import annotations
 
@@ -50,3 +56,40 @@ def tagset(cfg):
     from tagpr.tags import TagSet
 
     return TagSet(cfg.tags)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+    import ray
+
+    from actors.cluster import free_port
+
+    metrics_port = free_port()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="tagpr-tests",
+             _metrics_export_port=metrics_port, log_to_driver=False)
+    yield {"metrics_port": metrics_port}
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster):
+    from ray import serve
+
+    from actors.cluster import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, cfg):
+    """The embedded tiny policy (random weights), built once per session."""
+    from tagpr.models import build_tiny_policy
+
+    return build_tiny_policy(cfg.model, cfg.tags, tmp_path_factory.mktemp("tiny-policy"))

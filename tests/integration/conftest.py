@@ -1,42 +1,12 @@
-"""One local Ray cluster per test session (explicit address), with Serve on a free loopback port.
-
-Token authentication is disabled for the test cluster only (``RAY_AUTH_MODE=disabled``);
-production keeps Ray's default token auth (see docs/security.md).
-"""
+"""Integration tests: the session's Ray cluster, Serve and the tiny policy come from
+tests/conftest.py (shared with tests/reliability, so one cluster serves both); here a trained
+PRMU and a polling helper."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-
-from actors.cluster import free_port
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
-    import ray
-
-    metrics_port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="tagpr-tests",
-             _metrics_export_port=metrics_port, log_to_driver=False)
-    yield {"metrics_port": metrics_port}
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def serve_port(ray_cluster):
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.5):
@@ -66,11 +36,3 @@ def prmu_job(ray_cluster, tmp_path_factory):
     write_synthetic(cfg.data.root, cfg.data.synthetic, cfg.data.tasks)
     result = train(cfg, log=lambda _: None)
     return cfg, result
-
-
-@pytest.fixture(scope="session")
-def tiny_policy(tmp_path_factory, cfg):
-    """The embedded tiny policy (random weights), built once per session."""
-    from tagpr.models import build_tiny_policy
-
-    return build_tiny_policy(cfg.model, cfg.tags, tmp_path_factory.mktemp("tiny-policy"))

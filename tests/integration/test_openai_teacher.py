@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import free_port
+from actors.cluster import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import torch
 
+from actors.cluster import free_port
 from services.reward.client import HandleRewardClient, RewardClient, RewardServiceError
 from services.reward.deploy import deploy, swap_checkpoint
 from tagpr.config import load_config
@@ -18,7 +19,7 @@ from tagpr.prmu import checkpoint
 from tagpr.prmu.scorer import PRMUScorer
 from tagpr.rewards import CompositeReward, RewardInput
 
-from .conftest import free_port, wait_for
+from .conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
