@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from tagpr.config import ClusterConfig
 from tagpr.errors import TagPRError
@@ -88,6 +89,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pids_matching(predicate: Callable[[bytes], bool]) -> list[int]:
+    """This host's processes, but this one, whose command line (``/proc/<pid>/cmdline``) satisfies
+    ``predicate``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if predicate((proc / "cmdline").read_bytes()):
+                    pids.append(int(proc.name))
+            except OSError:  # gone meanwhile
+                continue
+    return pids
+
+
 class LocalHead:
     """A Ray head on this host, started with the ``ray`` CLI in a temp dir of its own.
 
@@ -142,15 +157,8 @@ class LocalHead:
             raise RuntimeError(f"ray start failed ({run.returncode}): {run.stderr[-2000:]}")
 
     def _pids(self) -> list[int]:
-        mine, pids = self.temp_dir.encode(), []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit() and int(proc.name) != os.getpid():
-                try:
-                    if mine in (proc / "cmdline").read_bytes():
-                        pids.append(int(proc.name))
-                except OSError:
-                    continue
-        return pids
+        mine = self.temp_dir.encode()
+        return pids_matching(lambda cmdline: mine in cmdline)
 
     def stop(self, grace_s: float = 10.0) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -58,7 +58,6 @@ class RolloutWorker:
         self.prompt_tokens = functools.lru_cache(maxsize=PROMPT_CACHE)(self._render)
         self.version, self.healthy = 0, True  # version 0: the policy on disk
         self._stop = threading.Event()
-        self.unscored: set[str] = set()  # prompt keys of the last batch's groups without real rewards
         self.counters = {"batches": 0, "groups": 0, "admitted": 0, "unscored": 0, "tokens": 0, "syncs": 0,
                          "gen_s": 0.0, "reward_s": 0.0, "sync_s": 0.0, "blocked_s": 0.0}
 
@@ -115,8 +114,8 @@ class RolloutWorker:
             self.counters["blocked_s"] += time.perf_counter() - start
             return 0
         groups = self.generate(refs, work["stage"])
-        scored = [g for g in groups if g.prompt.key not in self.unscored]
-        unscored = [g.prompt for g in groups if g.prompt.key in self.unscored]
+        scored = [g for g in groups if g.scored]
+        unscored = [g.prompt for g in groups if not g.scored]
         admitted = ray.get([self.buffer.offer.remote(g) for g in scored]
                            + [self.buffer.give_back.remote(r, UNSCORED) for r in unscored])
         self.counters["admitted"] += sum(admitted[:len(scored)])
@@ -125,9 +124,8 @@ class RolloutWorker:
 
     def generate(self, refs, stage: str) -> list[Group]:
         """G samples for each prompt and their rewards, one reward call per group. A group whose
-        rewards the failure policy filled in (``defaulted``) lands in :attr:`unscored`: it is not
+        rewards the failure policy filled in (``defaulted``) is marked not ``scored``: it is not
         trained on, and its prompt goes back to the queue."""
-        self.unscored = set()
         prompts = [self.prompts[r.id] for r in refs]
         start = time.perf_counter()
         gens = self.engine.generate([self.prompt_tokens(r.id) for r in refs], self.sampling)
@@ -137,13 +135,11 @@ class RolloutWorker:
             t0 = time.perf_counter()
             outcomes = self.rewards.reward([p.reward_item(c.text) for c in gen.completions], stage)
             reward_s = time.perf_counter() - t0
-            if any(o.defaulted for o in outcomes):
-                self.unscored.add(ref.key)
             trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text, o.reward,
                                 o.components, self.version, self.id, self._tags(c.text), c.finish_reason,
                                 {"gen_s": gen_s / len(gens), "reward_s": reward_s})
                      for c, o in zip(gen.completions, outcomes)]
-            groups.append(Group(ref, trajs, self.version, self.id))
+            groups.append(Group(ref, trajs, self.version, self.id, scored=not any(o.defaulted for o in outcomes)))
             self.counters["reward_s"] += reward_s
             self.counters["tokens"] += sum(len(c.token_ids) for c in gen.completions)
         self.counters["gen_s"] += gen_s

@@ -42,6 +42,7 @@ class Group:
     trajectories: list[Trajectory]
     policy_version: int
     worker_id: str
+    scored: bool = True  # False: the reward failure policy filled the rewards in; never trained on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,4 +51,4 @@ class Group:
     def from_dict(cls, d: dict[str, Any]) -> Group:
         prompt = PromptRef(**d["prompt"])
         trajs = [Trajectory(**{**t, "prompt": PromptRef(**t["prompt"])}) for t in d["trajectories"]]
-        return cls(prompt, trajs, d["policy_version"], d["worker_id"])
+        return cls(prompt, trajs, d["policy_version"], d["worker_id"], d.get("scored", True))

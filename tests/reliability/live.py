@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from actors.cluster import pids_matching
+
 
 def learner_log(run_dir: Path) -> list[dict]:
     """Every learner step logged, in order; a step retried after a crash appears once per attempt."""
@@ -70,15 +72,7 @@ class AtStep(threading.Thread):
 
 def pids_titled(title: str) -> list[int]:
     """Processes whose command line starts with ``title`` (``ray::RolloutWorker``...)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "cmdline").read_bytes().startswith(title.encode()):
-                    pids.append(int(proc.name))
-            except OSError:  # gone meanwhile
-                pass
-    return pids
+    return pids_matching(lambda cmdline: cmdline.startswith(title.encode()))
 
 
 def kill_one(title: str) -> int:

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import pytest
 
 from actors.cluster import free_port
-from tests.reliability.conftest import deploy_untrained
+from tests.reliability.conftest import deploy_untrained, serve_replicas
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.live import AtStep, assert_each_prompt_trained_once, kill_one, learner_log, run_dir_under
 
@@ -164,8 +164,7 @@ def service(serve_port, tmp_path_factory):
 def _kill_replica(deployment: str) -> str:
     import ray
 
-    (victim, *_) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                    if a["namespace"] == "serve" and f"live#{deployment}" in a["name"]]
+    victim = serve_replicas("live", deployment)[0]
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     return victim
 

@@ -13,7 +13,7 @@ import pytest
 
 from actors.cluster import free_port
 from services.reward.client import RewardClient, RewardServiceError
-from tests.reliability.conftest import deploy_untrained
+from tests.reliability.conftest import deploy_untrained, serve_replicas
 from tests.reliability.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,10 +41,7 @@ def _answer(response: str) -> str:
 
 
 def _scorer_replicas() -> list[str]:
-    import ray
-
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == "serve" and "faults#PRMUScorer" in a["name"]]
+    return serve_replicas("faults", "PRMUScorer")
 
 
 def test_killing_a_scorer_replica_under_traffic_loses_and_corrupts_nothing(service):
