@@ -21,6 +21,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from actors.weights import WeightUpdate
+from tagpr.rl.batch import informative, stage_reward
 from tagpr.rl.buffer import BufferCore, PromptCursor
 from tagpr.rl.trajectory import Group, PromptRef
 
@@ -41,12 +42,16 @@ def _guarded(method):
 
 class TrajectoryBuffer:
     def __init__(self, prompt_ids: Sequence[str], capacity: int, max_staleness: int, groups_per_step: int,
-                 stage: str, seed: int = 0):
+                 stages: dict[str, dict[str, float]], seed: int = 0, dynamic_sampling: bool = False):
+        """``stages``: each stage's reward weights, in order (the first is current); dynamic sampling
+        admits only groups whose rewards under the current stage's weights differ."""
         from ray.util import metrics
 
-        self.core = BufferCore(PromptCursor(prompt_ids, seed), capacity, max_staleness, groups_per_step)
+        self.core = BufferCore(PromptCursor(prompt_ids, seed), capacity, max_staleness, groups_per_step,
+                               self._informative if dynamic_sampling else None)
         self.update: WeightUpdate | None = None
-        self.stage, self.stopped = stage, False
+        self.stages = stages
+        self.stage, self.stopped = next(iter(stages)), False
         self.awaiting_weights = False  # after a restore, until the restored weights are published
         self.learner_wait_s = 0.0  # time take() spent waiting for a complete step (the autoscaler's signal)
         self._cv = threading.Condition()
@@ -140,8 +145,14 @@ class TrajectoryBuffer:
         if self.update is not None and self.update.version == version:
             self.update, self.awaiting_weights = None, True
 
+    def _informative(self, group: Group) -> bool:
+        weights = self.stages[self.stage]
+        return informative([stage_reward(t, weights) for t in group.trajectories])
+
     @_guarded
     def set_stage(self, stage: str) -> None:
+        if stage not in self.stages:
+            raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(self.stages)})")
         self.stage = stage
 
     @_guarded
@@ -166,7 +177,16 @@ class TrajectoryBuffer:
     @_guarded
     def restore(self, snap: dict[str, Any]) -> None:
         """Continue from a snapshot. Producers get no prompts until the restored learner publishes its
-        weights: workers may hold newer ones from before the rewind."""
+        weights: workers may hold newer ones from before the rewind. The stage stays the current one
+        (the controller's), not the snapshot's: a stage starts from the previous stage's checkpoint."""
         self.core.restore(snap)
-        self.stage = snap["stage"]
         self.awaiting_weights = True
+
+
+def create_buffer(cfg, prompt_ids: Sequence[str], **options):
+    """The job's TrajectoryBuffer actor from ``cfg`` (``options``: Ray actor options)."""
+    import ray
+
+    return ray.remote(TrajectoryBuffer).options(**options).remote(
+        prompt_ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step,
+        {s.name: s.weights for s in cfg.rl.stages}, cfg.run.seed, cfg.rl.dynamic_sampling)

@@ -103,7 +103,7 @@ class RLController:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from actors.buffer import TrajectoryBuffer
+        from actors.buffer import create_buffer
         from actors.control import RunControl, control_name
         from actors.pool import RolloutPool
         from tagpr.rl.data import load_prompts
@@ -113,11 +113,8 @@ class RLController:
         # The job's state lives on the driver's node: a zero-CPU actor could otherwise land on a rollout
         # node, which the autoscaler releases when the pool shrinks.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.buffer = ray.remote(TrajectoryBuffer).options(
-            name=f"{cfg.run.name}-buffer", num_cpus=0, max_concurrency=2 * cfg.rollout.max_workers + 8,
-            scheduling_strategy=here).remote(
-            ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step, cfg.rl.stages[0].name,
-            cfg.run.seed)
+        self.buffer = create_buffer(cfg, ids, name=f"{cfg.run.name}-buffer", num_cpus=0,
+                                    max_concurrency=2 * cfg.rollout.max_workers + 8, scheduling_strategy=here)
         self.initial_snapshot = ray.get(self.buffer.snapshot.remote())
         self._reward_service()
         self.pool = RolloutPool(cfg, self.buffer, policy)

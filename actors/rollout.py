@@ -135,7 +135,7 @@ class RolloutWorker:
             t0 = time.perf_counter()
             outcomes = self.rewards.reward([p.reward_item(c.text) for c in gen.completions], stage)
             reward_s = time.perf_counter() - t0
-            trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text, o.reward,
+            trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text,
                                 o.components, self.version, self.id, self._tags(c.text), c.finish_reason,
                                 {"gen_s": gen_s / len(gens), "reward_s": reward_s})
                      for c, o in zip(gen.completions, outcomes)]

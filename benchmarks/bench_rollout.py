@@ -54,14 +54,16 @@ def _raw(cfg) -> tuple[int, float]:
 def _worker(cfg) -> tuple[int, float]:
     import ray
 
-    from actors.buffer import TrajectoryBuffer
+    from actors.buffer import create_buffer
     from actors.rollout import RolloutWorker
     from tagpr.rl.data import load_prompts
     from tagpr.rl.trajectory import PromptRef
 
     ids = sorted(load_prompts(cfg))
-    buffer = ray.remote(TrajectoryBuffer).options(num_cpus=0, max_concurrency=8).remote(
-        ids, PROMPTS, PROMPTS, PER_REQUEST, "guided")
+    bench = cfg.model_copy(update={
+        "rollout": cfg.rollout.model_copy(update={"capacity": PROMPTS}),
+        "rl": cfg.rl.model_copy(update={"max_staleness": PROMPTS, "prompts_per_step": PER_REQUEST})})
+    buffer = create_buffer(bench, ids, num_cpus=0, max_concurrency=8)
     # The whole machine, as the raw engine in the driver has: Ray sizes an actor's threads by its CPUs.
     worker = ray.remote(RolloutWorker).options(num_cpus=2).remote("bench", cfg.model_dump(mode="json"), buffer,
                                                                  cfg.model.policy)

@@ -98,7 +98,7 @@ def _rl_rows(model, tokenizer, device: torch.device, prompts: list[str], n: int)
             toks = out.sequences[k, ids.shape[1]:].tolist()
             lps = [float(torch.log_softmax(s[k].float(), -1)[t]) for s, t in zip(out.logits, toks)]
             ref = PromptRef(0, f"p{gi}")
-            trajs.append(Trajectory(ref, ids[0].tolist(), toks, lps, "", float(k % 3), {"format_task": float(k % 3)},
+            trajs.append(Trajectory(ref, ids[0].tolist(), toks, lps, "", {"format_task": float(k % 3)},
                                     0, "check"))
         groups.append(Group(PromptRef(0, f"p{gi}"), trajs, 0, "check"))
     return rows_from_groups(groups, {"format_task": 1.0}, RLConfig(kl_coef=0.05))[0]

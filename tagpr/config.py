@@ -72,7 +72,8 @@ class ModelConfig(Section):
 
 class SyntheticConfig(Section):
     seed: int = 0
-    users: dict[str, int] = Field(default_factory=lambda: {"train": 48, "dev": 16})
+    users: dict[str, int] = Field(default_factory=lambda: {"train": 48, "dev": 64},
+                                  description="users per split; dev 64 x 4 questions: 256 per task to compare on")
     questions_per_user: int = Field(4, ge=1)
     profile_size: int = Field(8, ge=2, le=500)
 
@@ -119,6 +120,7 @@ class TagsConfig(Section):
     answer: str = Field("answer", pattern=r"^[a-z][a-z0-9_]*$")
     required: dict[str, list[str]] = Field(default_factory=dict)
     order: list[str] = Field(default_factory=list)
+    penalty: float = Field(0.25, ge=0, le=1, description="R_tag lost per empty section or order violation")
 
     @model_validator(mode="after")
     def _consistent(self) -> TagsConfig:
@@ -145,7 +147,9 @@ class TagsConfig(Section):
 
 class RewardConfig(Section):
     generation_metric: Literal["rougeL", "mean_rouge1_rougeL"] = "rougeL"
-    prmu_transform: Literal["sigmoid", "group_sigmoid"] = "sigmoid"
+    prmu_transform: Literal["calibrated", "group"] = Field(
+        "calibrated", description="raw PRMU score to [0, 1]: sigmoid of the score standardised by the PRMU's "
+                                  "training-set statistics (calibrated) or within the GRPO group (group)")
 
 
 CpuList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -183,13 +187,18 @@ class RLConfig(Section):
     kl_coef: float = Field(0.0, ge=0)
     is_cap: float = Field(2.0, ge=1.0, description="truncated importance-sampling cap")
     scale_by_std: bool = True
-    dynamic_sampling: bool = False
+    mini_batches: int = Field(1, ge=1, description="optimizer updates per pass over a step's rollouts")
+    ppo_epochs: int = Field(1, ge=1, description="passes over a step's rollouts (old logprobs from one no-grad "
+                                                 "pass, so the clip acts from the second update on)")
+    dynamic_sampling: bool = Field(False, description="groups whose rewards are all equal are not trained on; the "
+                                                      "buffer refills the step with fresh groups instead")
     max_staleness: int = Field(1, ge=0, description="0: strictly on-policy and synchronous")
     eval_limit: int = Field(16, ge=0, description="dev questions per task scored at the start and after each "
                                                   "stage (0: no evaluation)")
     advantage: str = Field("grpo", min_length=1, description="registered advantage estimator (tagpr.algos)")
     loss: str = Field("ppo_clip", min_length=1, description="registered policy loss (tagpr.algos)")
-    std_eps: float = Field(1e-6, gt=0, description="added to the group std before dividing")
+    std_eps: float = Field(0.05, gt=0, description="added to the group std before dividing (so a group whose "
+                                                   "rewards barely differ is not blown up to unit variance)")
 
 
 # ---------------------------------------------------------------- PRMU, SFT
@@ -205,6 +214,9 @@ class PRMUConfig(Section):
     hidden_size: int = Field(256, ge=8)
     user_id_embedding: bool = True
     user_id_dropout: float = Field(0.5, ge=0, le=1, description="train the history-only (cold-start) path this often")
+    score_with_user_id: bool = Field(False, description=(
+        "whether the scorer adds the learned user-id embedding for known users; off by default, so RL rewards "
+        "come from the profile alone"))
     prefix_tokens: int = Field(4, ge=1, description="soft prefix tokens (causal_lm variant)")
     include_reasoning: bool = False
     negatives_per_question: int = Field(3, ge=1)
@@ -249,7 +261,8 @@ class SFTConfig(TrainStrategyConfig):
     max_length: int = Field(1024, ge=16)
     packing: bool = False
     resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
-    eval_limit: int = Field(0, ge=0, description="dev questions generated after training (0: all)")
+    eval_limit: int = Field(0, ge=0, description="dev questions per task scored before and after training, "
+                                                "drawn across users (0: all)")
     lora: LoraConfig = LoraConfig()
 
 
@@ -309,8 +322,9 @@ class ChainsConfig(Section):
     samples_per_question: int = Field(2, ge=1)
     mistake_rate: float = Field(0.15, ge=0, le=1, description="programmatic teacher: wrong answers/steps")
     min_score: dict[str, float] = Field(
-        default_factory=lambda: {"classification": 1.0, "rating": 1.0, "generation": 0.7},
-        description="task metric a chain's answer must reach, per task type")
+        default_factory=lambda: {"classification": 1.0, "rating": 1.0, "generation": 0.95},
+        description="task metric a chain's answer must reach, per task type (generation: high enough that an "
+                    "answer without the user's style does not pass)")
     out: str = "data/chains"
     batch_size: int = Field(64, ge=1)
     openai: OpenAITeacherConfig = OpenAITeacherConfig()
@@ -433,7 +447,8 @@ class RunConfig(Section):
     seed: int = 0
     steps: list[str] = Field(default_factory=lambda: ["data", "model"], min_length=1,
                              description="pipeline steps of `tagpr run`, in order")
-    report_eval_limit: int = Field(0, ge=0, description="dev questions per task the report scores (0: all)")
+    report_eval_limit: int = Field(0, ge=0, description="dev questions per task the report scores, drawn across "
+                                                       "users (0: all)")
 
 
 # ---------------------------------------------------------------- root

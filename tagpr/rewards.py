@@ -2,10 +2,12 @@
 
     R = alpha * (R_format * R_task) + beta * R_tag + gamma * R_PRMU
 
-Each term is a registered class; a stage's ``weights`` (``{"format_task": 1, "tag": 0.2,
-"prmu": 0.3}``) name the terms it uses, so a new term plugs in by registering a class and
-naming it in the config. Every term returns its components (``format``, ``task``, ``prmu_raw``,
-...) so they can be logged next to the total.
+Each term is a registered class that computes *components* (``format``, ``task``, ``format_task``,
+``tag``, ``prmu``, ``prmu_raw``); a stage's ``weights`` (``{"format_task": 1, "tag": 0.2, "prmu": 0.3}``)
+name the terms it uses, and :func:`weighted` is the one place they are summed: the learner applies it
+to each trajectory's components with the current stage's weights, the reward service for clients that
+need one scalar. A response that is not format-valid earns 0 on every term (the gate), so malformed
+text never out-earns a well-formed wrong answer; R_tag and R_PRMU are graded, not 0/1.
 """
 
 from __future__ import annotations
@@ -52,9 +54,13 @@ class RewardResult:
 
 
 class PersonalizationScorer(Protocol):
-    """What the ``prmu`` term calls: raw PRMU scores (any real number) for a batch."""
+    """What the ``prmu`` term calls: raw PRMU scores (any real number) for a batch, and the mean and
+    std of the raw score over the PRMU's training examples (None when the checkpoint has none)."""
 
     def score(self, batch: Sequence[Judged]) -> list[float]: ...
+
+    @property
+    def score_stats(self) -> tuple[float, float] | None: ...
 
 
 @dataclass
@@ -93,6 +99,18 @@ def r_format(j: Judged) -> float:
     return float(format_valid(j.checked, j.task))
 
 
+def weighted(components: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """The composite reward: the stage's weights applied to a response's components.
+
+    The one place terms are summed. A component the weights need and the response lacks is an
+    error (a group scored for another stage must carry every term this stage weighs).
+    """
+    missing = [k for k, w in weights.items() if w and k not in components]
+    if missing:
+        raise KeyError(f"reward components {missing} missing (have {sorted(components)})")
+    return sum(w * components[k] for k, w in weights.items() if w)
+
+
 @REWARD_TERMS.register("format_task")
 class FormatTask(RewardTerm):
     """R_format * R_task: the task metric counts only for a well-formed answer."""
@@ -110,21 +128,45 @@ class FormatTask(RewardTerm):
 
 @REWARD_TERMS.register("tag")
 class TagConstraints(RewardTerm):
-    """R_tag: the fraction of tag constraints satisfied."""
+    """R_tag: the graded tag score (:attr:`tagpr.tags.Checked.score`), 0 behind the format gate."""
 
     name = "tag"
 
     def score(self, batch):
-        return [{self.name: j.checked.score} for j in batch]
+        return [{self.name: j.checked.score * r_format(j)} for j in batch]
 
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
+def calibrate(raw: Sequence[float], transform: str, stats: tuple[float, float] | None) -> list[float]:
+    """Raw PRMU scores to [0, 1]: ``sigmoid(z)``, with ``z`` the raw score standardised by the PRMU's
+    training-set statistics (``calibrated``: one item alone gets a graded value) or within the batch
+    (``group``: a GRPO group's samples ranked against each other; a lone sample gets 0.5).
+
+    Raw scores reach +-20, so a plain sigmoid would saturate to 0/1 and grade nothing.
+    """
+    if transform == "calibrated":
+        if stats is None:
+            raise TagPRError("reward.prmu_transform 'calibrated' needs a PRMU checkpoint with score statistics "
+                             "(retrain the PRMU, or set reward.prmu_transform: group)")
+        mean, std = stats
+    else:
+        mean = sum(raw) / len(raw) if raw else 0.0
+        std = math.sqrt(sum((x - mean) ** 2 for x in raw) / len(raw)) if raw else 0.0
+    return [_sigmoid((x - mean) / std) if std > 0 else 0.5 for x in raw]
+
+
+def gated(batch: Sequence[Judged]) -> list[Judged]:
+    """The responses behind the format gate, in order: the only ones the PRMU is asked to score."""
+    return [j for j in batch if r_format(j)]
+
+
 @REWARD_TERMS.register("prmu")
 class PRMUTerm(RewardTerm):
-    """R_PRMU: the PRMU score through a sigmoid, optionally z-scored within the batch (group)."""
+    """R_PRMU: the calibrated PRMU score of a format-valid response (0 behind the gate), with the
+    raw score beside it as ``prmu_raw`` for the report's distribution."""
 
     name = "prmu"
 
@@ -134,22 +176,31 @@ class PRMUTerm(RewardTerm):
             raise TagPRError("reward term 'prmu' has a weight but no PRMU scorer is configured")
 
     def score(self, batch):
-        raw = [float(x) for x in self.ctx.prmu.score(batch)]
-        if len(raw) != len(batch):
-            raise RuntimeError(f"PRMU scorer returned {len(raw)} scores for {len(batch)} samples")
-        values = raw
-        if self.ctx.cfg.prmu_transform == "group_sigmoid" and len(raw) > 1:
-            mean = sum(raw) / len(raw)
-            std = math.sqrt(sum((x - mean) ** 2 for x in raw) / len(raw))
-            values = [(x - mean) / (std + 1e-6) for x in raw]
-        return [{self.name: _sigmoid(v), "prmu_raw": r} for v, r in zip(values, raw)]
+        valid = gated(batch)
+        raw = [float(x) for x in self.ctx.prmu.score(valid)] if valid else []
+        if len(raw) != len(valid):
+            raise RuntimeError(f"PRMU scorer returned {len(raw)} scores for {len(valid)} samples")
+        values = iter(zip(calibrate(raw, self.ctx.cfg.prmu_transform, self.ctx.prmu.score_stats), raw))
+        out = []
+        for j in batch:
+            if r_format(j):
+                value, r = next(values)
+                out.append({self.name: value, "prmu_raw": r})
+            else:
+                out.append({self.name: 0.0})
+        return out
 
 
 class FixedScores:
-    """A ``PersonalizationScorer`` that returns scores computed elsewhere (e.g. by a remote PRMU)."""
+    """A ``PersonalizationScorer`` that returns raw scores computed elsewhere (a remote PRMU) for the
+    gated responses of a batch, with that PRMU's statistics."""
 
-    def __init__(self, scores: Sequence[float]):
-        self.scores = list(scores)
+    def __init__(self, scores: Sequence[float], stats: tuple[float, float] | None = None):
+        self.scores, self.stats = list(scores), stats
+
+    @property
+    def score_stats(self) -> tuple[float, float] | None:
+        return self.stats
 
     def score(self, batch: Sequence[Judged]) -> list[float]:
         if len(batch) != len(self.scores):
@@ -179,10 +230,8 @@ class CompositeReward:
         return self.score_judged([self.judge(i) for i in items])
 
     def score_judged(self, batch: Sequence[Judged]) -> list[RewardResult]:
-        results = [RewardResult(0.0) for _ in batch]
+        components: list[dict[str, float]] = [{} for _ in batch]
         for term in self.terms:
-            weight = self.weights[term.name]
-            for res, comps in zip(results, term.score(batch)):
-                res.reward += weight * comps[term.name]
-                res.components.update(comps)
-        return results
+            for comps, new in zip(components, term.score(batch)):
+                comps.update(new)
+        return [RewardResult(weighted(c, self.weights), c) for c in components]

@@ -4,7 +4,7 @@ A response is a sequence of ``<tag>...</tag>`` sections followed by exactly one
 ``<answer>...</answer>`` (TAGPR.md section 2). The parser never raises: whatever the text, it
 returns the sections it could read and the structural problems it met. The checker turns a
 parse into the list of violated constraints, each with a reason; the tag reward is the fraction
-of constraints satisfied.
+returns the graded tag reward (:attr:`Checked.score`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ ANSWER_LAST_ONCE = "answer_last_once"
 CONSTRAINTS = (KNOWN_TAGS, CLOSED, NO_NESTING, NO_OUTSIDE_TEXT, NO_EMPTY, REQUIRED, ORDER, ANSWER_LAST_ONCE)
 # Violating any of these means the response does not parse (R_format = 0).
 STRUCTURAL = frozenset({KNOWN_TAGS, CLOSED, NO_NESTING, NO_OUTSIDE_TEXT, ANSWER_LAST_ONCE})
+# Each violation of these costs the graded tag score a penalty (structural ones zero the whole reward).
+PENALIZED = (NO_EMPTY, ORDER)
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,14 @@ class Parsed:
 
 @dataclass(frozen=True)
 class Checked:
+    """A parse and its violations; ``covered`` of the ``required`` tags are present in order."""
+
     parsed: Parsed
     answer: str | None
     violations: tuple[Violation, ...]
+    required: int = 0
+    covered: int = 0
+    penalty: float = 0.25
 
     @property
     def failed(self) -> frozenset[str]:
@@ -77,8 +84,15 @@ class Checked:
 
     @property
     def score(self) -> float:
-        """R_tag: fraction of the constraints satisfied."""
-        return 1.0 - len(self.failed) / len(CONSTRAINTS)
+        """R_tag in [0, 1]: the fraction of the task's required tags present and in order, less
+        ``penalty`` per empty section or order violation; 0 for a response that does not parse.
+
+        Graded so that RL can climb it one section at a time, and a bare answer earns nothing.
+        """
+        if not self.parses or not self.required:
+            return 0.0
+        penalties = sum(v.constraint in PENALIZED for v in self.violations)
+        return max(0.0, self.covered / self.required - self.penalty * penalties)
 
 
 def parse(text: str) -> Parsed:
@@ -133,6 +147,17 @@ def render(sections: Iterable[tuple[str, str]], answer: str | None = None, answe
     if answer is not None:
         parts.append(f"<{answer_tag}>{answer}</{answer_tag}>")
     return "\n".join(parts)
+
+
+def _in_order(present: Sequence[str], order: Sequence[str]) -> int:
+    """How many of ``order``'s tags appear in ``present`` in that relative order (the longest such
+    subsequence, by first appearance)."""
+    firsts = [present.index(t) for t in order if t in present]
+    best: list[int] = []  # best[k]: smallest last position of an increasing run of length k + 1
+    for pos in firsts:
+        k = next((i for i, b in enumerate(best) if b >= pos), len(best))
+        best[k:k + 1] = [pos]
+    return len(best)
 
 
 class TagSet:
@@ -190,7 +215,11 @@ class TagSet:
         elif answers[0] != len(parsed.sections) - 1:
             add(ANSWER_LAST_ONCE, f"<{self.answer_tag}> is not the last section")
         answer = parsed.sections[answers[-1]].text if answers else None
-        return Checked(parsed, answer, tuple(violations))
+        required = self.required(task_type)
+        ranked = [t for t in self.cfg.order if t in required] + [t for t in required if t not in self.cfg.order]
+        covered = _in_order(present, [t for t in ranked if t in self.cfg.order]) + sum(
+            t in present for t in ranked if t not in self.cfg.order)
+        return Checked(parsed, answer, tuple(violations), len(required), covered, self.cfg.penalty)
 
     def distribution(self, texts: Sequence[str]) -> Counter[str]:
         """How often each primary tag appears as a section across responses."""

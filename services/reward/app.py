@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
@@ -48,7 +49,7 @@ from services.reward.schemas import (
 )
 from tagpr.config import TagPRConfig
 from tagpr.lamp.tasks import get_task
-from tagpr.rewards import CompositeReward, FixedScores, Judged, RewardContext, RewardInput, judge
+from tagpr.rewards import CompositeReward, FixedScores, Judged, RewardContext, RewardInput, gated, judge
 from tagpr.tags import TagSet
 
 log = logging.getLogger("tagpr.reward")
@@ -84,6 +85,15 @@ class CheckpointRegistry:
 
     def get(self) -> str:
         return self.checkpoint
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Raw PRMU scores of one request, the checkpoint's version and its training-set statistics."""
+
+    scores: list[float]
+    version: str
+    stats: tuple[float, float] | None
 
 
 @serve.deployment(name="PRMUScorer")
@@ -125,18 +135,18 @@ class PRMUScorerDeployment:
                 log.exception("could not switch the PRMU checkpoint")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda reqs: sum(len(r) for r in reqs))
-    async def score_batch(self, requests: list[list[Any]]) -> list[tuple[list[float], str]]:
+    async def score_batch(self, requests: list[list[Any]]) -> list[Scored]:
         scorer = self.scorer
         flat = [j for r in requests for j in r]  # judged responses; the checkpoint decides what it reads
         scores = await asyncio.get_running_loop().run_in_executor(None, scorer.score, flat)
         self.metrics.batch(len(flat), scorer.version)
         out, i = [], 0
         for r in requests:
-            out.append((scores[i : i + len(r)], scorer.version))
+            out.append(Scored(scores[i : i + len(r)], scorer.version, scorer.score_stats))
             i += len(r)
         return out
 
-    async def score(self, judged: list[Any]) -> tuple[list[float], str]:
+    async def score(self, judged: list[Any]) -> Scored:
         return await self.score_batch(judged)
 
     def info(self) -> dict[str, Any]:
@@ -335,7 +345,7 @@ class RewardIngress:
         while len(self.profiles) > self.cfg.prmu.embedding_cache:
             self.profiles.popitem(last=False)
 
-    async def _prmu(self, judged: list[Judged]) -> tuple[list[float], str]:
+    async def _prmu(self, judged: list[Judged]) -> Scored:
         try:
             return await self.scorer.score.remote(judged)
         except Exception as exc:  # replica died, scorer overloaded or not loaded
@@ -357,10 +367,11 @@ class RewardIngress:
         inputs = [RewardInput(x.task, x.response, x.gold, x.input, self._profile(x, i, needs_prmu), x.user_id)
                   for i, x in enumerate(items)]
         judged = [judge(self.tags, x) for x in inputs]
-        raw, version = await self._prmu(judged) if needs_prmu else ([], None)
-        composite = CompositeReward(weights, RewardContext(self.tags, self.cfg.reward, FixedScores(raw)))
-        results = composite.score_judged(judged)
-        return RewardResponse(stage=name, model_version=version,
+        valid = gated(judged)
+        scored = await self._prmu(valid) if needs_prmu and valid else Scored([], None, None)
+        prmu = FixedScores(scored.scores, scored.stats)
+        results = CompositeReward(weights, RewardContext(self.tags, self.cfg.reward, prmu)).score_judged(judged)
+        return RewardResponse(stage=name, model_version=scored.version,
                               results=[RewardResult(reward=r.reward, components=r.components) for r in results])
 
     # ------------------------------------------------------------ routes
@@ -398,8 +409,8 @@ class RewardIngress:
         self._check_limits(req.items, ("input", "response"))
         judged = [judge(self.tags, RewardInput(x.task, x.response, "", x.input, self._profile(x, i, True), x.user_id))
                   for i, x in enumerate(req.items)]
-        scores, version = await self._prmu(judged)
-        return ScoreResponse(scores=scores, model_version=version)
+        scored = await self._prmu(judged)
+        return ScoreResponse(scores=scored.scores, model_version=scored.version)
 
     @app.post("/v1/reward", response_model=RewardResponse, responses=ERRORS)
     async def reward(self, req: RewardRequest, request: Request) -> RewardResponse:

@@ -4,9 +4,7 @@ from tagpr.algos.advantages import (
     ADVANTAGES,
     AdvantageEstimator,
     compute_advantages,
-    group_rewards,
     grpo_advantages,
-    nonzero_variance,
 )
 from tagpr.algos.losses import (
     LOSSES,
@@ -26,10 +24,8 @@ __all__ = [
     "LossInputs",
     "PolicyLoss",
     "compute_advantages",
-    "group_rewards",
     "grpo_advantages",
     "k3",
-    "nonzero_variance",
     "policy_loss",
     "ppo_clip_loss",
     "token_logprobs",

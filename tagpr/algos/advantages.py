@@ -1,4 +1,4 @@
-"""Group-relative advantages (TAGPR.md section 6) and the dynamic-sampling filter.
+"""Group-relative advantages (TAGPR.md section 6).
 
 An estimator maps the rewards of a step, shaped ``(num_groups, G)``, to one advantage per sample
 of the same shape; the loss broadcasts each over its sample's tokens. Estimators are registered by
@@ -8,15 +8,12 @@ by registering a function with the ``AdvantageEstimator`` signature.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
 from tagpr.config import RLConfig
 from tagpr.registry import Registry
-from tagpr.rl.trajectory import Group
 
 
 class AdvantageEstimator(Protocol):
@@ -31,14 +28,6 @@ def _check_rewards(rewards: Tensor) -> None:
         raise ValueError(f"rewards must be shaped (num_groups, G), got {tuple(rewards.shape)}")
 
 
-def group_rewards(groups: Sequence[Group]) -> Tensor:
-    """The ``(num_groups, G)`` float32 reward matrix of a step's groups (all of one size G)."""
-    sizes = {len(g.trajectories) for g in groups}
-    if len(sizes) > 1:
-        raise ValueError(f"groups of different sizes {sorted(sizes)} cannot share one reward matrix")
-    return torch.tensor([[t.reward for t in g.trajectories] for g in groups], dtype=torch.float32)
-
-
 def grpo_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
     """``(r - group mean) / (group std + eps)``, or only ``r - group mean`` without ``scale_by_std``.
 
@@ -51,17 +40,6 @@ def grpo_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 
     if not scale_by_std:
         return centred
     return centred / (rewards.std(dim=1, correction=0, keepdim=True) + eps)
-
-
-def nonzero_variance(rewards: Tensor, atol: float = 1e-6) -> Tensor:
-    """Boolean mask over groups: True where the rewards are not all equal (within ``atol``).
-
-    Dynamic sampling keeps only these: a group whose samples all score the same has zero
-    advantages under GRPO and so adds no gradient, only noise to the token count.
-    """
-    _check_rewards(rewards)
-    spread = rewards.max(dim=1).values - rewards.min(dim=1).values
-    return spread > atol
 
 
 @ADVANTAGES.register("grpo")

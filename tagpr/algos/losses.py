@@ -90,12 +90,17 @@ def token_logprobs_and_entropy(logits: Tensor, token_ids: Tensor) -> tuple[Tenso
     return _gather(logp, token_ids), entropy
 
 
+K3_MAX_LOG_RATIO = 10.0
+
+
 def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """Per-token k3 estimate of KL(policy || ref): ``exp(d) - d - 1``, ``d = ref - logp``.
 
-    Unbiased for the KL on tokens sampled from the policy, and never negative, unlike ``-d``.
+    Unbiased for the KL on tokens sampled from the policy, and never negative, unlike ``-d``. ``d``
+    is clamped to +-``K3_MAX_LOG_RATIO``: a token the reference finds far likelier than the policy
+    would otherwise give ``exp(d)`` values (and gradients) that swamp the policy term.
     """
-    d = ref_logprobs - logprobs
+    d = (ref_logprobs - logprobs).clamp(-K3_MAX_LOG_RATIO, K3_MAX_LOG_RATIO)
     return torch.exp(d) - d - 1
 
 

@@ -1,8 +1,8 @@
 """Teachers write free reasoning and an answer for a LaMP question; registered by name.
 
-- ``programmatic``: for the synthetic users. It knows each user's latent preferences
-  (``users.json``) and writes plain, untagged prose that cites the profile, with deliberate
-  mistakes (``mistake_rate``) so the filter has work.
+- ``programmatic``: for the synthetic users (``users.json`` names them). It writes short, plain,
+  untagged prose from the profile items the policy's prompt shows, with deliberate mistakes
+  (``mistake_rate``) so the filter has work.
 - ``openai``: any OpenAI-compatible chat endpoint (``vllm serve``, a hosted API).
 - ``vllm``: a vLLM engine in each actor of the chain job's Ray Data pool (``chains.vllm.num_engines``).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tagpr.credentials import read_secret
-from tagpr.lamp.synthetic import TOPICS, Citation, MovieTagging, Rating, Styled, generator
+from tagpr.lamp.synthetic import Citation, MovieTagging, Rating, Styled, generator, words
 from tagpr.lamp.tasks import get_task
 from tagpr.registry import Registry
 
@@ -74,17 +74,18 @@ TEACHERS: Registry[type[Teacher]] = Registry("teacher")
 
 @TEACHERS.register("programmatic")
 class ProgrammaticTeacher(Teacher):
-    """Writes the reasoning the synthetic user's latent preferences imply, sometimes wrongly."""
+    """Writes short reasoning that reads the synthetic user's visible profile, sometimes wrongly. It
+    serves only the synthetic users (``users.json`` names them)."""
 
     name = "programmatic"
 
-    def __init__(self, data_root: str, mistake_rate: float = 0.15, seed: int = 0):
-        self.root, self.mistake_rate, self.seed = Path(data_root), mistake_rate, seed
+    def __init__(self, data_root: str, mistake_rate: float = 0.15, seed: int = 0, max_items: int = 8):
+        self.root, self.mistake_rate, self.seed, self.max_items = Path(data_root), mistake_rate, seed, max_items
         self._users: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_config(cls, cfg) -> "ProgrammaticTeacher":
-        return cls(cfg.data.root, cfg.chains.mistake_rate, cfg.run.seed)
+        return cls(cfg.data.root, cfg.chains.mistake_rate, cfg.run.seed, cfg.data.prompt_profile_items)
 
     def _latent(self, task: str, user_id: str | None) -> dict[str, Any]:
         if task not in self._users:
@@ -100,21 +101,24 @@ class ProgrammaticTeacher(Teacher):
         for req in requests:
             out = TeacherOutput(req.id)
             try:
-                user = self._latent(req.task, req.user_id)
+                self._latent(req.task, req.user_id)
             except ValueError:
                 out.errors["unknown user"] += 1
                 outs.append(out)
                 continue
             for k in range(n):
                 rng = random.Random(f"{self.seed}-{req.id}-{k}")
-                out.samples.append(self.write(req, user, rng))
+                out.samples.append(self.write(req, rng))
             outs.append(out)
         return outs
 
-    def write(self, req: TeacherRequest, user: dict[str, Any], rng: random.Random) -> str:
+    def write(self, req: TeacherRequest, rng: random.Random) -> str:
+        """Reasoning from the profile items the policy's prompt shows (the first ``max_items``), so
+        SFT never teaches the policy to state what it cannot see; where those items mislead, the
+        answer is wrong and the chain filter drops it."""
         t = get_task(req.task)
         wrong = rng.random() < self.mistake_rate
-        steps = WRITERS[t.name](req, user, wrong, rng)
+        steps = WRITERS[t.name](list(req.profile[: self.max_items]), req, wrong, rng)
         if rng.random() < self.mistake_rate / 3:
             steps.pop(rng.randrange(len(steps) - 1))  # a forgotten step
         *reasoning, answer = steps
@@ -274,78 +278,73 @@ class VLLMTeacher(ChatTeacher):
         return replies
 
 
-def _quote(profile: Sequence[Mapping[str, Any]], field_: str, k: int = 2) -> str:
-    return "; ".join(f'"{p.get(field_, "")}"' for p in profile[:k])
+def _counts(values: Sequence[Any]) -> str:
+    return ", ".join(f"{v} ({n}x)" for v, n in Counter(values).most_common(3))
 
 
-def _citation(req, user, wrong, rng):
+def _citation(visible, req, wrong, rng):
+    bag = Counter(w for p in visible for w in words(f"{p.get('title', '')} {p.get('abstract', '')}"))
     refs = Citation.references(req.input)
-    topic_words = set(TOPICS[user["topic"]].split())
-    hits = [sum(w in topic_words for w in r.lower().split()) for r in refs]
-    right = "[1]" if hits[0] >= hits[1] else "[2]"
+    common = [w for w, _ in bag.most_common(4)]
+    hits = [sum(bag[w] for w in words(r)) for r in refs]
+    right = "[2]" if hits[1] > hits[0] else "[1]"
     answer = ("[2]" if right == "[1]" else "[1]") if wrong else right
-    chosen = refs[int(answer[1]) - 1]
     return [
-        f"Looking through the user's profile items, the relevant papers are {_quote(req.profile, 'title')}.",
-        f"Across the history, a regularity stands out: every paper is about {user['topic']}.",
-        f"Reading the current input, it asks which reference relates to this author: {refs[0]!r} or {refs[1]!r}.",
-        f"Inferring this author's preference: research on {user['topic']}.",
-        f"Weighing the two candidates against that preference, {chosen!r} fits best.",
-        f"In conclusion, the answer is {answer}.",
+        f"Looking through the user's profile items, frequent words are {', '.join(common)}.",
+        "Across the history, the papers keep to these words.",
+        f"Reading the current input, [1] matches the user's words {hits[0]} times and [2] {hits[1]} times.",
+        "Inferring this author's preference: papers on these words.",
+        f"Weighing the two candidates against that preference, {answer} fits best.",
         answer,
     ]
 
 
-def _movie(req, user, wrong, rng):
+def _movie(visible, req, wrong, rng):
     cands = MovieTagging.candidates(req.input)
-    counts = Counter(p.get("tag") for p in req.profile)
-    favs = [t for t in user["favorites"] if t in cands] or cands[:1]
-    answer = rng.choice([c for c in cands if c not in favs] or cands) if wrong else favs[0]
-    seen = ", ".join(f"{t} ({n}x)" for t, n in counts.most_common(3))
+    counts = Counter(p.get("tag") for p in visible)
+    best = max(cands, key=lambda t: counts[t])
+    answer = rng.choice([c for c in cands if c != best] or cands) if wrong else best
     return [
-        f"Looking through the user's profile items, past films were tagged {seen}.",
-        f"Across the history, the user keeps choosing {', '.join(user['favorites'])}.",
-        f"Reading the current input, the film's themes point to {', '.join(cands)}.",
-        f"Inferring this user's preference: {favs[0]} when it is on offer.",
+        f"Looking through the user's profile items, past films were tagged {_counts(p.get('tag') for p in visible)}.",
+        f"Across the history, the user keeps choosing {', '.join(t for t, _ in counts.most_common(2))}.",
+        f"Reading the current input, the candidate tags are {', '.join(cands)}.",
+        f"Inferring this user's preference: {best} among the candidates.",
         f"Weighing the candidate tags against that preference, {answer} fits best.",
-        f"In conclusion, the tag is {answer}.",
         answer,
     ]
 
 
-def _rating(req, user, wrong, rng):
+def _rating(visible, req, wrong, rng):
+    diffs = sorted(float(p.get("score", 3)) - Rating.sentiment(str(p.get("text", ""))) for p in visible)
+    bias = round(diffs[len(diffs) // 2]) if diffs else 0
     s = Rating.sentiment(req.input)
-    answer = max(1, min(5, s + user["bias"]))
+    answer = max(1, min(5, s + bias))
     if wrong:
         answer = max(1, min(5, answer + rng.choice([-1, 1]))) if answer not in (1, 5) else 3
-    bias = user["bias"]
     tone = "harsher" if bias < 0 else "more generous" if bias > 0 else "neither harsher nor kinder"
     return [
-        f"Looking through the user's profile items, past reviews such as {_quote(req.profile, 'text')} got "
-        f"scores {', '.join(str(p.get('score')) for p in req.profile[:4])}.",
-        f"Across the history, this user rates {tone} than the words of the review suggest ({bias:+d}).",
-        f"Reading the current input, the review's words alone suggest {s} out of 5.",
+        f"Looking through the user's profile items, scores minus the words' sentiment were "
+        f"{', '.join(f'{d:+.0f}' for d in diffs)}.",
+        f"Across the history, this user rates {tone} than the words suggest ({bias:+d}).",
+        f"Reading the current input, the words alone suggest {s}.",
         f"Inferring this user's bias: {bias:+d} on top of the words.",
         f"Weighing the possible scores against that bias, {answer} fits best.",
-        f"In conclusion, the score is {answer}.",
         str(answer),
     ]
 
 
-def _styled(req, user, wrong, rng):
+def _styled(visible, req, wrong, rng):
     gen = generator(req.task)
     assert isinstance(gen, Styled)
-    core = gen.core(gen.source_of(req.input))
-    styled = Styled.style(user, core)
-    answer = core if wrong else styled
-    out = get_task(req.task).profile_output
+    outputs = [str(p.get(get_task(req.task).profile_output, "")).split() for p in visible]
+    prefix, core, suffix = gen.styled_answer(outputs, gen.source_of(req.input))
+    answer = core if wrong else " ".join(x for x in (prefix, core, suffix) if x)
     return [
-        f"Looking through the user's profile items, past outputs were {_quote(req.profile, out)}.",
-        f"Across the history, every output starts with {user['prefix']!r} and ends with {user['suffix']!r}.",
+        f'Looking through the user\'s profile items, a past output was "{" ".join(outputs[0]) if outputs else ""}".',
+        f"Across the history, every output starts with {prefix!r} and ends with {suffix!r}.",
         f"Reading the current input, the content to convey is: {core}.",
-        "Inferring this user's writing style: a fixed prefix and suffix around the content.",
+        "Inferring this user's writing style: that prefix and suffix around the content.",
         f"A candidate output in the user's style: {answer}",
-        "Checking the candidate against the profile evidence, the prefix and suffix match.",
         answer,
     ]
 

@@ -75,7 +75,7 @@ def generator(task: str) -> Generator:
     return GENERATORS.get(get_task(task).name)()
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
@@ -132,9 +132,9 @@ class Citation(Generator):
 
     def profile_reader(self):
         def predict(q: Question) -> str:
-            bag = Counter(w for item in q.profile for w in _words(item["title"] + " " + item["abstract"]))
+            bag = Counter(w for item in q.profile for w in words(item["title"] + " " + item["abstract"]))
             r1, r2 = self.references(q.input)
-            s1, s2 = (sum(bag[w] for w in _words(r)) for r in (r1, r2))
+            s1, s2 = (sum(bag[w] for w in words(r)) for r in (r1, r2))
             return "[2]" if s2 > s1 else "[1]"
 
         return predict
@@ -310,7 +310,7 @@ class Styled(Generator):
         return Example(self.input_of(source), self.style(user, core))
 
     @staticmethod
-    def _affix(outputs: list[list[str]], from_end: bool) -> list[str]:
+    def affix(outputs: list[list[str]], from_end: bool) -> list[str]:
         """The longest word sequence that starts (or ends) at least 60% of the outputs."""
         best: list[str] = []
         for k in range(1, 6):
@@ -323,11 +323,26 @@ class Styled(Generator):
             best = list(seq)
         return best
 
+    def styled_answer(self, outputs: list[list[str]], source: str) -> tuple[str, str, str]:
+        """(prefix, core, suffix) for ``source`` in the style the past ``outputs`` share. Words the
+        core itself starts or ends with (LaMP-7 tweets all start "finished") are not style."""
+        core = self.core(source)
+        words_ = core.split()
+        prefix, suffix = self.affix(outputs, False), self.affix(outputs, True)
+        for k in range(min(len(prefix), len(words_)), 0, -1):
+            if prefix[-k:] == words_[:k]:
+                prefix = prefix[:-k]
+                break
+        for k in range(min(len(suffix), len(words_)), 0, -1):
+            if suffix[:k] == words_[-k:]:
+                suffix = suffix[k:]
+                break
+        return " ".join(prefix), core, " ".join(suffix)
+
     def profile_reader(self):
         def predict(q: Question) -> str:
             outputs = [str(item[self.task.profile_output]).split() for item in q.profile]
-            prefix, suffix = self._affix(outputs, False), self._affix(outputs, True)
-            return " ".join([*prefix, self.core(self.source_of(q.input)), *suffix])
+            return " ".join(x for x in self.styled_answer(outputs, self.source_of(q.input)) if x)
 
         return predict
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tagpr.config import RLConfig
+from tagpr.rewards import weighted
 from tagpr.rl.trajectory import Group, Trajectory
 
 
@@ -22,35 +23,44 @@ def stage_reward(traj: Trajectory, weights: Mapping[str, float]) -> float:
     A group scored under another stage (generated before the learner moved on) is re-weighed
     rather than dropped; it needs every term the stage weights.
     """
-    missing = [k for k, w in weights.items() if w and k not in traj.components]
-    if missing:
-        raise KeyError(f"trajectory of {traj.prompt.key} lacks reward components {missing}")
-    return sum(w * traj.components.get(k, 0.0) for k, w in weights.items())
+    try:
+        return weighted(traj.components, weights)
+    except KeyError as exc:
+        raise KeyError(f"trajectory of {traj.prompt.key}: {exc.args[0]}") from None
 
 
 @dataclass
 class Row:
-    """One response to train on; ``weight`` 0 marks padding that keeps ranks in step."""
+    """One response to train on; ``weight`` 0 marks padding that keeps ranks in step. The learner
+    fills ``old_logprobs`` and ``ref_logprobs`` (one per response token) before its updates."""
 
     traj: Trajectory
     advantage: float
     weight: float = 1.0
+    old_logprobs: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+
+
+def informative(rewards: Sequence[float], atol: float = 1e-6) -> bool:
+    """Whether a group's rewards differ: a group whose samples all score the same has zero
+    advantages under GRPO, so it adds no gradient, only tokens to the normaliser."""
+    return max(rewards) - min(rewards) > atol
 
 
 def rows_from_groups(groups: Sequence[Group], weights: Mapping[str, float], cfg: RLConfig) -> tuple[list[Row], dict]:
-    """Advantages for every sample of the step's groups, dropping zero-variance groups when
-    ``cfg.dynamic_sampling``; returns the rows and reward statistics."""
-    from tagpr.algos import compute_advantages, nonzero_variance
+    """Advantages for every sample of the step's informative groups (zero-variance groups carry no
+    advantage and are left out, so they do not dilute the token normaliser); returns the rows and
+    reward statistics over all groups."""
+    from tagpr.algos import compute_advantages
 
     if not groups:
         return [], {"groups": 0, "groups_kept": 0}
     rewards = torch.tensor([[stage_reward(t, weights) for t in g.trajectories] for g in groups])
     adv = compute_advantages(rewards, cfg)
-    keep = nonzero_variance(rewards) if cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
+    keep = [informative(r) for r in rewards.tolist()]
     rows = [Row(t, float(a)) for g, gadv, k in zip(groups, adv, keep) if k for t, a in zip(g.trajectories, gadv)]
-    stats = {"groups": len(groups), "groups_kept": int(keep.sum()), "reward_mean": float(rewards.mean()),
-             "reward_std": float(rewards.std(correction=0)),
-             "zero_variance_groups": int((~nonzero_variance(rewards)).sum())}
+    stats = {"groups": len(groups), "groups_kept": sum(keep), "reward_mean": float(rewards.mean()),
+             "reward_std": float(rewards.std(correction=0)), "zero_variance_groups": len(keep) - sum(keep)}
     for name in sorted({k for g in groups for t in g.trajectories for k in t.components}):
         values = [t.components[name] for g in groups for t in g.trajectories if name in t.components]
         stats[f"reward/{name}"] = sum(values) / len(values)
@@ -80,11 +90,15 @@ class PolicyBatch:
     rollout_logprobs: Tensor  # (B, T)
     advantages: Tensor  # (B,)
     prompt_width: int  # P
+    old_logprobs: Tensor | None = None  # (B, T), when the rows carry them
+    ref_logprobs: Tensor | None = None  # (B, T)
 
     def to(self, device) -> PolicyBatch:
-        return PolicyBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
-                                                   self.response_ids, self.response_mask, self.rollout_logprobs,
-                                                   self.advantages)), self.prompt_width)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PolicyBatch(*(move(t) for t in (self.input_ids, self.attention_mask, self.position_ids,
+                                               self.response_ids, self.response_mask, self.rollout_logprobs,
+                                               self.advantages)), self.prompt_width,
+                           move(self.old_logprobs), move(self.ref_logprobs))
 
     def model_inputs(self) -> dict[str, Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
@@ -111,4 +125,21 @@ def collate(rows: Sequence[Row], pad_id: int) -> PolicyBatch:
         rlp.append(list(r.traj.logprobs) + [0.0] * rpad)
     attention = torch.tensor(attn)
     return PolicyBatch(torch.tensor(ids), attention, (attention.cumsum(-1) - 1).clamp(min=0), torch.tensor(resp),
-                       torch.tensor(rmask), torch.tensor(rlp), torch.tensor([r.advantage for r in rows]), p)
+                       torch.tensor(rmask), torch.tensor(rlp), torch.tensor([r.advantage for r in rows]), p,
+                       _per_token(rows, "old_logprobs", t), _per_token(rows, "ref_logprobs", t))
+
+
+def _per_token(rows: Sequence[Row], name: str, width: int) -> Tensor | None:
+    """The rows' ``name`` logprobs as (B, width), or None when no row has them. A zero-weight filler
+    row has none; its zeros are masked out of the loss."""
+    if all(getattr(r, name) is None or r.weight == 0 for r in rows):
+        return None
+    out = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        values = getattr(r, name)
+        if values is None:
+            if r.weight > 0:
+                raise ValueError(f"{r.traj.prompt.key}: no {name} on a row that is trained on")
+            continue
+        out[i, :len(values)] = values
+    return out

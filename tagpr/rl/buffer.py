@@ -14,7 +14,8 @@ weights published after step ``v`` and consumed by step ``k`` has staleness ``k 
 
 Capacity (``capacity`` groups buffered plus in flight) is the back-pressure on producers.
 Every prompt of a pass is trained on exactly once: it is in exactly one of the cursor's future,
-the re-queue, in flight, buffered, or consumed.
+the re-queue, in flight, buffered, consumed, or (under dynamic sampling) filtered: a group whose
+rewards are all equal is not admitted and its place in the step goes to a fresh group.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from tagpr.rl.trajectory import Group, PromptRef
 
-Offered = Literal["admitted", "not in flight", "stale"]
+Offered = Literal["admitted", "not in flight", "stale", "zero variance"]
 
 
 class PromptCursor:
@@ -86,7 +87,9 @@ class BufferStats:
 
 
 class BufferCore:
-    def __init__(self, cursor: PromptCursor, capacity: int, max_staleness: int, groups_per_step: int):
+    def __init__(self, cursor: PromptCursor, capacity: int, max_staleness: int, groups_per_step: int,
+                 admit: Callable[[Group], bool] | None = None):
+        """``admit``: dynamic sampling's test (a group is worth training on); None admits every group."""
         if capacity < groups_per_step:
             raise ValueError(f"capacity ({capacity}) must hold at least one step ({groups_per_step} groups)")
         self.cursor, self.capacity = cursor, capacity
@@ -96,6 +99,7 @@ class BufferCore:
         self.groups: deque[Group] = deque()
         self.in_flight: dict[str, tuple[PromptRef, str]] = {}  # key -> (prompt, worker id)
         self.stats = BufferStats()
+        self.admit = admit
 
     # ------------------------------------------------------------ producers
 
@@ -121,7 +125,8 @@ class BufferCore:
         """A finished group: ``"admitted"``, or why it was dropped, for callers that count drops by reason.
 
         ``"not in flight"``: a duplicate, or from a worker whose prompts were released;
-        ``"stale"``: too stale already, and its prompt goes back in the queue.
+        ``"stale"``: too stale already, and its prompt goes back in the queue;
+        ``"zero variance"``: filtered by dynamic sampling (its prompt counts as done).
         """
         self.stats.offered += 1
         if self.in_flight.pop(group.prompt.key, None) is None:
@@ -131,6 +136,9 @@ class BufferCore:
             self.stats.dropped["stale"] += 1
             self.cursor.requeue(group.prompt)
             return "stale"
+        if self.admit is not None and not self.admit(group):
+            self.stats.dropped["zero variance"] += 1  # the prompt was used; a fresh one takes its place
+            return "zero variance"
         self.groups.append(group)
         self.stats.admitted += 1
         return "admitted"

@@ -1,5 +1,13 @@
-"""One GRPO optimizer step on one rank, against a stepper (``forward``, ``backward``,
-``optimizer_step``): plain torch in unit tests, DDP or DeepSpeed on Ray Train workers."""
+"""One GRPO learner step on one rank, against a stepper (``forward``, ``backward``,
+``optimizer_step``): plain torch in unit tests, DDP or DeepSpeed on Ray Train workers.
+
+A step is ``rl.ppo_epochs`` passes over the step's rows, each split into ``rl.mini_batches``
+optimizer updates. The logprobs every update's ratio is taken against ("old") come from one no-grad
+pass before the first update, so from the second update on the ratio moves away from 1 and the
+clip (with clip-higher) acts; with one update per step the ratio is 1 and only the importance
+weight against the rollout engine corrects for staleness. The KL reference is scored in the same
+pass, once per step.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import torch
 
 from tagpr.algos import LossInputs, policy_loss, token_logprobs, token_logprobs_and_entropy
 from tagpr.config import RLConfig
-from tagpr.rl.batch import Row, collate, shard
+from tagpr.rl.batch import PolicyBatch, Row, collate, shard
 
 # per-token loss statistics; ranks and micro-batches combine them weighted by tokens
 LOSS_STATS = ("pg_loss", "kl", "clip_frac", "ratio_mean", "is_weight_mean", "is_capped_frac", "entropy")
@@ -26,31 +34,64 @@ class RLStepper(Protocol):
     def optimizer_step(self) -> None: ...
 
 
+def mini_batches(rows: Sequence[Row], n: int) -> list[list[Row]]:
+    """The step's rows in ``n`` interleaved mini-batches (fewer when there are fewer rows), the same
+    on every rank: each is one optimizer update."""
+    n = max(1, min(n, len(rows)))
+    return [list(rows[i::n]) for i in range(n)]
+
+
+def _response_logprobs(model, b: PolicyBatch) -> torch.Tensor:
+    return token_logprobs(b.response_logits(model(**b.model_inputs()).logits), b.response_ids)
+
+
+@torch.no_grad()
+def score_rows(stepper: RLStepper, minis: Sequence[Sequence[Row]], grad_accum: int, pad_id: int, rank: int,
+               world: int, old: bool, reference: torch.nn.Module | None) -> None:
+    """Set ``old_logprobs`` (the policy before the step's first update) and ``ref_logprobs`` on the
+    rows this rank trains on, in the chunks it will train them in (every rank runs the same passes)."""
+    for mini in minis:
+        for chunk in shard(mini, rank, world, grad_accum):
+            b = collate(chunk, pad_id).to(stepper.device)
+            old_lp = _response_logprobs(stepper.forward, b) if old else None
+            ref_lp = _response_logprobs(reference, b) if reference is not None else None
+            for i, row in enumerate(chunk):
+                n = len(row.traj.token_ids)
+                if old_lp is not None:
+                    row.old_logprobs = old_lp[i, :n].cpu()
+                if ref_lp is not None:
+                    row.ref_logprobs = ref_lp[i, :n].cpu()
+
+
 def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accum: int, pad_id: int,
                rank: int = 0, world: int = 1, reference: torch.nn.Module | None = None) -> torch.Tensor:
-    """Train on this rank's shard of ``rows`` (every rank passes the same rows) in ``grad_accum``
-    micro-batches, then step. Returns ``[sum of stat * tokens for LOSS_STATS..., tokens]`` (float64),
-    to be summed over ranks and divided by the last entry.
+    """Train on this rank's shard of ``rows`` (every rank passes the same rows): ``cfg.ppo_epochs`` x
+    ``cfg.mini_batches`` optimizer updates of ``grad_accum`` micro-batches each. Returns
+    ``[sum of stat * tokens for LOSS_STATS..., tokens]`` (float64) over every update, to be summed
+    over ranks and divided by the last entry.
 
-    The loss of every micro-batch is divided by the step's token count over all ranks, and
-    multiplied by ``world`` because DDP and ZeRO average gradients over ranks: the step's gradient
-    is then that of the token-level mean over the whole batch, however it is split.
+    Each update's loss is divided by its mini-batch's token count over all ranks, and multiplied by
+    ``world`` because DDP and ZeRO average gradients over ranks: each update's gradient is that of the
+    token-level mean over its mini-batch, however it is split into micro-batches and ranks.
     """
+    minis = mini_batches(rows, cfg.mini_batches)
+    several = cfg.ppo_epochs * len(minis) > 1
+    if several or reference is not None:
+        score_rows(stepper, minis, grad_accum, pad_id, rank, world, several, reference)
     sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
-    tokens = sum(len(r.traj.token_ids) for r in rows if r.weight > 0)
-    for chunk in shard(rows, rank, world, grad_accum):
-        b = collate(chunk, pad_id).to(stepper.device)
-        logits = b.response_logits(stepper.forward(**b.model_inputs()).logits)
-        ref_lp = None
-        if reference is not None:
-            with torch.no_grad():
-                ref_lp = token_logprobs(b.response_logits(reference(**b.model_inputs()).logits), b.response_ids)
-        logprobs, entropy = token_logprobs_and_entropy(logits, b.response_ids)
-        batch = LossInputs(logprobs, b.advantages, b.response_mask, rollout_logprobs=b.rollout_logprobs,
-                           ref_logprobs=ref_lp, entropy=entropy)
-        loss, st = policy_loss(batch, cfg, token_normalizer=max(tokens, 1))
-        stepper.backward(loss * world)
-        sums += torch.tensor([st.get(k, 0.0) * st["tokens"] for k in LOSS_STATS] + [st["tokens"]],
-                             dtype=torch.float64)
-    stepper.optimizer_step()
+    for _ in range(cfg.ppo_epochs):
+        for mini in minis:
+            tokens = sum(len(r.traj.token_ids) for r in mini if r.weight > 0)
+            for chunk in shard(mini, rank, world, grad_accum):
+                b = collate(chunk, pad_id).to(stepper.device)
+                logits = b.response_logits(stepper.forward(**b.model_inputs()).logits)
+                logprobs, entropy = token_logprobs_and_entropy(logits, b.response_ids)
+                batch = LossInputs(logprobs, b.advantages, b.response_mask, old_logprobs=b.old_logprobs,
+                                   rollout_logprobs=b.rollout_logprobs, ref_logprobs=b.ref_logprobs,
+                                   entropy=entropy)
+                loss, st = policy_loss(batch, cfg, token_normalizer=max(tokens, 1))
+                stepper.backward(loss * world)
+                sums += torch.tensor([st.get(k, 0.0) * st["tokens"] for k in LOSS_STATS] + [st["tokens"]],
+                                     dtype=torch.float64)
+            stepper.optimizer_step()
     return sums

@@ -25,8 +25,7 @@ class Trajectory:
     token_ids: list[int]
     logprobs: list[float]  # the rollout engine's, per sampled token
     text: str
-    reward: float
-    components: dict[str, float]
+    components: dict[str, float]  # reward terms; the learner weighs them with its stage's weights
     policy_version: int
     worker_id: str
     tags: list[str] = field(default_factory=list)

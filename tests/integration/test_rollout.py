@@ -34,14 +34,12 @@ def rl_cfg(ray_cluster, tmp_path_factory, tiny_policy):
 
 
 def _buffer(cfg):
-    import ray
 
-    from actors.buffer import TrajectoryBuffer
+    from actors.buffer import create_buffer
     from tagpr.rl.data import load_prompts
 
     ids = sorted(load_prompts(cfg))
-    buffer = ray.remote(TrajectoryBuffer).options(num_cpus=0, max_concurrency=16).remote(
-        ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step, cfg.rl.stages[0].name)
+    buffer = create_buffer(cfg, ids, num_cpus=0, max_concurrency=16)
     return ids, buffer
 
 

@@ -10,10 +10,8 @@ from tagpr.algos import (
     LOSSES,
     LossInputs,
     compute_advantages,
-    group_rewards,
     grpo_advantages,
     k3,
-    nonzero_variance,
     policy_loss,
     ppo_clip_loss,
     token_logprobs,
@@ -21,7 +19,6 @@ from tagpr.algos import (
 )
 from tagpr.config import RLConfig
 from tagpr.errors import TagPRError
-from tagpr.rl.trajectory import Group, PromptRef, Trajectory
 
 # ---------------------------------------------------------------- advantages
 
@@ -51,27 +48,10 @@ def test_constant_group_gives_zero_advantages_not_nan():
     assert adv[2].tolist() == pytest.approx([-1.0, 1.0, -1.0, 1.0], abs=1e-5)
 
 
-def test_nonzero_variance_mask():
-    rewards = torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.3, 0.3 + 1e-9], [1.0, 1.001]], dtype=torch.float64)
-    assert nonzero_variance(rewards).tolist() == [True, False, False, True]
-    assert nonzero_variance(rewards, atol=0.01).tolist() == [True, False, False, False]
-    with pytest.raises(ValueError, match="num_groups, G"):
-        nonzero_variance(torch.tensor([1.0, 2.0]))
-
-
-def test_group_rewards_and_config_driven_estimator():
-    def traj(ref: PromptRef, r: float) -> Trajectory:
-        return Trajectory(ref, [1], [2], [-0.1], "x", r, {}, 0, "w0")
-
-    groups = [Group(ref, [traj(ref, a), traj(ref, b)], 0, "w0")
-              for ref, (a, b) in [(PromptRef(0, "q0"), (1.0, 3.0)), (PromptRef(0, "q1"), (2.0, 2.0))]]
-    rewards = group_rewards(groups)
-    assert rewards.tolist() == [[1.0, 3.0], [2.0, 2.0]]
+def test_config_driven_estimator():
+    rewards = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
     assert compute_advantages(rewards, RLConfig(scale_by_std=False)).tolist() == [[-1.0, 1.0], [0.0, 0.0]]
     assert compute_advantages(rewards, RLConfig(std_eps=1.0))[0].tolist() == pytest.approx([-0.5, 0.5])
-    odd = Group(PromptRef(0, "q2"), [traj(PromptRef(0, "q2"), 1.0)], 0, "w0")
-    with pytest.raises(ValueError, match="different sizes"):
-        group_rewards([*groups, odd])
 
 
 # ---------------------------------------------------------------- the clipped loss, one token at a time

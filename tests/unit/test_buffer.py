@@ -13,7 +13,7 @@ IDS = [f"q{i}" for i in range(10)]
 
 
 def group(ref: PromptRef, version: int, worker: str = "w0") -> Group:
-    t = Trajectory(ref, [1, 2], [3, 4], [-0.1, -0.2], "x", 1.0, {"format": 1.0}, version, worker)
+    t = Trajectory(ref, [1, 2], [3, 4], [-0.1, -0.2], "x", {"format": 1.0}, version, worker)
     return Group(ref, [t, t], version, worker)
 
 
@@ -137,3 +137,38 @@ def test_an_unscored_prompt_goes_back_to_the_queue_once():
     assert b.issue("w0", 1) == [first]  # the next request gets it again
     assert b.offer(group(first, 0)) == "admitted" and b.offer(group(second, 0)) == "admitted"
     assert [g.prompt for g in b.take()] == [first, second]
+
+
+def scored_group(ref: PromptRef, rewards: list[float]) -> Group:
+    trajs = [Trajectory(ref, [1], [2], [-0.1], "x", {"format_task": r}, 0, "w0") for r in rewards]
+    return Group(ref, trajs, 0, "w0")
+
+
+def test_dynamic_sampling_refills_the_step_with_fresh_groups():
+    from tagpr.rl.batch import informative
+
+    b = BufferCore(PromptCursor(IDS), capacity=8, max_staleness=0, groups_per_step=2,
+                   admit=lambda g: informative([t.components["format_task"] for t in g.trajectories]))
+    first = b.issue("w0", 2)
+    assert b.offer(scored_group(first[0], [1.0, 1.0])) == "zero variance"
+    assert b.offer(scored_group(first[1], [1.0, 0.0])) == "admitted"
+    assert not b.step_ready()
+    refill = b.issue("w0", 2)
+    assert len(refill) == 1 and refill[0] not in first  # a fresh prompt takes the filtered one's place
+    assert b.offer(scored_group(refill[0], [0.0, 0.5])) == "admitted"
+    assert [g.prompt for g in b.take()] == [first[1], refill[0]]
+    assert b.stats.dropped["zero variance"] == 1 and first[0] not in b.cursor.requeued
+
+
+def test_a_restored_buffer_keeps_the_current_stage():
+    """A stage's learner starts by rewinding the buffer to the previous stage's final snapshot; the
+    producers must keep scoring for the stage that runs now."""
+    from actors.buffer import TrajectoryBuffer
+
+    buf = TrajectoryBuffer(IDS, 4, 1, 1, {"guided": {"format_task": 1.0, "tag": 0.2}, "exploratory": {"format_task": 1.0}})
+    snap = buf.snapshot()
+    buf.set_stage("exploratory")
+    buf.restore(snap)
+    assert buf.stage == "exploratory"
+    with pytest.raises(ValueError, match="unknown stage"):
+        buf.set_stage("warmup")

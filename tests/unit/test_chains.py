@@ -1,22 +1,25 @@
 """Programmatic teacher, embedding labeler, filter, prompts and SFT tokenization (no Ray)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from tagpr.chains.filter import ChainFilter
 from tagpr.chains.labelers import EmbeddingLabeler, LLMLabeler, lead, merge_runs, split_steps
 from tagpr.chains.teachers import ChatReply, ChatTeacher, ProgrammaticTeacher, TeacherRequest, split_answer
-from tagpr.config import SyntheticConfig
+from tagpr.config import ChainsConfig, SyntheticConfig
 from tagpr.errors import TagPRError
 from tagpr.lamp.io import load_split
-from tagpr.lamp.synthetic import write_synthetic
+from tagpr.lamp.metrics import sample_score
+from tagpr.lamp.synthetic import generator, write_synthetic
+from tagpr.lamp.tasks import get_task
 from tagpr.prmu.encoder import SentenceEncoder
 from tagpr.prompts import messages, user_message
 from tagpr.sft.data import IGNORE, collate, pack, tokenize_chains
 
 ALL = [f"LaMP_{k}" for k in range(1, 8)]
-MIN = {"classification": 1.0, "rating": 1.0, "generation": 0.7}
+MIN = ChainsConfig().min_score
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +35,40 @@ def requests(root, task, split="train"):
 
 
 @pytest.mark.parametrize("task", ALL)
-def test_programmatic_teacher_answers_from_latent_preferences(root, task):
+def test_programmatic_teacher_reasons_from_the_profile_items_the_prompt_shows(root, task):
     s, reqs = requests(root, task)
-    outs = ProgrammaticTeacher(str(root), mistake_rate=0.0).generate(reqs, 2)
-    for req, out in zip(reqs, outs):
-        assert len(out.samples) == 2 and not out.errors
-        reasoning, answer = split_answer(out.samples[0])
-        assert answer == s.golds[req.id] and "<" not in reasoning  # plain, untagged prose
-        assert len(reasoning.splitlines()) >= 5
+    reader = generator(task).profile_reader()
+    for shown in (2, 6):
+        outs = ProgrammaticTeacher(str(root), mistake_rate=0.0, max_items=shown).generate(reqs, 2)
+        for q, out in zip(s.questions, outs):
+            assert len(out.samples) == 2 and not out.errors
+            reasoning, answer = split_answer(out.samples[0])
+            assert answer == reader(replace(q, profile=q.profile[:shown]))  # what the visible items imply
+            assert "<" not in reasoning and len(reasoning.splitlines()) >= 5  # plain, untagged prose
+    for q, out in zip(s.questions, ProgrammaticTeacher(str(root), mistake_rate=0.0, max_items=2).generate(reqs, 1)):
+        shown = {v for p in q.profile[:2] for v in p.values()}
+        hidden = {v for p in q.profile[2:] for v in p.values() if isinstance(v, str) and len(v) > 20} - shown
+        assert not any(f'"{v}"' in out.samples[0] for v in hidden)
 
 
 def test_mistakes_and_unknown_users(root):
     s, reqs = requests(root, "LaMP_2")
+    reader = generator("LaMP_2").profile_reader()
     outs = ProgrammaticTeacher(str(root), mistake_rate=1.0).generate(reqs, 1)
-    assert all(split_answer(o.samples[0])[1] != s.golds[r.id] for r, o in zip(reqs, outs))
+    assert all(split_answer(o.samples[0])[1] != reader(q) for q, o in zip(s.questions, outs))
     stranger = TeacherRequest("x", "LaMP_2", reqs[0].input, reqs[0].profile, "nobody")
     out = ProgrammaticTeacher(str(root)).generate([stranger], 1)[0]
     assert out.samples == [] and out.errors["unknown user"] == 1
+
+
+@pytest.mark.parametrize("task", ["LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7"])
+def test_the_filter_drops_answers_without_the_users_style(root, tagset, task):
+    """The teacher's deliberate generation mistake is the generic output; the filter must not keep it."""
+    s, reqs = requests(root, task)
+    flt = ChainFilter(tagset, ChainsConfig().min_score)
+    for q in s.questions:
+        generic = generator(task).core(generator(task).source_of(q.input))
+        assert sample_score(get_task(task), generic, s.golds[q.id]) < flt.min_score["generation"]
 
 
 def test_split_and_merge():
@@ -70,7 +90,8 @@ def test_embedding_labeler_yields_valid_tagged_chains(root, tagset):
         tagged = labeler.label([split_answer(o.samples[0]) for o in outs])
         flt.keep({"task": task, "response": t, "gold": s.golds[r.id]} for t, r in zip(tagged, reqs))
         total += len(reqs)
-    assert flt.stats.kept >= 0.9 * total, flt.stats
+    assert not [why for why in flt.stats.dropped if why != "low score"], flt.stats  # every chain labels validly
+    assert flt.stats.kept >= 0.8 * total, flt.stats
 
 
 def test_filter_reasons(tagset):

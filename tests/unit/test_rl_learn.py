@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from tagpr.config import RLConfig
-from tagpr.rl.batch import Row, collate, rows_from_groups, shard, stage_reward
-from tagpr.rl.learn import LOSS_STATS, train_step
+from tagpr.rl.batch import Row, collate, informative, rows_from_groups, shard, stage_reward
+from tagpr.rl.learn import LOSS_STATS, mini_batches, train_step
 from tagpr.rl.plateau import Plateau
 from tagpr.rl.trajectory import Group, PromptRef, Trajectory
 
 
 def traj(prompt, tokens, logprobs=None, reward=0.0, components=None, key="p", version=0):
     return Trajectory(PromptRef(0, key), list(prompt), list(tokens),
-                      list(logprobs) if logprobs is not None else [-1.0] * len(tokens), "", reward,
+                      list(logprobs) if logprobs is not None else [-1.0] * len(tokens), "",
                       components if components is not None else {"format_task": reward}, version, "w")
 
 
@@ -69,13 +71,13 @@ def test_stage_reward_reweighs_components_and_names_missing_ones():
         stage_reward(traj([1], [2], components={"format_task": 1.0}), {"format_task": 1.0, "prmu": 0.3})
 
 
-def test_rows_carry_group_advantages_and_dynamic_sampling_drops_constant_groups():
+def test_rows_carry_group_advantages_and_leave_out_constant_groups():
     groups = [group([1.0, 0.0], "a"), group([0.5, 0.5], "b")]
-    rows, stats = rows_from_groups(groups, {"format_task": 1.0}, RLConfig())
-    assert [round(r.advantage, 4) for r in rows] == [1.0, -1.0, 0.0, 0.0]
+    rows, stats = rows_from_groups(groups, {"format_task": 1.0}, RLConfig(std_eps=1e-6))
+    assert [round(r.advantage, 4) for r in rows] == [1.0, -1.0]  # the constant group adds no tokens
     assert stats["reward_mean"] == pytest.approx(0.5) and stats["zero_variance_groups"] == 1
-    rows, stats = rows_from_groups(groups, {"format_task": 1.0}, RLConfig(dynamic_sampling=True))
-    assert len(rows) == 2 and stats["groups_kept"] == 1
+    assert stats["groups_kept"] == 1
+    assert informative([0.2, 0.2 + 1e-3]) and not informative([0.5, 0.5 + 1e-9])
 
 
 def test_shard_gives_every_rank_the_same_number_of_nonempty_chunks():
@@ -142,6 +144,51 @@ def test_the_gradient_does_not_depend_on_micro_batches_or_ranks(model):
         torch.testing.assert_close(accum.grads[name], g, atol=1e-6, rtol=1e-4)
         averaged = (ranks[0].grads[name] + ranks[1].grads[name]) / 2  # what DDP's all-reduce does
         torch.testing.assert_close(averaged, g, atol=1e-6, rtol=1e-4)
+
+
+def test_the_first_mini_batch_update_is_the_one_update_gradient_and_the_clip_acts_after_it(model):
+    import copy
+
+    rows = on_policy_rows(model, SPECS)
+    minis = mini_batches(rows, 2)
+    one = SGD(copy.deepcopy(model))
+    train_step(one, minis[0], RLConfig(), grad_accum=1, pad_id=0)
+
+    class Recorder(SGD):
+        def __init__(self, module, lr):
+            super().__init__(module, lr)
+            self.updates = []
+
+        def optimizer_step(self):
+            super().optimizer_step()
+            self.updates.append(self.grads)
+
+    several = Recorder(copy.deepcopy(model), lr=2.0)
+    sums = train_step(several, [Row(r.traj, r.advantage) for r in rows], RLConfig(mini_batches=2, ppo_epochs=2),
+                      grad_accum=2, pad_id=0)
+    assert len(several.updates) == 4  # 2 epochs x 2 mini-batches
+    for name, g in one.grads.items():
+        torch.testing.assert_close(several.updates[0][name], g, atol=1e-6, rtol=1e-4)
+    stats = dict(zip(LOSS_STATS, (sums[:-1] / sums[-1]).tolist()))
+    assert stats["clip_frac"] > 0  # later updates move the ratio away from 1 and hit the clip
+    assert stats["ratio_mean"] != pytest.approx(1.0, abs=1e-4)
+
+
+def test_old_logprobs_are_the_policy_before_the_step(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    rows = [Row(r.traj, r.advantage) for r in on_policy_rows(m, SPECS)]
+    train_step(SGD(m, lr=1.0), rows, RLConfig(mini_batches=2), grad_accum=1, pad_id=0)
+    for r in rows:  # computed before the first update, so equal to the sampler's logprobs here
+        torch.testing.assert_close(r.old_logprobs, torch.tensor(r.traj.logprobs), atol=1e-5, rtol=1e-5)
+
+
+def test_k3_is_clamped():
+    from tagpr.algos import k3
+
+    huge = k3(torch.tensor([-60.0]), torch.tensor([0.0]))
+    assert torch.isfinite(huge).all() and float(huge) == pytest.approx(math.exp(10) - 11)
 
 
 def test_plateau_stops_after_patience_steps_without_improvement():
