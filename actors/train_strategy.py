@@ -40,6 +40,9 @@ class TrainStrategy:
                  micro_batch: int, world: int, grad_accum: int = 1, device: torch.device | None = None):
         self.model, self.cfg, self.world, self.grad_accum = model, cfg, world, grad_accum
         self.device = device or training_device()
+        # Ray sizes torch's thread pool from the worker's logical CPUs, which may exceed the cores this
+        # process may run on; more threads than cores only contend
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)))))
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def forward(self, **batch):

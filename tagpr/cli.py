@@ -207,7 +207,7 @@ def _print_prmu(result: dict, console) -> None:
     from rich.table import Table
 
     table = Table(title=f"PRMU pairwise accuracy on held-out users ({result['version']})")
-    for col in ("task", "PRMU", "user-blind (u = 0)"):
+    for col in ("task", "PRMU", "user-blind"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for task in result["prmu"]:
         table.add_row(task, f"{result['prmu'][task]:.3f}", f"{result['user_blind'][task]:.3f}")

@@ -91,6 +91,18 @@ def step_sft(ctx: RunContext) -> dict[str, Any]:
     return train(ctx.cfg, log=ctx.log, run_dir=ctx.run_dir)
 
 
+@STEPS.register("reference")
+def step_reference(ctx: RunContext) -> dict[str, Any]:
+    """The direct-answer reference into ``<run dir>/reference/policy``: ``model.policy`` fine-tuned with
+    SFT's budget on ``<answer>{gold}</answer>`` (no reasoning), evaluated on dev after. It plays the
+    paper's base model, one that can answer, against which the report's headline is measured."""
+    from tagpr.jobs.sft import train_reference
+
+    run_dir = ctx.run_dir / "reference"
+    run_dir.mkdir(exist_ok=True)
+    return train_reference(ctx.cfg, log=ctx.log, run_dir=run_dir)
+
+
 @STEPS.register("rl")
 def step_rl(ctx: RunContext) -> dict[str, Any]:
     """Multi-stage asynchronous GRPO into ``<run dir>/rl`` from this run's SFT policy (else
@@ -110,43 +122,57 @@ def step_rl(ctx: RunContext) -> dict[str, Any]:
 
 @STEPS.register("report")
 def step_report(ctx: RunContext) -> dict[str, Any]:
-    """``report.md``, ``report.json`` and PNGs: base, SFT and RL policies scored on the same dev
-    questions (``run.report_eval_limit`` per task), reward and staleness over steps, tag distribution."""
+    """``report.md``, ``report.json`` and PNGs: the untrained base, the direct-answer reference, SFT and
+    RL policies scored on the same dev questions (all, or ``run.report_eval_limit`` per task drawn
+    across users), the headline against the reference with paired-bootstrap intervals, reward and
+    staleness over steps, tag distribution."""
     from actors.progress import dev_progress
-    from tagpr.evaluation import evaluate_policy
+    from tagpr.evaluation import evaluate_policy, question_ids
     from tagpr.report import build_report, plot_report, read_metrics, render_markdown
 
     cfg = ctx.cfg
     limit = cfg.run.report_eval_limit
-    sft, rl = ctx.results.get("sft", {}), ctx.results.get("rl", {})
-    policies = {"base": sft.get("policy_in") or cfg.model.policy, "sft": sft.get("policy"), "rl": rl.get("policy")}
-    # the SFT and RL steps already scored these policies; reused when on the same questions
-    done = {}
-    if cfg.sft.eval_limit == limit:
-        done.update(base=sft.get("before"), sft=sft.get("after"))
-    if cfg.rl.eval_limit == limit and rl.get("evaluations"):
-        done["rl"] = list(rl["evaluations"].values())[-1]
+    sft, ref, rl = (ctx.results.get(k, {}) for k in ("sft", "reference", "rl"))
+    policies = {"base": sft.get("policy_in") or cfg.model.policy, "reference": ref.get("policy"),
+                "sft": sft.get("policy"), "rl": rl.get("policy")}
+    # earlier steps already scored these policies; reused where they scored the same questions
+    earlier = {"base": sft.get("before"), "reference": ref.get("after"), "sft": sft.get("after"),
+               "rl": list(rl["evaluations"].values())[-1] if rl.get("evaluations") else None}
+    ids = question_ids(cfg, limit)
     evaluations = {}
     for phase, policy in policies.items():
-        if done.get(phase):
-            evaluations[phase] = done[phase]
+        if reusable(earlier[phase], ids):
+            evaluations[phase] = earlier[phase]
         elif policy:
             ctx.log(f"report: scoring the {phase} policy on dev")
             evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit,
                                                  on_task=dev_progress(phase))
-    report = build_report(evaluations)
+    report = build_report(evaluations, seed=cfg.run.seed)
     rl_dir = Path(rl.get("run_dir", ctx.run_dir / "rl"))
     learner, rollout = (read_metrics(rl_dir / "metrics.jsonl", p) for p in ("learner", "rollout"))
     tags = ctx.results.get("chains", {}).get(cfg.data.train_split, {}).get("tag_distribution", {})
     plots = plot_report(report, learner, rollout, tags, ctx.run_dir)
-    n = report["tasks"][0]["n"] if report["tasks"] else 0
-    notes = [f"{n} dev questions per task, greedy decoding; relative improvement is (policy - base) / base, "
-             "sign-flipped for MAE and RMSE; the average is over tasks (the paper's headline figure).",
+    n = {len(v) for v in ids.values()}
+    r = cfg.rollout
+    notes = [f"{'/'.join(map(str, sorted(n)))} dev questions per task"
+             + (f", drawn across all users (seed {cfg.run.seed})" if limit else " (all)")
+             + f"; greedy decoding, and one sample per question at temperature {r.temperature}, top_p {r.top_p} "
+             "for the sampled format validity."
+             + (" The reference is `model.policy` fine-tuned on the gold answers alone with SFT's epochs, "
+                "learning rate schedule and batch size." if "reference" in evaluations else ""),
              "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in ctx.seconds.items()) + "."]
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
     (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")
-    return {"report": str(ctx.run_dir / "report.md"), "summary": report["summary"]}
+    return {"report": str(ctx.run_dir / "report.md"), "headline": report["headline"], "summary": report["summary"]}
+
+
+def reusable(evaluation: dict[str, Any] | None, ids: dict[str, list[str]]) -> bool:
+    """Whether an earlier ``evaluation`` scored exactly the questions ``ids`` (task -> question ids) with
+    per-question scores and the sampled pass, so the report can use it as it is."""
+    if not evaluation or "sampled_format_valid" not in evaluation or list(evaluation["tasks"]) != list(ids):
+        return False
+    return all(set(evaluation["tasks"][t].get("per_question", {})) == set(q) for t, q in ids.items())
 
 
 def with_policy(cfg: TagPRConfig, policy: str | None) -> TagPRConfig:

@@ -1,5 +1,8 @@
-"""The run report: per task, the official LaMP metric of the base, SFT and RL policies on dev, and
-the average relative improvement over base (the paper's headline figure); plus its plots.
+"""The run report: per task, the official LaMP metric of the untrained base, the direct-answer
+reference, the SFT and the RL policies on the same dev questions; the headline figure, RL's
+average relative improvement over the reference (the paper compares against a base model that
+can answer, which the untrained base here cannot); paired-bootstrap intervals of RL against SFT
+and against the reference; and plots.
 
 Inputs are plain dicts (evaluations from :func:`tagpr.evaluation.evaluate_policy`, the RL run's
 ``metrics.jsonl`` lines, the chains' tag counts), so the report is built and tested without Ray.
@@ -8,12 +11,20 @@ Inputs are plain dicts (evaluations from :func:`tagpr.evaluation.evaluate_policy
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tagpr.evaluation import primary_score
 from tagpr.lamp.tasks import get_task
+from tagpr.stats import LEVEL, RESAMPLES, paired_bootstrap, stratified_paired_bootstrap
 
-PHASES = ("base", "sft", "rl")
+PHASES = ("base", "reference", "sft", "rl")
+REFERENCE = "reference"
+RELATIVE = ("sft", "rl")  # phases whose relative improvement over the reference is reported
+COMPARISONS = (("rl", "sft"), ("rl", "reference"))  # (policy, against): paired intervals of policy - against
+HEADLINE = "RL vs direct-answer reference"
+PRIMARY_LABEL = "primary score (accuracy; LaMP_3: 1 - MAE/4; ROUGE-1)"
 
 
 def relative_improvement(value: float, base: float, higher_is_better: bool) -> float | None:
@@ -24,62 +35,124 @@ def relative_improvement(value: float, base: float, higher_is_better: bool) -> f
     return gain if higher_is_better else -gain
 
 
-def build_report(evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``evaluations`` maps phases (base, sft, rl; any subset, base first) to evaluations on the same
-    dev questions. Per task the primary metric per phase and each phase's relative improvement over
-    base; the average of those over tasks; and the dev task score, format validity and tag score."""
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def build_report(evaluations: dict[str, dict[str, Any]], resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """``evaluations`` maps phases (any of base, reference, sft, rl) to evaluations of the same dev
+    questions. Per task each phase's official primary metric and primary score (0-1) and the
+    relative improvement of SFT and RL over the reference; their averages over tasks (RL's is the
+    headline); paired-bootstrap intervals per task and for the dev task score (where both phases
+    kept per-question scores); and per phase the dev task score and format validity."""
     phases = [p for p in PHASES if p in evaluations]
-    if "base" not in phases:
-        raise ValueError("the report compares against the base policy: its evaluation is missing")
-    tasks = list(evaluations["base"]["tasks"])
-    rows, improvements = [], {p: [] for p in phases if p != "base"}
+    if not phases:
+        raise ValueError(f"no evaluations to report; expected some of {PHASES}")
+    tasks = list(evaluations[phases[0]]["tasks"])
+    for p in phases:
+        if list(evaluations[p]["tasks"]) != tasks:
+            raise ValueError(f"{p} was scored on tasks {list(evaluations[p]['tasks'])}, {phases[0]} on {tasks}")
+    has_ref = REFERENCE in phases
+    rel_phases = [p for p in RELATIVE if p in phases and has_ref]
+    rows = []
     for name in tasks:
         task = get_task(name)
-        metric = task.primary_metric
-        values = {p: evaluations[p]["tasks"][name][metric] for p in phases}
-        gains = {p: relative_improvement(values[p], values["base"], task.higher_is_better) for p in improvements}
-        for p, g in gains.items():
-            if g is not None:
-                improvements[p].append(g)
-        rows.append({"task": name, "metric": metric, "higher_is_better": task.higher_is_better,
-                     "n": evaluations["base"]["tasks"][name]["n"], **values,
-                     **{f"{p}_rel": g for p, g in gains.items()}})
+        scored = {p: evaluations[p]["tasks"][name] for p in phases}
+        values = {p: s[task.primary_metric] for p, s in scored.items()}
+        rows.append({"task": name, "metric": task.primary_metric, "higher_is_better": task.higher_is_better,
+                     "n": scored[phases[0]]["n"], "values": values,
+                     "scores": {p: primary_score(s) for p, s in scored.items()},
+                     "relative": {p: relative_improvement(values[p], values[REFERENCE], task.higher_is_better)
+                                  for p in rel_phases}})
+    relative = {}
+    for p in rel_phases:
+        gains = [r["relative"][p] for r in rows if r["relative"][p] is not None]
+        relative[p] = {"average": _mean(gains), "tasks": len(gains)}  # tasks where the reference scored above 0
+    headline = ({"label": HEADLINE, "average": relative["rl"]["average"], "tasks": relative["rl"]["tasks"],
+                 "of": len(tasks)} if "rl" in relative else None)
     summary = {p: {"task_score": evaluations[p]["task_score"], "format_valid": evaluations[p]["format_valid"],
+                   "sampled_format_valid": evaluations[p].get("sampled_format_valid"),
                    "tag_score": evaluations[p]["tag_score"]} for p in phases}
-    for p, gains in improvements.items():
-        summary[p]["avg_relative_improvement"] = sum(gains) / len(gains) if gains else None
-        summary[p]["relative_improvement_tasks"] = len(gains)  # tasks where base scored above 0
-    return {"phases": phases, "tasks": rows, "summary": summary}
+    return {"phases": phases, "tasks": rows, "headline": headline, "relative": relative,
+            "comparisons": _comparisons(evaluations, phases, tasks, resamples, seed), "summary": summary,
+            "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL}}
 
 
-def _fmt(value: float | None, pct: bool = False) -> str:
+def _comparisons(evaluations: dict[str, dict[str, Any]], phases: list[str], tasks: list[str], resamples: int,
+                 seed: int) -> dict[str, Any]:
+    """``{policy}_vs_{against}``: per task and for the dev task score, the paired-bootstrap interval of
+    policy minus against in primary score, for each pair whose both evaluations kept per-question scores."""
+    out = {}
+    for a, b in COMPARISONS:
+        if a not in phases or b not in phases:
+            continue
+        per_q = {p: {t: evaluations[p]["tasks"][t].get("per_question") for t in tasks} for p in (a, b)}
+        if not all(per_q[p][t] for p in (a, b) for t in tasks):
+            continue
+        out[f"{a}_vs_{b}"] = {
+            "policy": a, "against": b,
+            "tasks": {t: asdict(paired_bootstrap(per_q[a][t], per_q[b][t], resamples, seed)) for t in tasks},
+            "task_score": asdict(stratified_paired_bootstrap(per_q[a], per_q[b], resamples, seed))}
+    return out
+
+
+def _fmt(value: float | None, pct: bool = False, sign: bool = False) -> str:
     if value is None:
         return "n/a"
-    return f"{value + 0.0:+.1%}" if pct else f"{value:.3f}"  # + 0.0: no "-0.0%"
+    if pct:
+        return f"{value + 0.0:+.1%}"  # + 0.0: no "-0.0%"
+    return f"{value + 0.0:+.3f}" if sign else f"{value:.3f}"
+
+
+def _interval(i: dict[str, Any]) -> str:
+    return f"{_fmt(i['estimate'], sign=True)} [{_fmt(i['low'], sign=True)}, {_fmt(i['high'], sign=True)}]"
 
 
 def render_markdown(report: dict[str, Any], title: str, notes: list[str] | None = None,
                     plots: list[str] | None = None) -> str:
-    phases = report["phases"]
-    rel = [p for p in phases if p != "base"]
-    head = ["task", "metric", *phases, *(f"{p} vs base" for p in rel)]
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["tasks"]:
+    phases, rows, s = report["phases"], report["tasks"], report["summary"]
+    relative, head = report["relative"], report["headline"]
+    lines = [f"# {title}", ""]
+    if head is None:
+        lines.append("No headline figure: it compares RL with the direct-answer reference, and this run has "
+                     f"{'no RL policy' if 'rl' not in phases else 'no reference (add the `reference` step)'}.")
+    else:
+        lines.append(f"**{head['label']}: average relative improvement {_fmt(head['average'], pct=True)}** over "
+                     f"{head['tasks']} of {head['of']} tasks (the paper's headline figure: per task (RL - "
+                     "reference) / reference on the official metric, sign-flipped for MAE, averaged over tasks).")
+    cols = ["task", "metric", "n", *phases, *(f"{p} vs reference" for p in relative)]
+    lines += ["", "## Official metrics on dev", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
         arrow = "" if r["higher_is_better"] else " (lower is better)"
-        cells = [r["task"], r["metric"] + arrow, *(_fmt(r[p]) for p in phases),
-                 *(_fmt(r.get(f"{p}_rel"), pct=True) for p in rel)]
+        cells = [r["task"], r["metric"] + arrow, str(r["n"]), *(_fmt(r["values"][p]) for p in phases),
+                 *(_fmt(r["relative"][p], pct=True) for p in relative)]
         lines.append("| " + " | ".join(cells) + " |")
-    s = report["summary"]
-    covered = {p: s[p]["relative_improvement_tasks"] for p in rel}
-    lines.append("| **average relative improvement over base** | | " + " | ".join("" for _ in phases) + " | "
-                 + " | ".join(f"**{_fmt(s[p]['avg_relative_improvement'], pct=True)}** ({covered[p]} of "
-                              f"{len(report['tasks'])} tasks)" for p in rel) + " |")
-    lines += ["", "| | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
-    for key, label in (("task_score", "dev task score"), ("format_valid", "format valid"), ("tag_score", "tag score")):
+    if relative:
+        lines.append("| **average relative improvement over the reference** | | |" + " |" * len(phases) + " "
+                     + " | ".join(f"**{_fmt(v['average'], pct=True)}** ({v['tasks']} of {len(rows)} tasks)"
+                                  for v in relative.values()) + " |")
+        if any(v["tasks"] < len(rows) for v in relative.values()):
+            lines += ["", "Relative improvement is undefined where the reference scores 0 (n/a); the average covers "
+                          "the other tasks only, so compare the dev task scores and the intervals below."]
+    comps = report["comparisons"]
+    if comps:
+        b = report["bootstrap"]
+        labels = [f"{c['policy']} - {c['against']}" for c in comps.values()]
+        lines += ["", "## Paired differences", "",
+                  f"Difference in {PRIMARY_LABEL} on the same questions: mean [{b['level']:.0%} paired-bootstrap "
+                  f"interval], {b['resamples']} resamples of the questions (within each task for the dev task "
+                  "score); n is the questions per task.", "",
+                  "| task | n | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+        for r in rows:
+            lines.append(f"| {r['task']} | {r['n']} | "
+                         + " | ".join(_interval(c["tasks"][r["task"]]) for c in comps.values()) + " |")
+        first = next(iter(comps.values()))["task_score"]
+        lines.append(f"| **dev task score** | {first['n']} per task | "
+                     + " | ".join(f"**{_interval(c['task_score'])}**" for c in comps.values()) + " |")
+    lines += ["", "## Per policy", "", "| | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
+    for key, label in (("task_score", "dev task score"), ("format_valid", "format valid (greedy)"),
+                       ("sampled_format_valid", "format valid (sampled)"), ("tag_score", "tag score")):
         lines.append(f"| {label} | " + " | ".join(_fmt(s[p][key]) for p in phases) + " |")
-    if any(covered[p] < len(report["tasks"]) for p in rel):
-        lines += ["", "Relative improvement is undefined where the base policy scores 0 (n/a); the average "
-                      "covers the other tasks only, so compare the dev task scores above."]
     for note in notes or []:
         lines += ["", note]
     for plot in plots or []:
@@ -92,6 +165,59 @@ def read_metrics(path: Path, prefix: str) -> list[dict[str, Any]]:
         return []
     rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
     return [r for r in rows if r.get("prefix") == prefix]
+
+
+def plot_dev(report: dict[str, Any], path: Path) -> None:
+    """One figure: each policy's primary score per task on one 0-1 scale; RL minus SFT and minus the
+    reference with their intervals as error bars; greedy and sampled format validity per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases, rows, comps = report["phases"], report["tasks"], report["comparisons"]
+    names = [r["task"] + ("\n1-MAE/4" if r["metric"] == "mae" else "") for r in rows] + ["task\nscore"]
+    fig = plt.figure(figsize=(11, 7.5))
+    grid = fig.add_gridspec(2, 3)
+    ax = fig.add_subplot(grid[0, :])
+    width = 0.8 / len(phases)
+    for i, p in enumerate(phases):
+        values = [r["scores"][p] for r in rows] + [report["summary"][p]["task_score"]]
+        ax.bar([j + (i - (len(phases) - 1) / 2) * width for j in range(len(names))], values, width, label=p)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set(ylim=(0, 1.05), ylabel="primary score",
+           title=f"dev {PRIMARY_LABEL}, n = {rows[0]['n'] if rows else 0} questions per task")
+    ax.axvline(len(rows) - 0.5, color="grey", lw=0.5)
+    ax.legend(fontsize=8, ncol=len(phases))
+
+    ax = fig.add_subplot(grid[1, :2])
+    offset = 0.3 / max(len(comps), 1)
+    for k, c in enumerate(comps.values()):
+        cells = [c["tasks"][r["task"]] for r in rows] + [c["task_score"]]
+        x = [j + (k - (len(comps) - 1) / 2) * offset for j in range(len(names))]
+        est = [i["estimate"] for i in cells]
+        err = [[i["estimate"] - i["low"] for i in cells], [i["high"] - i["estimate"] for i in cells]]
+        ax.errorbar(x, est, yerr=err, fmt="o", capsize=3, label=f"{c['policy']} - {c['against']}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axvline(len(rows) - 0.5, color="grey", lw=0.5)
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    level, n = report["bootstrap"]["level"], rows[0]["n"] if rows else 0
+    ax.set(ylabel="difference in primary score", title=f"paired difference, {level:.0%} bootstrap interval, "
+           f"n = {n} per task" + ("" if comps else " (no pair to compare)"))
+    if comps:
+        ax.legend(fontsize=8)
+
+    ax = fig.add_subplot(grid[1, 2])
+    for i, (key, label) in enumerate((("format_valid", "greedy"), ("sampled_format_valid", "sampled"))):
+        values = [report["summary"][p][key] for p in phases]
+        ax.bar([j + (i - 0.5) * 0.4 for j in range(len(phases))], [v or 0.0 for v in values], 0.4, label=label)
+    ax.set_xticks(range(len(phases)), phases, fontsize=8)
+    ax.set(ylim=(0, 1.25), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0], title="format valid")
+    ax.legend(fontsize=8, ncol=2, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_report(report: dict[str, Any], learner: list[dict], rollout: list[dict], tag_counts: dict[str, int],
@@ -119,16 +245,8 @@ def plot_report(report: dict[str, Any], learner: list[dict], rollout: list[dict]
     ax.legend(fontsize=7, ncol=3)
     save(fig, "rewards.png")
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(report["phases"])
-    rows = report["tasks"]
-    for i, phase in enumerate(report["phases"]):
-        ax.bar([j + i * width for j in range(len(rows))], [r[phase] for r in rows], width, label=phase)
-    ax.set_xticks([j + width * (len(report["phases"]) - 1) / 2 for j in range(len(rows))],
-                  [f"{r['task']}\n{r['metric']}" for r in rows], fontsize=7)
-    ax.set(title="dev metric per task (MAE/RMSE: lower is better)")
-    ax.legend(fontsize=8)
-    save(fig, "dev_metrics.png")
+    plot_dev(report, out_dir / "dev_metrics.png")
+    names.append("dev_metrics.png")
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     tags = sorted(tag_counts, key=tag_counts.get, reverse=True)

@@ -149,7 +149,8 @@ class LocalRewardClient:
             if weights.get("prmu") and self.cfg.prmu.checkpoint:
                 from tagpr.prmu.scorer import PRMUScorer
 
-                prmu = PRMUScorer.load(self.cfg.prmu.checkpoint, allow_hub=self.cfg.model.allow_hub)
+                prmu = PRMUScorer.load(self.cfg.prmu.checkpoint, allow_hub=self.cfg.model.allow_hub,
+                                       score_with_user_id=self.cfg.prmu.score_with_user_id)
             self._stages[stage] = CompositeReward.for_stage(self.cfg, stage, prmu)
         return self._stages[stage]
 

@@ -1,4 +1,4 @@
-"""PRMU jobs: train on Ray Train, evaluate against the user-blind ablation.
+"""PRMU jobs: train the PRMU and its user-blind baseline on Ray Train, compare them on held-out users.
 
     python -m tagpr.jobs.prmu train [--config C] [--set k=v] [--out DIR]
     python -m tagpr.jobs.prmu eval --checkpoint DIR [--config C] [--split dev]
@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
+from tagpr.errors import TagPRError
 from tagpr.prmu import checkpoint
 from tagpr.prmu.encoder import SentenceEncoder
+from tagpr.prmu.model import PRMUNet
 from tagpr.prmu.pairs import pairs_for_tasks
 from tagpr.prmu.train import PairData, evaluate
 
@@ -27,8 +29,9 @@ def _encoder(cfg: TagPRConfig) -> SentenceEncoder:
 
 def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
           run_dir: Path | None = None) -> dict:
-    """Train a PRMU on the train split, evaluate it on held-out dev users, write the checkpoint
-    (default ``<run dir>/prmu``; a new run directory unless one is given)."""
+    """Train a PRMU and the user-blind baseline on the train split, evaluate both on held-out dev
+    users, write the checkpoint (default ``<run dir>/prmu``, the baseline in its ``user_blind/``;
+    a new run directory unless one is given)."""
     from actors.cluster import connect
     from actors.prmu_trainer import train_on_ray
 
@@ -45,15 +48,17 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     backbone = p.backbone or cfg.model.policy
     net = checkpoint.build_net(p, encoder.dim, len(user_index), backbone, cfg.model.allow_hub)
     data = PairData.build(net, train_pairs, encoder, user_index)
-    log(f"prmu: {len(train_pairs)} train pairs ({len(users)} users), {len(dev_pairs)} dev pairs "
-        f"({len(dev_users)} held-out users), features in {time.perf_counter() - start:.0f}s")
+    blind_data = PairData.build(net, [pair.without_user() for pair in train_pairs], encoder, {})
+    hard = sum(pair.hard for pair in train_pairs)
+    log(f"prmu: {len(train_pairs)} train pairs ({hard} hard negatives, {len(users)} users), {len(dev_pairs)} dev "
+        f"pairs ({len(dev_users)} held-out users), features in {time.perf_counter() - start:.0f}s")
     connect(cfg.cluster)
-    ckpt = train_on_ray(p, data, encoder.dim, user_index, p.encoder, run_dir / "ray_train", backbone)
+    ckpt = train_on_ray(p, data, blind_data, encoder.dim, user_index, p.encoder, run_dir / "ray_train", backbone)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(ckpt, out)
     trained, meta, _ = checkpoint.load(out)
-    scores = evaluate(trained, dev_pairs, encoder, user_index)
+    scores = evaluate(trained, _load_blind(out), dev_pairs, encoder, user_index)
     meta["metrics"]["dev_pairwise_accuracy"] = scores
     (out / checkpoint.META).write_text(json.dumps(meta, indent=1))
     result = {"checkpoint": str(out), "version": meta["version"], "train_pairs": len(train_pairs),
@@ -62,14 +67,22 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     return result
 
 
+def _load_blind(path: str | Path) -> PRMUNet:
+    folder = Path(path) / checkpoint.BLIND
+    if not folder.is_dir():
+        raise TagPRError(f"{path} holds no user-blind baseline ({checkpoint.BLIND}/): retrain with `tagpr prmu train`")
+    return checkpoint.load(folder)[0]
+
+
 def eval_checkpoint(cfg: TagPRConfig, path: str | Path, split: str | None = None) -> dict:
     net, meta, user_index = checkpoint.load(path)
+    blind = _load_blind(path)
     encoder = SentenceEncoder(meta["encoder"], meta["config"]["max_length"], allow_hub=cfg.model.allow_hub)
     d = cfg.data
     pairs, _ = pairs_for_tasks(d.root, d.tasks, split or d.dev_split, encoder,
                                cfg.prmu.negatives_per_question, d.skip_invalid)
     return {"checkpoint": str(path), "version": meta["version"], "pairs": len(pairs),
-            **evaluate(net, pairs, encoder, user_index)}
+            **evaluate(net, blind, pairs, encoder, user_index)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,8 @@
 """SFT job: tagged chains -> Ray Train -> an HF policy folder, evaluated before and after on dev.
 
+Also the direct-answer reference (:func:`train_reference`): the same start, prompt and budget,
+trained on ``<answer>{gold}</answer>`` alone, the report's stand-in for the paper's base model.
+
     python -m tagpr.jobs.sft [--config C] [--set k=v] [--out DIR]      (also `tagpr sft`)
 """
 
@@ -9,56 +12,91 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
+
+Records = Callable[[str], list[dict[str, Any]]]  # split -> SFT records: {task, input, profile, response}
 
 
 def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
           run_dir: Path | None = None, evaluate: bool = True) -> dict:
+    """SFT on the tagged chains in ``chains.out``, scored on dev before and after."""
+    from tagpr.sft.data import read_chains
+
+    chains = Path(cfg.chains.out)
+    return _fit(cfg, lambda split: read_chains(chains / f"{split}.jsonl"), "sft", out, log, run_dir,
+                ("before", "after") if evaluate else ())
+
+
+def train_reference(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
+                    run_dir: Path | None = None, evaluate: bool = True) -> dict:
+    """The direct-answer reference: ``model.policy`` fine-tuned with ``sft``'s budget on each question's
+    gold as ``<answer>{gold}</answer>``, scored on dev after (before is the untrained base, which
+    SFT already scores). ``sft.resume_from`` belongs to SFT and is not used."""
+    cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"resume_from": None})})
+    return _fit(cfg, lambda split: direct_answer_records(cfg, split), "reference", out, log, run_dir,
+                ("after",) if evaluate else ())
+
+
+def direct_answer_records(cfg: TagPRConfig, split: str) -> list[dict[str, Any]]:
+    """SFT records of ``split`` whose response is only the gold in the answer tag, no reasoning."""
+    from tagpr.lamp.io import load_split
+    from tagpr.tags import TagSet
+
+    tags = TagSet(cfg.tags)
+    records = []
+    for task in cfg.data.tasks:
+        s = load_split(cfg.data.root, task, split, cfg.data.skip_invalid)
+        records += [{"task": task, "input": q.input, "profile": q.profile,
+                     "response": tags.render((), s.golds[q.id])} for q in s.questions]
+    return records
+
+
+def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, log: Callable[[str], None],
+         run_dir: Path | None, evaluations: Sequence[str]) -> dict:
+    """Fine-tune ``model.policy`` on ``records`` (Ray Train, ``sft``'s settings) into ``out`` (default
+    ``<run dir>/policy``); ``evaluations`` names the dev scores to add: "before" and/or "after"."""
     from transformers import AutoTokenizer
 
     from actors.checkpoints import export_hf
     from actors.cluster import connect
+    from actors.progress import dev_progress
     from actors.sft_trainer import train_on_ray
     from tagpr.errors import TagPRError
+    from tagpr.evaluation import evaluate_policy
     from tagpr.models import resolve_model_path
-    from tagpr.sft.data import pack, read_chains, tokenize_chains
+    from tagpr.sft.data import pack, tokenize_chains
     from tagpr.tags import TagSet
 
     if cfg.sft.resume_from and not (Path(cfg.sft.resume_from) / "trainer_state.json").is_file():
         raise TagPRError(f"sft.resume_from: {cfg.sft.resume_from} is not an SFT epoch checkpoint folder "
                          "(no trainer_state.json); use a <run dir>/ray_train/sft/checkpoint_* folder")
     start = time.perf_counter()
-    run_dir = run_dir or new_run_dir(cfg, "sft")
+    run_dir = run_dir or new_run_dir(cfg, name)
     out = Path(out) if out else run_dir / "policy"
     policy = resolve_model_path(cfg.model.policy, cfg.model.allow_hub)
     tokenizer = AutoTokenizer.from_pretrained(policy, local_files_only=not cfg.model.allow_hub)
     tags, s = TagSet(cfg.tags), cfg.sft
-    chains = Path(cfg.chains.out)
     data = {}
     for split in (cfg.data.train_split, cfg.data.dev_split):
-        d = tokenize_chains(read_chains(chains / f"{split}.jsonl"), tokenizer, tags, cfg.data.prompt_profile_items,
-                            s.max_length)
+        d = tokenize_chains(records(split), tokenizer, tags, cfg.data.prompt_profile_items, s.max_length)
         data[split] = pack(d, s.max_length) if s.packing and split == cfg.data.train_split else d
-        log(f"sft: {split}: {len(d)} chains ({d.skipped_too_long} longer than {s.max_length} tokens skipped)")
+        log(f"{name}: {split}: {len(d)} examples ({d.skipped_too_long} longer than {s.max_length} tokens skipped)")
     result: dict = {"policy_in": policy}
-    if evaluate:
-        from actors.progress import dev_progress
-        from tagpr.evaluation import evaluate_policy
-
-        result["before"] = evaluate_policy(policy, cfg, limit=s.eval_limit, on_task=dev_progress("before SFT"))
+    if "before" in evaluations:
+        result["before"] = evaluate_policy(policy, cfg, limit=s.eval_limit, on_task=dev_progress(f"before {name}"))
     connect(cfg.cluster)
     ckpt = train_on_ray(s, data[cfg.data.train_split], data[cfg.data.dev_split], policy, run_dir / "ray_train",
                         cfg.run.seed)
     export_hf(ckpt, out)
     result["policy"] = str(out)
     result["history"] = json.loads((ckpt / "trainer_state.json").read_text())
-    if evaluate:
+    if "after" in evaluations:
         result["after"] = evaluate_policy(str(out.resolve()), cfg, limit=s.eval_limit,
-                                          on_task=dev_progress("after SFT"))
+                                          on_task=dev_progress(f"after {name}"))
     result["seconds"] = round(time.perf_counter() - start, 1)
-    (run_dir / "sft_eval.json").write_text(json.dumps(result, indent=1))
+    (run_dir / f"{name}_eval.json").write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -2,10 +2,13 @@
 
 Layout of a checkpoint folder::
 
-    prmu.json           format, version string, variant, encoder, sizes, training config, metrics
+    prmu.json           format, version string, variant, encoder, sizes, training config, metrics,
+                        ``user_blind``, and ``score_stats`` (mean and std of the raw score on the
+                        training pairs, for mapping raw scores to [0, 1] in the reward)
     users.json          user id -> row of the learned user table (users seen in training)
     model.safetensors   the network's weights (the frozen sentence encoder is referenced, not copied)
     backbone/           causal_lm variant only: the backbone's HF config and tokenizer
+    user_blind/         the separately trained user-blind baseline, a checkpoint folder of its own
 
 The version string (``prmu-<UTC time>-<first 8 hex of the weights' sha256>``) is what the reward
 service reports, so a client can tell which model scored it.
@@ -30,12 +33,13 @@ FORMAT = 1
 META = "prmu.json"
 USERS = "users.json"
 WEIGHTS = "model.safetensors"
+BLIND = "user_blind"
 
 
 def build_net(cfg: PRMUConfig, dim: int, num_users: int, backbone_path: str | None = None,
-              allow_hub: bool = False) -> PRMUNet:
+              allow_hub: bool = False, user_blind: bool = False) -> PRMUNet:
     cls = VARIANTS.get(cfg.variant)
-    users = num_users if cfg.user_id_embedding else 0
+    users = num_users if cfg.user_id_embedding and not user_blind else 0
     if cfg.variant == "causal_lm":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,12 +48,13 @@ def build_net(cfg: PRMUConfig, dim: int, num_users: int, backbone_path: str | No
         path = resolve_model_path(backbone_path, allow_hub)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=not allow_hub)
         backbone = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=not allow_hub)
-        return cls(dim, cfg.hidden_size, users, backbone, tokenizer, cfg.prefix_tokens, cfg.max_length)
-    return cls(dim, cfg.hidden_size, users)
+        return cls(dim, cfg.hidden_size, users, backbone, tokenizer, cfg.prefix_tokens, cfg.max_length,
+                   user_blind=user_blind)
+    return cls(dim, cfg.hidden_size, users, user_blind=user_blind)
 
 
 def save(net: PRMUNet, out_dir: str | Path, cfg: PRMUConfig, encoder: str, dim: int, user_index: dict[str, int],
-         metrics: dict[str, Any] | None = None) -> str:
+         metrics: dict[str, Any] | None = None, score_stats: dict[str, float] | None = None) -> str:
     """Write a checkpoint folder; returns its version string."""
     from safetensors.torch import save_file
 
@@ -67,8 +72,10 @@ def save(net: PRMUNet, out_dir: str | Path, cfg: PRMUConfig, encoder: str, dim: 
     meta = {
         "format": FORMAT, "version": version, "created": now.isoformat(), "variant": net.variant,
         "encoder": encoder, "dim": dim, "num_users": len(user_index), "config": cfg.model_dump(mode="json"),
-        "metrics": metrics or {},
+        "user_blind": net.user_blind, "metrics": metrics or {},
     }
+    if score_stats is not None:
+        meta["score_stats"] = score_stats
     (out / META).write_text(json.dumps(meta, indent=1))
     return version
 
@@ -92,6 +99,7 @@ def load(path: str | Path) -> tuple[PRMUNet, dict[str, Any], dict[str, int]]:
     meta = load_meta(ckpt)
     cfg = PRMUConfig.model_validate(meta["config"])
     user_index = json.loads((ckpt / USERS).read_text())
+    blind = bool(meta.get("user_blind", False))
     if meta["variant"] == "causal_lm":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -101,8 +109,8 @@ def load(path: str | Path) -> tuple[PRMUNet, dict[str, Any], dict[str, int]]:
         backbone = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ckpt / "backbone"))
         users = meta["num_users"] if cfg.user_id_embedding else 0
         net: PRMUNet = CausalPRMU(meta["dim"], cfg.hidden_size, users, backbone, tokenizer, cfg.prefix_tokens,
-                                  cfg.max_length)
+                                  cfg.max_length, user_blind=blind)
     else:
-        net = build_net(cfg, meta["dim"], meta["num_users"])
+        net = build_net(cfg, meta["dim"], meta["num_users"], user_blind=blind)
     net.load_state_dict(load_file(ckpt / WEIGHTS), strict=True)
     return net.eval(), meta, user_index

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -19,6 +19,11 @@ class PRMUExample:
     input: str
     answer: str  # written like a profile label (LampTask.output_text)
     user_id: str | None = None
+
+
+def without_user(example: PRMUExample) -> PRMUExample:
+    """The example with its profile and user id removed: all that the user-blind baseline may see."""
+    return replace(example, profile=(), user_id=None)
 
 
 def answer_text(task: LampTask, input_text: str, answer: str) -> str:

@@ -12,6 +12,12 @@ history-pooled vector alone; training drops the id at random so that path is lea
   memorizes training users through ``h``.
 - ``causal_lm`` (large scale): a causal LM backbone reads ``k`` soft prefix tokens projected
   from ``u`` followed by the input and answer tokens; a value head on the last token scores it.
+
+``user_blind=True`` builds the ablation the PRMU is measured against: the same network without
+its user path (no pooling, no id table, no match features; zeros stand in for ``u`` and ``m``),
+whose ``featurize`` drops the profile and user id, so it is trained and tested on (input, answer)
+alone. Zeroing a trained PRMU's user vector at test time would instead measure a network that
+never learned to work without it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 from torch import nn
 
 from tagpr.prmu.encoder import SentenceEncoder
-from tagpr.prmu.features import PRMUBatch, PRMUExample, embed_examples
+from tagpr.prmu.features import PRMUBatch, PRMUExample, embed_examples, without_user
 from tagpr.registry import Registry
 
 
@@ -50,12 +56,25 @@ class UserPooling(nn.Module):
 
 
 class PRMUNet(nn.Module):
-    """Common interface: ``featurize`` examples once, then ``forward(features, zero_user)``."""
+    """Common interface: ``featurize`` examples once, then ``forward(features)``."""
 
     variant: str
+    user_blind: bool = False
+    user: UserPooling | None
+    hidden: int
 
     def featurize(self, examples: Sequence[PRMUExample], encoder: SentenceEncoder, user_index: dict[str, int]) -> Any:
         raise NotImplementedError
+
+    def visible(self, examples: Sequence[PRMUExample], user_index: dict[str, int]
+                ) -> tuple[Sequence[PRMUExample], dict[str, int]]:
+        """What this network may read of the examples: everything, or (input, answer) when user-blind."""
+        if self.user_blind:
+            return [without_user(e) for e in examples], {}
+        return examples, user_index
+
+    def user_vector(self, b: PRMUBatch) -> torch.Tensor:
+        return torch.zeros(b.query.shape[0], self.hidden) if self.user is None else self.user(b)
 
 
 @dataclass
@@ -89,21 +108,21 @@ def match_features(b: PRMUBatch, temperature: float = 0.1) -> torch.Tensor:
 class EncoderPRMU(PRMUNet):
     variant = "encoder"
 
-    def __init__(self, dim: int, hidden: int, num_users: int):
+    def __init__(self, dim: int, hidden: int, num_users: int, user_blind: bool = False):
         super().__init__()
-        self.user = UserPooling(dim, hidden, num_users)
+        self.user_blind, self.hidden = user_blind, hidden
+        self.user = None if user_blind else UserPooling(dim, hidden, num_users)
         self.response = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.head = nn.Sequential(nn.Linear(3 * hidden + 3, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def featurize(self, examples, encoder, user_index):
+        examples, user_index = self.visible(examples, user_index)
         return EncoderFeatures(embed_examples(examples, encoder, user_index))
 
-    def forward(self, f: EncoderFeatures, zero_user: bool = False) -> torch.Tensor:
-        """Scores; ``zero_user`` removes everything user-derived (u and the match features)."""
+    def forward(self, f: EncoderFeatures) -> torch.Tensor:
         b = f.batch
-        u, m = self.user(b), match_features(b)
-        if zero_user:
-            u, m = torch.zeros_like(u), torch.zeros_like(m)
+        u = self.user_vector(b)
+        m = torch.zeros(u.shape[0], 3) if self.user_blind else match_features(b)
         h = self.response(torch.cat([b.query, b.answer], dim=-1))
         return self.head(torch.cat([u, h, u * h, m], dim=-1)).squeeze(-1)
 
@@ -128,26 +147,26 @@ class CausalPRMU(PRMUNet):
     variant = "causal_lm"
 
     def __init__(self, dim: int, hidden: int, num_users: int, backbone: nn.Module, tokenizer: Any,
-                 prefix_tokens: int, max_length: int = 256):
+                 prefix_tokens: int, max_length: int = 256, user_blind: bool = False):
         super().__init__()
         self.backbone, self.tokenizer = backbone, tokenizer
         width = backbone.config.hidden_size
-        self.user = UserPooling(dim, hidden, num_users)
+        self.user_blind, self.hidden = user_blind, hidden
+        self.user = None if user_blind else UserPooling(dim, hidden, num_users)
         self.prefix = nn.Linear(hidden, prefix_tokens * width)
         self.value = nn.Linear(width, 1)
         self.k, self.width, self.max_length = prefix_tokens, width, max_length
 
     def featurize(self, examples, encoder, user_index):
+        examples, user_index = self.visible(examples, user_index)
         texts = [f"{e.input}\n{e.answer}" for e in examples]
         self.tokenizer.padding_side = "right"
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
                              add_special_tokens=False)
         return CausalFeatures(embed_examples(examples, encoder, user_index), tok["input_ids"], tok["attention_mask"])
 
-    def forward(self, f: CausalFeatures, zero_user: bool = False) -> torch.Tensor:
-        u = self.user(f.batch)
-        if zero_user:
-            u = torch.zeros_like(u)
+    def forward(self, f: CausalFeatures) -> torch.Tensor:
+        u = self.user_vector(f.batch)
         n = u.shape[0]
         prefix = self.prefix(u).view(n, self.k, self.width)
         tokens = self.backbone.get_input_embeddings()(f.input_ids)

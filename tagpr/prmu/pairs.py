@@ -1,9 +1,20 @@
-"""Preference pairs for Bradley-Terry training.
+"""Preference pairs for Bradley-Terry training and held-out evaluation.
 
-From LaMP-format data: chosen = the user's gold; rejected = the gold another user gave for the
-most similar input (nearest inputs by embedding, distinct answers). That negative is a plausible
-answer to the same question for *someone*, so only the user's profile separates the two. From
-policy samples: within a prompt's group, the high-reward sample over the low-reward one.
+Chosen = the user's gold. Rejected = a *hard negative* where one exists: an answer that is right
+for someone else given the same input, so (input, answer) alone cannot separate the pair and
+only the user's profile can:
+
+- tasks with a candidate set (LaMP-1's two references, LaMP-2's tags): the other candidates of
+  this input, the ones other users chose for the most similar inputs first. LaMP-2 inputs of the
+  synthetic data name three tags in the description (``MovieTagging.candidates``); real LaMP-2
+  inputs name no subset, so there the candidates are the whole label set.
+- LaMP-3 ratings: gold +-1, then +-2, within 1..5.
+- generation tasks (LaMP-4..7): the same content in another user's style, i.e. another user's
+  gold for the same input (input embeddings at cosine >= ``SAME_INPUT``).
+
+Where no hard negative exists (a generation input nobody else was asked) the rejected answers
+are other users' golds for the most similar inputs (nearest by embedding, distinct answers).
+Chosen and rejected always share the user's profile and input.
 """
 
 from __future__ import annotations
@@ -14,50 +25,86 @@ from typing import Sequence
 import torch
 
 from tagpr.lamp.io import LampSplit
+from tagpr.lamp.synthetic import MovieTagging
+from tagpr.lamp.tasks import LampTask, parse_rating
 from tagpr.prmu.encoder import SentenceEncoder
-from tagpr.prmu.features import PRMUExample, make_example
+from tagpr.prmu.features import PRMUExample, make_example, without_user
+
+SAME_INPUT = 0.99  # input-embedding cosine from which two inputs count as the same (near-identical text)
 
 
 @dataclass(frozen=True)
 class Pair:
     chosen: PRMUExample
     rejected: PRMUExample
+    hard: bool = False  # the rejected answer fits the same input (see the module docstring)
 
     @property
     def task(self) -> str:
         return self.chosen.task
 
+    def without_user(self) -> Pair:
+        """The pair as the user-blind baseline sees it: no profile, no user id."""
+        return Pair(without_user(self.chosen), without_user(self.rejected), self.hard)
 
-def pairs_from_split(split: LampSplit, encoder: SentenceEncoder, negatives: int = 3) -> list[Pair]:
+
+def _distinct(answers: Sequence[str], gold: str) -> list[str]:
+    """``answers`` in order, without repeats and without ``gold``."""
+    return [a for a in dict.fromkeys(answers) if a != gold]
+
+
+def candidate_answers(task: LampTask, input_text: str, gold: str) -> list[str] | None:
+    """The other answers the task allows for this input, best first; None for open-ended tasks."""
+    if task.name == "LaMP_2":
+        named = MovieTagging.candidates(input_text)
+        return _distinct(named if gold in named else list(task.labels or ()), gold)
+    if task.labels is not None:
+        return _distinct(task.labels, gold)
+    if task.task_type == "rating":
+        value = parse_rating(gold)
+        if value is None or value != int(value):
+            return []
+        g = int(value)
+        return [str(r) for r in (g - 1, g + 1, g - 2, g + 2) if 1 <= r <= 5]
+    return None
+
+
+def hard_negatives(task: LampTask, input_text: str, gold: str, neighbour_golds: Sequence[str],
+                   same_input_golds: Sequence[str], k: int) -> list[str]:
+    """Up to ``k`` answers right for someone else given this input. ``neighbour_golds``: other users'
+    golds for the most similar inputs, nearest first; ``same_input_golds``: those for the same input."""
+    candidates = candidate_answers(task, input_text, gold)
+    if candidates is None:
+        return _distinct(same_input_golds, gold)[:k]
+    if task.labels is not None:  # equally valid labels: those other users chose for similar inputs first
+        rank = {a: i for i, a in enumerate(dict.fromkeys(neighbour_golds))}
+        candidates = sorted(candidates, key=lambda a: rank.get(a, len(rank)))
+    return candidates[:k]
+
+
+def pairs_from_split(split: LampSplit, encoder: SentenceEncoder, negatives: int = 3,
+                     same_input: float = SAME_INPUT) -> list[Pair]:
     if split.golds is None:
         raise ValueError(f"{split.task.name} {split.split}: pairs need golds")
     qs = split.questions
     golds = [split.golds[q.id].strip() for q in qs]
     emb = encoder.encode([q.input for q in qs])
-    order = torch.argsort(emb @ emb.T, dim=1, descending=True)
+    sim = emb @ emb.T
+    order = torch.argsort(sim, dim=1, descending=True)
     pairs = []
     for i, q in enumerate(qs):
-        seen = {golds[i]}
-        for j in order[i].tolist():
-            if len(seen) > negatives:
-                break
-            if qs[j].user_id == q.user_id or golds[j] in seen:
-                continue
-            seen.add(golds[j])
-            pairs.append(Pair(
-                make_example(split.task.name, q.profile, q.input, golds[i], q.user_id),
-                make_example(split.task.name, q.profile, q.input, golds[j], q.user_id),
-            ))
+        row = sim[i].tolist()
+        others = [j for j in order[i].tolist() if qs[j].user_id != q.user_id]
+        neighbours = [golds[j] for j in others]
+        same = [golds[j] for j in others if row[j] >= same_input]
+        rejected = hard_negatives(split.task, q.input, golds[i], neighbours, same, negatives)
+        hard = bool(rejected)
+        if not hard:
+            rejected = _distinct(neighbours, golds[i])[:negatives]
+        chosen = make_example(split.task.name, q.profile, q.input, golds[i], q.user_id)
+        pairs += [Pair(chosen, make_example(split.task.name, q.profile, q.input, r, q.user_id), hard)
+                  for r in rejected]
     return pairs
-
-
-def pairs_from_samples(group: Sequence[tuple[PRMUExample, float]], min_gap: float = 0.1) -> list[Pair]:
-    """Best vs worst sample of one prompt's group, when their rewards differ by at least ``min_gap``."""
-    if len(group) < 2:
-        return []
-    ranked = sorted(group, key=lambda x: x[1])
-    (worst, lo), (best, hi) = ranked[0], ranked[-1]
-    return [Pair(best, worst)] if hi - lo >= min_gap else []
 
 
 def pairs_for_tasks(root: str, tasks: Sequence[str], split: str, encoder: SentenceEncoder, negatives: int,

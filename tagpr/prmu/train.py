@@ -1,4 +1,5 @@
-"""Bradley-Terry training of a PRMU on precomputed features, single process or DDP (gloo)."""
+"""Bradley-Terry training of a PRMU on precomputed features, single process or DDP (gloo), its
+evaluation against the separately trained user-blind baseline, and its score statistics."""
 
 from __future__ import annotations
 
@@ -65,15 +66,17 @@ def fit(net: torch.nn.Module, data: PairData, cfg: PRMUConfig, rank: int = 0, wo
     return history
 
 
+def _batches(n: int, batch_size: int) -> list[torch.Tensor]:
+    return [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
 @torch.no_grad()
-def pairwise_accuracy(net: PRMUNet, data: PairData, zero_user: bool = False, batch_size: int = 256) -> dict[str, float]:
+def pairwise_accuracy(net: PRMUNet, data: PairData, batch_size: int = 256) -> dict[str, float]:
     """Fraction of pairs scored chosen > rejected (ties count half), overall and per task."""
     net.eval()
     wins = []
-    for start in range(0, len(data), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(data)))
-        c = net(data.chosen.index(rows), zero_user=zero_user)
-        r = net(data.rejected.index(rows), zero_user=zero_user)
+    for rows in _batches(len(data), batch_size):
+        c, r = net(data.chosen.index(rows)), net(data.rejected.index(rows))
         wins += ((c > r).float() + 0.5 * (c == r).float()).tolist()
     per_task: dict[str, list[float]] = defaultdict(list)
     for task, w in zip(data.tasks, wins):
@@ -83,8 +86,23 @@ def pairwise_accuracy(net: PRMUNet, data: PairData, zero_user: bool = False, bat
     return out
 
 
-def evaluate(net: PRMUNet, pairs: Sequence[Pair], encoder: SentenceEncoder,
+@torch.no_grad()
+def score_stats(net: PRMUNet, data: PairData, with_user_id: bool, batch_size: int = 256) -> dict[str, float]:
+    """Mean and std of the raw score over the training pairs' examples (chosen and rejected), scored
+    as the scorer will (``prmu.score_with_user_id``), so a reward can map raw scores to [0, 1]; the
+    std is at least 1e-6 so that it can be divided by."""
+    net.eval()
+    scores = []
+    for feats in (data.chosen, data.rejected):
+        for rows in _batches(len(data), batch_size):
+            f = feats.index(rows)
+            scores.append(net(f if with_user_id else f.drop_users(torch.ones(len(rows), dtype=torch.bool))))
+    s = torch.cat(scores)
+    return {"mean": s.mean().item(), "std": max(s.std(correction=0).item(), 1e-6)}
+
+
+def evaluate(prmu: PRMUNet, blind: PRMUNet, pairs: Sequence[Pair], encoder: SentenceEncoder,
              user_index: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Pairwise accuracy of the PRMU and of the same model with the user vector zeroed."""
-    data = PairData.build(net, pairs, encoder, user_index)
-    return {"prmu": pairwise_accuracy(net, data), "user_blind": pairwise_accuracy(net, data, zero_user=True)}
+    """Pairwise accuracy of the PRMU and of the separately trained user-blind baseline on ``pairs``."""
+    return {"prmu": pairwise_accuracy(prmu, PairData.build(prmu, pairs, encoder, user_index)),
+            "user_blind": pairwise_accuracy(blind, PairData.build(blind, pairs, encoder, user_index))}

@@ -1,10 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from tagpr.config import RESOLVED_NAME, load_config
 from tagpr.errors import TagPRError
-from tagpr.pipeline import run_pipeline, with_policy
+from tagpr.pipeline import run_pipeline, step_report, with_policy
 
 
 def small_cfg(tmp_path):
@@ -77,3 +78,99 @@ def test_run_progress_draws_steps_units_and_log_lines():
     assert descriptions == ["step 2/2: sft", "  dev tasks scored (sft after)"]
     text = out.getvalue()
     assert "data done in" in text and "sft done in" in text and "a log line" in text
+
+
+def fake_evaluation(ids, level, sampled=0.5):
+    """An evaluation as evaluate_policy returns it: every question of ``ids`` (task -> ids) scores ``level``."""
+    tasks = {}
+    for task, qs in ids.items():
+        metric = {"accuracy": level} if task == "LaMP_2" else {"mae": 4 * (1 - level)}
+        tasks[task] = {"n": len(qs), "format": 1.0, "tag": 0.5, **metric, "per_question": {q: level for q in qs}}
+    return {"task_score": level, "format_valid": 1.0, "sampled_format_valid": sampled, "tag_score": 0.5,
+            "tasks": tasks}
+
+
+@pytest.fixture()
+def report_ctx(tmp_path):
+    from tagpr.lamp.synthetic import write_synthetic
+    from tagpr.pipeline import RunContext
+
+    cfg = load_config(None, [f"data.root={tmp_path / 'data'}", "data.tasks=[LaMP_2, LaMP_3]",
+                             "data.synthetic.users={train: 4, dev: 8}", "run.report_eval_limit=8"])
+    write_synthetic(cfg.data.root, cfg.data.synthetic, cfg.data.tasks)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    return RunContext(cfg, run_dir, log=lambda m: None)
+
+
+def test_the_reference_step_is_registered():
+    from tagpr.pipeline import STEPS
+
+    assert STEPS.get("reference").__name__ == "step_reference"
+
+
+def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_reference(report_ctx, monkeypatch):
+    import tagpr.evaluation
+    from tagpr.evaluation import question_ids
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the report scored a policy again")
+
+    monkeypatch.setattr(tagpr.evaluation, "evaluate_policy", no_generation)
+    ctx = report_ctx
+    ids = question_ids(ctx.cfg, 8)
+    assert all(len(q) == 8 for q in ids.values())
+    ctx.results = {"sft": {"policy_in": "base", "before": fake_evaluation(ids, 0.0), "policy": "sft",
+                           "after": fake_evaluation(ids, 0.5)},
+                   "reference": {"policy": "ref", "after": fake_evaluation(ids, 0.4)},
+                   "rl": {"policy": "rl", "evaluations": {"start": fake_evaluation(ids, 0.5),
+                                                          "exploratory": fake_evaluation(ids, 0.6)}}}
+    out = step_report(ctx)
+    assert out["headline"]["label"] == "RL vs direct-answer reference"
+    assert out["headline"]["average"] == pytest.approx((0.5 + 0.8 / 2.4) / 2)  # accuracy 0.4 -> 0.6, MAE 2.4 -> 1.6
+    report = json.loads((ctx.run_dir / "report.json").read_text())
+    assert report["phases"] == ["base", "reference", "sft", "rl"]
+    assert report["comparisons"]["rl_vs_reference"]["task_score"]["estimate"] == pytest.approx(0.2)
+    md = (ctx.run_dir / "report.md").read_text()
+    assert "8 dev questions per task, drawn across all users (seed 0)" in md and "| LaMP_2 | 8 | +0.100" in md
+    assert (ctx.run_dir / "dev_metrics.png").stat().st_size > 0
+
+
+def test_the_report_scores_again_what_was_scored_on_other_questions(report_ctx, monkeypatch):
+    import tagpr.evaluation
+    from tagpr.evaluation import question_ids
+    from tagpr.pipeline import reusable
+
+    ctx = report_ctx
+    ids, other = question_ids(ctx.cfg, 8), question_ids(ctx.cfg, 4)
+    scored = []
+
+    def evaluate(policy, cfg, limit, on_task):
+        scored.append((Path(policy).name, limit))
+        return fake_evaluation(ids, 0.3)
+
+    monkeypatch.setattr(tagpr.evaluation, "evaluate_policy", evaluate)
+    unsampled = fake_evaluation(ids, 0.4)
+    del unsampled["sampled_format_valid"]
+    assert reusable(fake_evaluation(ids, 0.4), ids) and not reusable(unsampled, ids)
+    assert not reusable(fake_evaluation(other, 0.4), ids) and not reusable(None, ids)
+    ctx.results = {"sft": {"policy_in": "base", "before": fake_evaluation(ids, 0.0), "policy": "sft",
+                           "after": fake_evaluation(other, 0.5)},
+                   "reference": {"policy": "ref", "after": unsampled}}
+    out = step_report(ctx)
+    assert scored == [("ref", 8), ("sft", 8)]
+    assert out["headline"] is None and "add the `reference` step" not in (ctx.run_dir / "report.md").read_text()
+
+
+def test_reference_records_are_the_gold_in_the_answer_tag_and_nothing_else(report_ctx):
+    from tagpr.jobs.sft import direct_answer_records
+    from tagpr.lamp.io import load_split
+
+    cfg = report_ctx.cfg.model_copy(update={"tags": report_ctx.cfg.tags.model_copy(update={"answer": "final"})})
+    records = direct_answer_records(cfg, "train")
+    split = load_split(cfg.data.root, "LaMP_3", "train")
+    assert len(records) == 2 * len(split.questions)
+    q = split.questions[0]
+    first = next(r for r in records if r["task"] == "LaMP_3")
+    assert first == {"task": "LaMP_3", "input": q.input, "profile": q.profile,
+                     "response": f"<final>{split.golds[q.id]}</final>"}
