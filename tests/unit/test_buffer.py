@@ -165,7 +165,8 @@ def test_a_restored_buffer_keeps_the_current_stage():
     producers must keep scoring for the stage that runs now."""
     from actors.buffer import TrajectoryBuffer
 
-    buf = TrajectoryBuffer(IDS, 4, 1, 1, {"guided": {"format_task": 1.0, "tag": 0.2}, "exploratory": {"format_task": 1.0}})
+    stages = {"guided": {"format_task": 1.0, "tag": 0.2}, "exploratory": {"format_task": 1.0}}
+    buf = TrajectoryBuffer(IDS, 4, 1, 1, stages)
     snap = buf.snapshot()
     buf.set_stage("exploratory")
     buf.restore(snap)
