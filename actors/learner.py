@@ -4,7 +4,8 @@ One TorchTrainer run per RL stage (the controller starts them). Each step, rank 
 groups from the TrajectoryBuffer and broadcasts them; every rank trains on its shard in
 ``learner.grad_accum`` micro-batches; every ``learner.sync_every`` steps rank 0 publishes the
 weights (only the adapter when training LoRA) as the next version, and the rollout workers load it
-before their next prompt. Version ``v`` is the policy after ``v`` optimizer steps.
+before their next prompt. Version ``v`` is the policy after ``v`` learner steps (each one
+``rl.ppo_epochs`` x ``rl.mini_batches`` optimizer updates).
 
 Checkpoints (every ``learner.checkpoint_every`` steps and at the stage's end, in
 ``<run dir>/checkpoints``, written under a temporary name and renamed once complete) hold the
