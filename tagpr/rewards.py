@@ -12,6 +12,8 @@ text never out-earns a well-formed wrong answer; R_tag and R_PRMU are graded, no
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -24,6 +26,8 @@ from tagpr.lamp.metrics import sample_score
 from tagpr.lamp.tasks import LampTask, get_task
 from tagpr.registry import Registry
 from tagpr.tags import Checked, TagSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,19 +147,26 @@ def _sigmoid(x: float) -> float:
 def calibrate(raw: Sequence[float], transform: str, stats: tuple[float, float] | None) -> list[float]:
     """Raw PRMU scores to [0, 1]: ``sigmoid(z)``, with ``z`` the raw score standardised by the PRMU's
     training-set statistics (``calibrated``: one item alone gets a graded value) or within the batch
-    (``group``: a GRPO group's samples ranked against each other; a lone sample gets 0.5).
+    (``group``: a GRPO group's samples ranked against each other; a lone sample gets 0.5). A
+    checkpoint without statistics (saved before they existed, or never trained) is standardised
+    within the batch, with a warning.
 
     Raw scores reach +-20, so a plain sigmoid would saturate to 0/1 and grade nothing.
     """
-    if transform == "calibrated":
-        if stats is None:
-            raise TagPRError("reward.prmu_transform 'calibrated' needs a PRMU checkpoint with score statistics "
-                             "(retrain the PRMU, or set reward.prmu_transform: group)")
+    if transform == "calibrated" and stats is not None:
         mean, std = stats
     else:
+        if transform == "calibrated":
+            _warn_once("the PRMU checkpoint has no score statistics: R_PRMU is standardised within each group "
+                       "(retrain the PRMU to calibrate it on its training pairs)")
         mean = sum(raw) / len(raw) if raw else 0.0
         std = math.sqrt(sum((x - mean) ** 2 for x in raw) / len(raw)) if raw else 0.0
     return [_sigmoid((x - mean) / std) if std > 0 else 0.5 for x in raw]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def gated(batch: Sequence[Judged]) -> list[Judged]:

@@ -225,7 +225,8 @@ def test_checkpoint_swap_under_traffic(service, tmp_path):
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.01)
-    new_version = checkpoint.save(net, tmp_path / "v2", cfg.prmu, meta["encoder"], meta["dim"], users)
+    new_version = checkpoint.save(net, tmp_path / "v2", cfg.prmu, meta["encoder"], meta["dim"], users,
+                                  score_stats=meta["score_stats"])
     statuses, versions, stop = [], [], threading.Event()
 
     def traffic():
