@@ -12,7 +12,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: setup test test-slow test-gpu demo bench lint smollm2 clean
+.PHONY: setup test test-slow test-gpu demo bench bench-learning lint smollm2 clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# Does RL improve the SFT policy above noise: 3 seeds, RL variants, all dev questions (not part of bench).
+bench-learning: setup
+	$(BIN)/python -m benchmarks.learning
 
 lint: setup
 	$(BIN)/ruff check tagpr actors services tests benchmarks

@@ -53,18 +53,21 @@ def rollout_fractions(before: dict, after: dict, seconds: float, workers: int) -
     return out
 
 
-def _evaluate(policy: str, config: dict, limit: int) -> dict:
+def _evaluate(policy: str, config: dict, limit: int, sampled: bool, label: str) -> dict:
     from actors.progress import dev_progress
     from tagpr.evaluation import evaluate_policy
 
-    return evaluate_policy(policy, TagPRConfig.model_validate(config), limit=limit,
-                           on_task=dev_progress("RL"))
+    return evaluate_policy(policy, TagPRConfig.model_validate(config), limit=limit, sampled=sampled,
+                           on_task=dev_progress(label))
 
 
-def _remote_evaluate():
+def evaluate_remote(policy: str, cfg: TagPRConfig, limit: int, sampled: bool = True, label: str = "RL") -> dict:
+    """Dev scores of ``policy`` (:func:`tagpr.evaluation.evaluate_policy`) in a fresh Ray worker process:
+    an in-process vLLM engine keeps process-wide state, so each evaluation gets its own process."""
     import ray
 
-    return ray.remote(max_calls=1, num_cpus=1)(_evaluate)  # vLLM in a fresh process each time
+    task = ray.remote(max_calls=1, num_cpus=1)(_evaluate)
+    return ray.get(task.remote(policy, cfg.model_dump(mode="json"), limit, sampled, label))
 
 
 class RLController:
@@ -207,10 +210,8 @@ class RLController:
     # ------------------------------------------------------------ stages
 
     def _evaluate(self, name: str, policy: str) -> dict:
-        import ray
-
         limit = self.cfg.rl.eval_limit
-        result = ray.get(_remote_evaluate().remote(policy, self.cfg.model_dump(mode="json"), limit))
+        result = evaluate_remote(policy, self.cfg, limit)
         self.report["evaluations"][name] = result
         self.log(f"rl: dev at {name}: format {result['format_valid']:.3f} tag {result['tag_score']:.3f} "
                  f"task score {result['task_score']:.3f}")

@@ -261,6 +261,8 @@ class SFTConfig(TrainStrategyConfig):
     max_length: int = Field(1024, ge=16)
     packing: bool = False
     resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
+    dev_loss_examples: int = Field(256, ge=0, description="dev examples (a seeded sample) whose loss is measured "
+                                                          "after each epoch (0: all)")
     eval_limit: int = Field(0, ge=0, description="dev questions per task scored before and after training, "
                                                 "drawn across users (0: all)")
     lora: LoraConfig = LoraConfig()

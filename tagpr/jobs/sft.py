@@ -9,6 +9,7 @@ trained on ``<answer>{gold}</answer>`` alone, the report's stand-in for the pape
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,10 @@ def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, 
     tags, s = TagSet(cfg.tags), cfg.sft
     data = {}
     for split in (cfg.data.train_split, cfg.data.dev_split):
-        d = tokenize_chains(records(split), tokenizer, tags, cfg.data.prompt_profile_items, s.max_length)
+        examples = records(split)
+        if split == cfg.data.dev_split and s.dev_loss_examples and len(examples) > s.dev_loss_examples:
+            examples = random.Random(cfg.run.seed).sample(examples, s.dev_loss_examples)
+        d = tokenize_chains(examples, tokenizer, tags, cfg.data.prompt_profile_items, s.max_length)
         data[split] = pack(d, s.max_length) if s.packing and split == cfg.data.train_split else d
         log(f"{name}: {split}: {len(d)} examples ({d.skipped_too_long} longer than {s.max_length} tokens skipped)")
     result: dict = {"policy_in": policy}

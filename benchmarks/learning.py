@@ -1,0 +1,207 @@
+"""The learning benchmark (``make bench-learning``): does RL improve the SFT policy, above noise?
+
+Per seed, SFT trains the tiny policy on the tagged chains (the demo's settings, this seed's data
+order), then each RL variant trains from that SFT policy with the same number of learner steps:
+
+- ``format_task``: format x task only, one stage;
+- ``guided_tags``: format x task and the tag reward, one stage;
+- ``guided_tags_prmu``: the guided stage's full reward (format x task, tags, PRMU), one stage;
+- ``tagpr``: guided, then exploratory (format x task only): the method.
+
+Every policy is scored on every dev question (greedy). The figure is the dev task score of
+``tagpr`` over SFT's, as the mean over seeds of the paired difference (same SFT policy, same
+questions) relative to SFT's mean, with the 95% t-interval of that mean over seeds
+(:func:`tagpr.stats.seed_interval`); each seed also gets a stratified paired-bootstrap interval
+over questions. The PRMU's pairwise accuracy on held-out users against its separately trained
+user-blind model is reported beside it. JSON and PNG in ``benchmarks/results/learning.*``.
+
+    python -m benchmarks.learning [--seeds 0,1,2] [--config configs/demo.yaml] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run import RESULTS, machine
+
+GUIDED = {"format_task": 1.0, "tag": 0.2, "prmu": 0.3}
+TARGET_RELATIVE = 0.10
+
+
+def variants(guided_steps: int, exploratory_steps: int) -> dict[str, list[dict[str, Any]]]:
+    """RL stage lists with the same learner steps in all; the method is ``tagpr``."""
+    total = guided_steps + exploratory_steps
+    one = lambda weights: [{"name": "guided", "steps": total, "weights": weights}]  # noqa: E731
+    return {
+        "format_task": one({"format_task": 1.0}),
+        "guided_tags": one({"format_task": 1.0, "tag": 0.2}),
+        "guided_tags_prmu": one(GUIDED),
+        "tagpr": [{"name": "guided", "steps": guided_steps, "weights": GUIDED},
+                  {"name": "exploratory", "steps": exploratory_steps, "weights": {"format_task": 1.0}}],
+    }
+
+
+def _scores(evaluation: dict) -> dict[str, dict[str, float]]:
+    return {t: v["per_question"] for t, v in evaluation["tasks"].items()}
+
+
+def _rewards(run_dir: Path) -> list[dict[str, float]]:
+    lines = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [{"step": m["step"], "reward_mean": m["reward_mean"], "format": m.get("reward/format", 0.0),
+             "task": m.get("reward/task", 0.0), "clip_frac": m.get("clip_frac", 0.0)}
+            for m in lines if m["prefix"] == "learner"]
+
+
+def summarize(per_seed: dict[str, dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Per variant: each seed's paired difference RL - SFT (dev task score), their mean with the 95%
+    t-interval over seeds, and that mean relative to SFT's mean score."""
+    from tagpr.stats import seed_interval
+
+    out = {}
+    sft = [s["sft"]["task_score"] for s in per_seed.values()]
+    for name in names:
+        diffs = [s["rl"][name]["task_score"] - s["sft"]["task_score"] for s in per_seed.values()]
+        interval = seed_interval(diffs)
+        mean_sft = sum(sft) / len(sft)
+        out[name] = {"differences": diffs, "mean_difference": interval.estimate, "low": interval.low,
+                     "high": interval.high, "relative": interval.estimate / mean_sft if mean_sft else None,
+                     "task_score": [s["rl"][name]["task_score"] for s in per_seed.values()],
+                     "format_valid": [s["rl"][name]["format_valid"] for s in per_seed.values()]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", default="8,4", help="guided,exploratory learner steps of the method")
+    parser.add_argument("--variants", default="", help="comma-separated subset of the RL variants")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+
+    from actors.cluster import connect
+    from actors.controller import evaluate_remote
+    from tagpr.config import load_config
+    from tagpr.jobs import rl, sft
+    from tagpr.pipeline import run_pipeline, with_policy
+    from tagpr.stats import stratified_paired_bootstrap
+
+    start = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    guided, exploratory = (int(x) for x in args.steps.split(","))
+    runs = variants(guided, exploratory)
+    names = [n for n in runs if not args.variants or n in args.variants.split(",")]
+    cfg = load_config(args.config, ["rollout.reward_via=local", "rl.eval_limit=0", *args.overrides])
+    connect(cfg.cluster)
+    shared = run_pipeline(cfg, ["data", "model", "prmu", "chains"])
+    prmu = shared.results["prmu"]
+    bench_dir = shared.run_dir
+    seconds: dict[str, float] = dict(shared.seconds)
+    per_seed: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        seeded = load_config(args.config, ["rollout.reward_via=local", "rl.eval_limit=0", f"run.seed={seed}",
+                                           f"rollout.engine.seed={seed}", *args.overrides])
+        t0 = time.perf_counter()
+        trained = sft.train(seeded, run_dir=bench_dir / f"seed-{seed}" / "sft", evaluate=False)
+        seconds[f"sft seed {seed}"] = round(time.perf_counter() - t0, 1)
+        base = with_policy(seeded, trained["policy"])
+        base = base.model_copy(update={"prmu": base.prmu.model_copy(update={"checkpoint": prmu["checkpoint"]})})
+        entry: dict[str, Any] = {"sft": evaluate_remote(base.model.policy, base, 0, sampled=False, label="SFT"),
+                                 "rl": {}, "rewards": {}, "bootstrap": {}}
+        print(f"seed {seed}: SFT dev task score {entry['sft']['task_score']:.3f}", flush=True)
+        for name in names:
+            t0 = time.perf_counter()
+            variant = base.model_copy(update={"rl": base.rl.model_validate(
+                {**base.rl.model_dump(), "stages": runs[name]})})
+            report = rl.train(variant, log=lambda _: None, run_dir=bench_dir / f"seed-{seed}" / name)
+            policy = report["stages"][list(report["stages"])[-1]]["policy"]
+            entry["rl"][name] = evaluate_remote(str(Path(policy).resolve()), variant, 0, sampled=False, label=name)
+            entry["rewards"][name] = _rewards(Path(report["run_dir"]))
+            entry["bootstrap"][name] = asdict(stratified_paired_bootstrap(
+                _scores(entry["rl"][name]), _scores(entry["sft"]), seed=seed))
+            seconds[f"{name} seed {seed}"] = round(time.perf_counter() - t0, 1)
+            print(f"seed {seed}: {name} dev task score {entry['rl'][name]['task_score']:.3f} "
+                  f"({seconds[f'{name} seed {seed}']:.0f} s)", flush=True)
+        per_seed[str(seed)] = entry
+    rows = summarize(per_seed, names)
+    method = rows.get("tagpr") or rows[names[-1]]
+    met = bool(method["relative"] is not None and method["relative"] >= TARGET_RELATIVE and method["low"] > 0)
+    blind_gap = prmu["prmu"]["all"] - prmu["user_blind"]["all"]
+    result = {
+        "name": "learning", "figure": "dev task score, TagPR RL over SFT (mean over seeds)",
+        "ratio": round(1 + method["relative"], 4) if method["relative"] is not None else 0.0,
+        "target": f">= {1 + TARGET_RELATIVE}", "met": met,
+        "details": {
+            "rows": rows, "seeds": seeds, "steps": {"guided": guided, "exploratory": exploratory},
+            "dev_questions_per_task": {t: v["n"] for t, v in next(iter(per_seed.values()))["sft"]["tasks"].items()},
+            "sft_task_score": [s["sft"]["task_score"] for s in per_seed.values()],
+            "prmu": {"prmu": prmu["prmu"], "user_blind": prmu["user_blind"], "gap": blind_gap,
+                     "target_gap": 0.15, "met": blind_gap >= 0.15},
+            "per_seed": {k: {"sft": {"task_score": v["sft"]["task_score"], "format_valid": v["sft"]["format_valid"],
+                                     "tasks": {t: {m: x for m, x in s.items() if m not in ("per_question", "example")}
+                                               for t, s in v["sft"]["tasks"].items()}},
+                             "rl": {n: {"task_score": e["task_score"], "format_valid": e["format_valid"],
+                                        "tasks": {t: {m: x for m, x in s.items() if m not in ("per_question",
+                                                                                             "example")}
+                                                  for t, s in e["tasks"].items()}}
+                                    for n, e in v["rl"].items()},
+                             "bootstrap": v["bootstrap"], "rewards": v["rewards"]} for k, v in per_seed.items()},
+            "config": args.config, "overrides": args.overrides, "run_dir": str(bench_dir), "seconds": seconds,
+            "total_seconds": round(time.perf_counter() - start),
+        },
+        "machine": machine(), "date": dt.date.today().isoformat(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "learning.json").write_text(json.dumps(result, indent=1))
+    plot(result, RESULTS / "learning.png")
+    for name, row in rows.items():
+        rel = f"{row['relative']:+.1%}" if row["relative"] is not None else "n/a"
+        print(f"{name}: RL - SFT {row['mean_difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}] ({rel})")
+    print(f"PRMU {prmu['prmu']['all']:.3f} vs user-blind {prmu['user_blind']['all']:.3f}")
+    return 0 if met else 1
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = result["details"]
+    names = list(d["rows"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(names):
+        for j, entry in enumerate(d["per_seed"].values()):
+            curve = entry["rewards"][name]
+            ax1.plot([c["step"] for c in curve], [c["task"] for c in curve], color=colors[i % len(colors)],
+                     alpha=0.7, label=name if j == 0 else None)
+    ax1.set_xlabel("learner step")
+    ax1.set_ylabel("training reward: task score of samples")
+    ax1.set_title(f"training curves, one line per seed ({len(d['seeds'])} seeds)")
+    ax1.legend(fontsize=7)
+    for i, name in enumerate(names):
+        row = d["rows"][name]
+        ax2.errorbar([i], [row["mean_difference"]], yerr=[[row["mean_difference"] - row["low"]],
+                                                          [row["high"] - row["mean_difference"]]],
+                     fmt="o", capsize=6, color=colors[i % len(colors)])
+        ax2.scatter([i] * len(row["differences"]), row["differences"], color="grey", s=12, zorder=3)
+    ax2.axhline(0, color="black", lw=0.8)
+    ax2.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+    ax2.set_ylabel("dev task score: RL - SFT")
+    n = sorted(set(d["dev_questions_per_task"].values()))
+    ax2.set_title(f"paired difference, mean and 95% interval over seeds ({'/'.join(map(str, n))} dev q. per task)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
