@@ -36,3 +36,32 @@ def prmu_job(ray_cluster, tmp_path_factory):
     write_synthetic(cfg.data.root, cfg.data.synthetic, cfg.data.tasks)
     result = train(cfg, log=lambda _: None)
     return cfg, result
+
+
+@pytest.fixture(scope="session")
+def answering_policy(prmu_job, tiny_policy, tmp_path_factory):
+    """The tiny policy fine-tuned briefly (one process, no Ray) to answer ``<answer>label</answer>``
+    on the PRMU job's data: its samples are format-valid and differ in correctness, so RL tests get
+    rewards that vary within a group (the random policy's are all 0 behind the format gate)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from actors.train_strategy import DDPStrategy
+    from tagpr.jobs.sft import direct_answer_records
+    from tagpr.sft.data import tokenize_chains
+    from tagpr.sft.train import train_epochs
+    from tagpr.tags import TagSet
+
+    base, _ = prmu_job
+    cfg = base.model_copy(update={"data": base.data.model_copy(update={"prompt_profile_items": 4}),
+                                  "sft": base.sft.model_copy(update={"epochs": 2, "lr": 2e-3, "warmup_steps": 2})})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_policy)
+    data = tokenize_chains(direct_answer_records(cfg, cfg.data.train_split), tokenizer, TagSet(cfg.tags), 4, 1024)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32)
+    stepper = DDPStrategy(model, cfg.sft, cfg.sft.lr, 0.0, cfg.sft.batch_size, world=1)
+    train_epochs(stepper, data, None, cfg.sft, tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("answering-policy")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
