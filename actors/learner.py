@@ -211,7 +211,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rows, metrics = rows_from_groups(groups, stage.weights, rl)
         sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
         if rows:
-            sums = train_step(strategy, rows, rl, lc.grad_accum, pad, rank, world, reference)
+            sums = train_step(strategy, rows, rl, lc.grad_accum, pad, rank, world, reference,
+                              cfg.rollout.temperature or 1.0)
         if world > 1:
             dist.all_reduce(sums)
         state["step"] += 1

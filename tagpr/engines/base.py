@@ -38,7 +38,7 @@ class Sampling:
 class Completion:
     text: str
     token_ids: list[int]
-    logprobs: list[float] | None  # of each sampled token under the engine's weights
+    logprobs: list[float] | None  # of each sampled token under the engine's weights, at the temperature
     finish_reason: str  # "stop" (eos or a stop string) or "length"
 
 

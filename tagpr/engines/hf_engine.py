@@ -1,7 +1,8 @@
 """The HF transformers adapter: same interface as vLLM's, for hosts without vLLM and as the logprob reference.
 
-Logprobs are of the raw model distribution (``log_softmax`` of the logits before temperature or
-top-p), the same convention as vLLM's default, so the two engines' numbers compare directly.
+Logprobs are of the distribution tokens are sampled from at the request's temperature (before
+top-p), the same convention as the vLLM adapter's, so the two engines' numbers compare directly and
+the learner, which scores at the rollout temperature, sees them on its own scale.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class HFEngine(Engine):
             res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
                              use_cache=True)
             past, logits = res.past_key_values, res.logits[:, -1].float()
-            logp = torch.log_softmax(logits, -1)
+            logp = torch.log_softmax(logits / s.temperature if s.temperature > 0 else logits, -1)
             nxt = self._sample(logits, s, gen)
             chosen = logp.gather(-1, nxt[:, None])[:, 0].tolist()  # one device sync per token, not per row
             for r, t in enumerate(nxt.tolist()):

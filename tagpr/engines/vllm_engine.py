@@ -37,7 +37,10 @@ def engine_kwargs(model: str, dtype: str, cfg: EngineConfig, cpu: bool, **extra:
 
     wanted = {"model": model, "tokenizer": model, "dtype": dtype, "seed": cfg.seed,
               "max_model_len": cfg.max_model_len, "gpu_memory_utilization": cfg.gpu_memory_utilization,
-              "enforce_eager": cpu if cfg.enforce_eager is None else cfg.enforce_eager, **extra}
+              "enforce_eager": cpu if cfg.enforce_eager is None else cfg.enforce_eager,
+              # logprobs of the distribution tokens are drawn from (after temperature): the learner
+              # scores at the rollout temperature, so importance weights compare like with like
+              "logprobs_mode": "processed_logprobs", **extra}
     if cpu:
         wanted["distributed_executor_backend"] = "uni"
     known = {f.name for f in dataclasses.fields(vllm.EngineArgs)}

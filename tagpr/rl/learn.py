@@ -6,7 +6,8 @@ optimizer updates. The logprobs every update's ratio is taken against ("old") co
 pass before the first update, so from the second update on the ratio moves away from 1 and the
 clip (with clip-higher) acts; with one update per step the ratio is 1 and only the importance
 weight against the rollout engine corrects for staleness. The KL reference is scored in the same
-pass, once per step.
+pass, once per step. Every pass scores the policy at the rollout temperature (logits divided by it),
+the distribution the samples were drawn from, as the rollout engine reports its logprobs.
 """
 
 from __future__ import annotations
@@ -41,20 +42,25 @@ def mini_batches(rows: Sequence[Row], n: int) -> list[list[Row]]:
     return [list(rows[i::n]) for i in range(n)]
 
 
-def _response_logprobs(model, b: PolicyBatch) -> torch.Tensor:
-    return token_logprobs(b.response_logits(model(**b.model_inputs()).logits), b.response_ids)
+def _response_logits(model, b: PolicyBatch, temperature: float) -> torch.Tensor:
+    logits = b.response_logits(model(**b.model_inputs()).logits)
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _response_logprobs(model, b: PolicyBatch, temperature: float) -> torch.Tensor:
+    return token_logprobs(_response_logits(model, b, temperature), b.response_ids)
 
 
 @torch.no_grad()
 def score_rows(stepper: RLStepper, minis: Sequence[Sequence[Row]], grad_accum: int, pad_id: int, rank: int,
-               world: int, old: bool, reference: torch.nn.Module | None) -> None:
+               world: int, old: bool, reference: torch.nn.Module | None, temperature: float = 1.0) -> None:
     """Set ``old_logprobs`` (the policy before the step's first update) and ``ref_logprobs`` on the
     rows this rank trains on, in the chunks it will train them in (every rank runs the same passes)."""
     for mini in minis:
         for chunk in shard(mini, rank, world, grad_accum):
             b = collate(chunk, pad_id).to(stepper.device)
-            old_lp = _response_logprobs(stepper.forward, b) if old else None
-            ref_lp = _response_logprobs(reference, b) if reference is not None else None
+            old_lp = _response_logprobs(stepper.forward, b, temperature) if old else None
+            ref_lp = _response_logprobs(reference, b, temperature) if reference is not None else None
             for i, row in enumerate(chunk):
                 n = len(row.traj.token_ids)
                 if old_lp is not None:
@@ -64,7 +70,8 @@ def score_rows(stepper: RLStepper, minis: Sequence[Sequence[Row]], grad_accum: i
 
 
 def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accum: int, pad_id: int,
-               rank: int = 0, world: int = 1, reference: torch.nn.Module | None = None) -> torch.Tensor:
+               rank: int = 0, world: int = 1, reference: torch.nn.Module | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
     """Train on this rank's shard of ``rows`` (every rank passes the same rows): ``cfg.ppo_epochs`` x
     ``cfg.mini_batches`` optimizer updates of ``grad_accum`` micro-batches each. Returns
     ``[sum of stat * tokens for LOSS_STATS..., tokens]`` (float64) over every update, to be summed
@@ -77,15 +84,15 @@ def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accu
     minis = mini_batches(rows, cfg.mini_batches)
     several = cfg.ppo_epochs * len(minis) > 1
     if several or reference is not None:
-        score_rows(stepper, minis, grad_accum, pad_id, rank, world, several, reference)
+        score_rows(stepper, minis, grad_accum, pad_id, rank, world, several, reference, temperature)
     sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
     for _ in range(cfg.ppo_epochs):
         for mini in minis:
             tokens = sum(len(r.traj.token_ids) for r in mini if r.weight > 0)
             for chunk in shard(mini, rank, world, grad_accum):
                 b = collate(chunk, pad_id).to(stepper.device)
-                logits = b.response_logits(stepper.forward(**b.model_inputs()).logits)
-                logprobs, entropy = token_logprobs_and_entropy(logits, b.response_ids)
+                logprobs, entropy = token_logprobs_and_entropy(_response_logits(stepper.forward, b, temperature),
+                                                               b.response_ids)
                 batch = LossInputs(logprobs, b.advantages, b.response_mask, old_logprobs=b.old_logprobs,
                                    rollout_logprobs=b.rollout_logprobs, ref_logprobs=b.ref_logprobs,
                                    entropy=entropy)

@@ -56,11 +56,11 @@ class SGD:
         self.opt.zero_grad()
 
 
-def logprobs_alone(model, prompt, tokens):
+def logprobs_alone(model, prompt, tokens, temperature=1.0):
     ids = torch.tensor([prompt + tokens])
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt) - 1:-1]
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
 
 
 def test_stage_reward_reweighs_components_and_names_missing_ones():
@@ -182,6 +182,20 @@ def test_old_logprobs_are_the_policy_before_the_step(model):
     train_step(SGD(m, lr=1.0), rows, RLConfig(mini_batches=2), grad_accum=1, pad_id=0)
     for r in rows:  # computed before the first update, so equal to the sampler's logprobs here
         torch.testing.assert_close(r.old_logprobs, torch.tensor(r.traj.logprobs), atol=1e-5, rtol=1e-5)
+
+
+def test_the_learner_scores_at_the_rollout_temperature(model):
+    """Samples drawn at temperature 0.5 carry the engine's logprobs at 0.5; scored at the same
+    temperature they are on-policy (importance weight 1), scored at 1.0 they would not be."""
+    rows = [Row(traj(p, t, logprobs_alone(model, p, t, 0.5).tolist(), key=str(i)), a)
+            for i, (p, t, a) in enumerate(SPECS)]
+
+    def weight(temperature):
+        sums = train_step(SGD(model), rows, RLConfig(), grad_accum=1, pad_id=0, temperature=temperature)
+        return dict(zip(LOSS_STATS, (sums[:-1] / sums[-1]).tolist()))["is_weight_mean"]
+
+    assert weight(0.5) == pytest.approx(1.0, abs=1e-5)
+    assert weight(1.0) != pytest.approx(1.0, abs=1e-4)
 
 
 def test_k3_is_clamped():
