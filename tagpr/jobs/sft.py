@@ -75,6 +75,7 @@ def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, 
                          "(no trainer_state.json); use a <run dir>/ray_train/sft/checkpoint_* folder")
     start = time.perf_counter()
     run_dir = run_dir or new_run_dir(cfg, name)
+    run_dir.mkdir(parents=True, exist_ok=True)
     out = Path(out) if out else run_dir / "policy"
     policy = resolve_model_path(cfg.model.policy, cfg.model.allow_hub)
     tokenizer = AutoTokenizer.from_pretrained(policy, local_files_only=not cfg.model.allow_hub)
