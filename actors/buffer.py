@@ -42,13 +42,15 @@ def _guarded(method):
 
 class TrajectoryBuffer:
     def __init__(self, prompt_ids: Sequence[str], capacity: int, max_staleness: int, groups_per_step: int,
-                 stages: dict[str, dict[str, float]], seed: int = 0, dynamic_sampling: bool = False):
+                 stages: dict[str, dict[str, float]], seed: int = 0, dynamic_sampling: bool = False,
+                 max_filtered: int = 0):
         """``stages``: each stage's reward weights, in order (the first is current); dynamic sampling
-        admits only groups whose rewards under the current stage's weights differ."""
+        admits only groups whose rewards under the current stage's weights differ, filtering at most
+        ``max_filtered`` per step."""
         from ray.util import metrics
 
         self.core = BufferCore(PromptCursor(prompt_ids, seed), capacity, max_staleness, groups_per_step,
-                               self._informative if dynamic_sampling else None)
+                               self._informative if dynamic_sampling else None, max_filtered)
         self.update: WeightUpdate | None = None
         self.stages = stages
         self.stage, self.stopped = next(iter(stages)), False
@@ -189,4 +191,5 @@ def create_buffer(cfg, prompt_ids: Sequence[str], **options):
 
     return ray.remote(TrajectoryBuffer).options(**options).remote(
         prompt_ids, cfg.rollout.capacity, cfg.rl.max_staleness, cfg.rl.prompts_per_step,
-        {s.name: s.weights for s in cfg.rl.stages}, cfg.run.seed, cfg.rl.dynamic_sampling)
+        {s.name: s.weights for s in cfg.rl.stages}, cfg.run.seed, cfg.rl.dynamic_sampling,
+        cfg.rl.dynamic_sampling_max_filtered * cfg.rl.prompts_per_step)

@@ -192,6 +192,9 @@ class RLConfig(Section):
                                                  "pass, so the clip acts from the second update on)")
     dynamic_sampling: bool = Field(False, description="groups whose rewards are all equal are not trained on; the "
                                                       "buffer refills the step with fresh groups instead")
+    dynamic_sampling_max_filtered: int = Field(3, ge=0, description=(
+        "per step, groups filtered out by dynamic sampling before the step takes what comes, in units of "
+        "prompts_per_step (a policy whose groups are nearly all uniform would otherwise use up the prompts)"))
     max_staleness: int = Field(1, ge=0, description="0: strictly on-policy and synchronous")
     eval_limit: int = Field(16, ge=0, description="dev questions per task scored at the start and after each "
                                                   "stage (0: no evaluation)")

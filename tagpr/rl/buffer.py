@@ -88,8 +88,10 @@ class BufferStats:
 
 class BufferCore:
     def __init__(self, cursor: PromptCursor, capacity: int, max_staleness: int, groups_per_step: int,
-                 admit: Callable[[Group], bool] | None = None):
-        """``admit``: dynamic sampling's test (a group is worth training on); None admits every group."""
+                 admit: Callable[[Group], bool] | None = None, max_filtered: int = 0):
+        """``admit``: dynamic sampling's test (a group is worth training on); None admits every group.
+        ``max_filtered``: groups a step may filter out before it takes what comes (a policy whose
+        groups are nearly all uniform would otherwise use up the prompts without a step)."""
         if capacity < groups_per_step:
             raise ValueError(f"capacity ({capacity}) must hold at least one step ({groups_per_step} groups)")
         self.cursor, self.capacity = cursor, capacity
@@ -99,7 +101,8 @@ class BufferCore:
         self.groups: deque[Group] = deque()
         self.in_flight: dict[str, tuple[PromptRef, str]] = {}  # key -> (prompt, worker id)
         self.stats = BufferStats()
-        self.admit = admit
+        self.admit, self.max_filtered = admit, max_filtered
+        self.filtered = 0  # since the last step was taken
 
     # ------------------------------------------------------------ producers
 
@@ -136,7 +139,8 @@ class BufferCore:
             self.stats.dropped["stale"] += 1
             self.cursor.requeue(group.prompt)
             return "stale"
-        if self.admit is not None and not self.admit(group):
+        if self.admit is not None and self.filtered < self.max_filtered and not self.admit(group):
+            self.filtered += 1
             self.stats.dropped["zero variance"] += 1  # the prompt was used; a fresh one takes its place
             return "zero variance"
         self.groups.append(group)
@@ -180,6 +184,7 @@ class BufferCore:
         if not self.step_ready():
             return None
         out = [self.groups.popleft() for _ in range(self.groups_per_step)]
+        self.filtered = 0
         for g in out:
             self.stats.staleness[self.steps_taken - g.policy_version] += 1
         self.stats.consumed += len(out)

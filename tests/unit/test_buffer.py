@@ -148,7 +148,8 @@ def test_dynamic_sampling_refills_the_step_with_fresh_groups():
     from tagpr.rl.batch import informative
 
     b = BufferCore(PromptCursor(IDS), capacity=8, max_staleness=0, groups_per_step=2,
-                   admit=lambda g: informative([t.components["format_task"] for t in g.trajectories]))
+                   admit=lambda g: informative([t.components["format_task"] for t in g.trajectories]),
+                   max_filtered=2)
     first = b.issue("w0", 2)
     assert b.offer(scored_group(first[0], [1.0, 1.0])) == "zero variance"
     assert b.offer(scored_group(first[1], [1.0, 0.0])) == "admitted"
@@ -173,3 +174,15 @@ def test_a_restored_buffer_keeps_the_current_stage():
     assert buf.stage == "exploratory"
     with pytest.raises(ValueError, match="unknown stage"):
         buf.set_stage("warmup")
+
+
+def test_dynamic_sampling_gives_up_after_its_filter_budget():
+    """A policy whose groups are all uniform must not use up the prompts: after ``max_filtered``
+    filtered groups the step takes what comes (the learner leaves uniform groups out of the loss)."""
+    b = BufferCore(PromptCursor(IDS), capacity=8, max_staleness=0, groups_per_step=2, admit=lambda g: False,
+                   max_filtered=1)
+    refs = b.issue("w0", 2)
+    assert [b.offer(scored_group(r, [0.0, 0.0])) for r in refs] == ["zero variance", "admitted"]
+    (last,) = b.issue("w0", 2)
+    assert b.offer(scored_group(last, [0.0, 0.0])) == "admitted"
+    assert len(b.take()) == 2 and b.filtered == 0  # the budget is per step

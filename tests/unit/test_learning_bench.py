@@ -1,0 +1,36 @@
+"""The learning benchmark's summary and figure from fabricated per-seed results (no Ray)."""
+
+import pytest
+
+from benchmarks.learning import plot, summarize, variants
+
+
+def seed_entry(sft: float, rl: dict[str, float]) -> dict:
+    curve = [{"step": s, "reward_mean": 0.5, "format": 1.0, "task": 0.4 + 0.01 * s, "clip_frac": 0.0} for s in (1, 2)]
+    return {"sft": {"task_score": sft, "format_valid": 1.0},
+            "rl": {n: {"task_score": v, "format_valid": 0.99} for n, v in rl.items()},
+            "rewards": {n: curve for n in rl}}
+
+
+def test_variants_give_every_run_the_same_learner_steps():
+    runs = variants(8, 4)
+    assert list(runs) == ["format_task", "guided_tags", "guided_tags_prmu", "tagpr"]
+    assert {sum(s["steps"] for s in stages) for stages in runs.values()} == {12}
+    assert [s["weights"] for s in runs["tagpr"]] == [{"format_task": 1.0, "tag": 0.2, "prmu": 0.3},
+                                                      {"format_task": 1.0}]
+
+
+def test_summary_is_the_mean_paired_difference_with_a_seed_interval(tmp_path):
+    per_seed = {"0": seed_entry(0.40, {"tagpr": 0.46, "format_task": 0.40}),
+                "1": seed_entry(0.38, {"tagpr": 0.43, "format_task": 0.37}),
+                "2": seed_entry(0.42, {"tagpr": 0.48, "format_task": 0.43})}
+    rows = summarize(per_seed, ["format_task", "tagpr"])
+    assert rows["tagpr"]["differences"] == pytest.approx([0.06, 0.05, 0.06])
+    assert rows["tagpr"]["mean_difference"] == pytest.approx(0.17 / 3)
+    assert rows["tagpr"]["relative"] == pytest.approx((0.17 / 3) / 0.40)
+    assert 0 < rows["tagpr"]["low"] < rows["tagpr"]["mean_difference"] < rows["tagpr"]["high"]
+    assert rows["format_task"]["low"] < 0 < rows["format_task"]["high"]  # no difference: the interval spans 0
+    result = {"details": {"rows": rows, "seeds": [0, 1, 2], "per_seed": per_seed,
+                          "dev_questions_per_task": {"LaMP_1": 256, "LaMP_2": 256}}}
+    plot(result, tmp_path / "learning.png")
+    assert (tmp_path / "learning.png").stat().st_size > 10_000
