@@ -51,6 +51,9 @@ def _prepare(root: Path) -> list[str]:
         "rollout.engine.kind=hf", "rollout.num_cpus=0", "rollout.resources={rollout_worker: 1}",
         "rollout.num_workers=1", "rollout.min_workers=1", "rollout.max_workers=3", "rollout.reward_via=local",
         "rl.stages=[{name: guided, steps: 100000, weights: {format_task: 1.0, tag: 0.2}}]",
+        # the random policy's groups carry no reward signal (format gate), so learner steps are near
+        # no-ops; publishing every other step keeps weight loads from saturating the machine
+        "learner.sync_every=2",
     ]
 
 
