@@ -187,19 +187,13 @@ class PRMUTerm(RewardTerm):
             raise TagPRError("reward term 'prmu' has a weight but no PRMU scorer is configured")
 
     def score(self, batch):
-        valid = gated(batch)
+        passed = [bool(r_format(j)) for j in batch]
+        valid = [j for j, ok in zip(batch, passed) if ok]
         raw = [float(x) for x in self.ctx.prmu.score(valid)] if valid else []
         if len(raw) != len(valid):
             raise RuntimeError(f"PRMU scorer returned {len(raw)} scores for {len(valid)} samples")
-        values = iter(zip(calibrate(raw, self.ctx.cfg.prmu_transform, self.ctx.prmu.score_stats), raw))
-        out = []
-        for j in batch:
-            if r_format(j):
-                value, r = next(values)
-                out.append({self.name: value, "prmu_raw": r})
-            else:
-                out.append({self.name: 0.0})
-        return out
+        scored = iter(zip(calibrate(raw, self.ctx.cfg.prmu_transform, self.ctx.prmu.score_stats), raw))
+        return [dict(zip((self.name, "prmu_raw"), next(scored))) if ok else {self.name: 0.0} for ok in passed]
 
 
 class FixedScores:

@@ -3,8 +3,8 @@
 A response is a sequence of ``<tag>...</tag>`` sections followed by exactly one
 ``<answer>...</answer>`` (TAGPR.md section 2). The parser never raises: whatever the text, it
 returns the sections it could read and the structural problems it met. The checker turns a
-parse into the list of violated constraints, each with a reason; the tag reward is the fraction
-returns the graded tag reward (:attr:`Checked.score`).
+parse into the list of violated constraints, each with a reason, and the graded tag reward
+(:attr:`Checked.score`).
 """
 
 from __future__ import annotations
@@ -216,9 +216,8 @@ class TagSet:
             add(ANSWER_LAST_ONCE, f"<{self.answer_tag}> is not the last section")
         answer = parsed.sections[answers[-1]].text if answers else None
         required = self.required(task_type)
-        ranked = [t for t in self.cfg.order if t in required] + [t for t in required if t not in self.cfg.order]
-        covered = _in_order(present, [t for t in ranked if t in self.cfg.order]) + sum(
-            t in present for t in ranked if t not in self.cfg.order)
+        covered = (_in_order(present, [t for t in self.cfg.order if t in required])
+                   + sum(t in present for t in required if t not in self.cfg.order))
         return Checked(parsed, answer, tuple(violations), len(required), covered, self.cfg.penalty)
 
     def distribution(self, texts: Sequence[str]) -> Counter[str]:

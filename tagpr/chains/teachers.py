@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tagpr.credentials import read_secret
-from tagpr.lamp.synthetic import Citation, MovieTagging, Rating, Styled, generator, words
+from tagpr.lamp.synthetic import Citation, MovieTagging, Rating, Styled, generator
 from tagpr.lamp.tasks import get_task
 from tagpr.registry import Registry
 
@@ -87,28 +87,21 @@ class ProgrammaticTeacher(Teacher):
     def from_config(cls, cfg) -> "ProgrammaticTeacher":
         return cls(cfg.data.root, cfg.chains.mistake_rate, cfg.run.seed, cfg.data.prompt_profile_items)
 
-    def _latent(self, task: str, user_id: str | None) -> dict[str, Any]:
+    def _synthetic(self, task: str, user_id: str | None) -> bool:
+        """Whether ``users.json`` of the task names this user: the teacher serves synthetic users only."""
         if task not in self._users:
             path = self.root / task / "users.json"
             self._users[task] = json.loads(path.read_text()) if path.exists() else {}
-        if user_id is None or user_id not in self._users[task]:
-            raise ValueError(f"{task}: no latent preferences for user {user_id!r} (programmatic teacher "
-                             "only works on synthetic users)")
-        return self._users[task][user_id]
+        return user_id is not None and user_id in self._users[task]
 
     def generate(self, requests, n):
         outs = []
         for req in requests:
             out = TeacherOutput(req.id)
-            try:
-                self._latent(req.task, req.user_id)
-            except ValueError:
+            if not self._synthetic(req.task, req.user_id):
                 out.errors["unknown user"] += 1
-                outs.append(out)
-                continue
-            for k in range(n):
-                rng = random.Random(f"{self.seed}-{req.id}-{k}")
-                out.samples.append(self.write(req, rng))
+            else:
+                out.samples += [self.write(req, random.Random(f"{self.seed}-{req.id}-{k}")) for k in range(n)]
             outs.append(out)
         return outs
 
@@ -283,11 +276,9 @@ def _counts(values: Sequence[Any]) -> str:
 
 
 def _citation(visible, req, wrong, rng):
-    bag = Counter(w for p in visible for w in words(f"{p.get('title', '')} {p.get('abstract', '')}"))
-    refs = Citation.references(req.input)
+    bag, hits = Citation.evidence(visible, req.input)
     common = [w for w, _ in bag.most_common(4)]
-    hits = [sum(bag[w] for w in words(r)) for r in refs]
-    right = "[2]" if hits[1] > hits[0] else "[1]"
+    right = Citation.choose(hits)
     answer = ("[2]" if right == "[1]" else "[1]") if wrong else right
     return [
         f"Looking through the user's profile items, frequent words are {', '.join(common)}.",
@@ -315,8 +306,8 @@ def _movie(visible, req, wrong, rng):
 
 
 def _rating(visible, req, wrong, rng):
-    diffs = sorted(float(p.get("score", 3)) - Rating.sentiment(str(p.get("text", ""))) for p in visible)
-    bias = round(diffs[len(diffs) // 2]) if diffs else 0
+    diffs, median = Rating.bias_evidence(visible)
+    bias = round(median)
     s = Rating.sentiment(req.input)
     answer = max(1, min(5, s + bias))
     if wrong:

@@ -21,7 +21,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,14 +130,19 @@ class Citation(Generator):
         m = re.search(r'\[1\]: "(.*)" \[2\]: "(.*)"', text)
         return (m.group(1), m.group(2)) if m else ("", "")
 
-    def profile_reader(self):
-        def predict(q: Question) -> str:
-            bag = Counter(w for item in q.profile for w in words(item["title"] + " " + item["abstract"]))
-            r1, r2 = self.references(q.input)
-            s1, s2 = (sum(bag[w] for w in words(r)) for r in (r1, r2))
-            return "[2]" if s2 > s1 else "[1]"
+    @classmethod
+    def evidence(cls, profile: Sequence[Mapping[str, Any]], text: str) -> tuple[Counter[str], tuple[int, int]]:
+        """The words of the profile's papers, and how often each reference's words occur among them."""
+        bag = Counter(w for item in profile for w in words(f"{item.get('title', '')} {item.get('abstract', '')}"))
+        r1, r2 = cls.references(text)
+        return bag, (sum(bag[w] for w in words(r1)), sum(bag[w] for w in words(r2)))
 
-        return predict
+    @staticmethod
+    def choose(hits: tuple[int, int]) -> str:
+        return "[2]" if hits[1] > hits[0] else "[1]"
+
+    def profile_reader(self):
+        return lambda q: self.choose(self.evidence(q.profile, q.input)[1])
 
     def user_blind(self, train, golds):
         majority = Counter(golds[q.id] for q in train).most_common(1)[0][0]
@@ -251,13 +256,14 @@ class Rating(Generator):
         hits = [s for s, ps in SENTIMENT.items() for p in ps if p in text.lower()]
         return round(sum(hits) / len(hits)) if hits else 3
 
-    def profile_reader(self):
-        def predict(q: Question) -> str:
-            diffs = sorted(float(item["score"]) - self.sentiment(item["text"]) for item in q.profile)
-            bias = diffs[len(diffs) // 2] if diffs else 0.0
-            return str(_clip(self.sentiment(q.input) + bias))
+    @classmethod
+    def bias_evidence(cls, profile: Sequence[Mapping[str, Any]]) -> tuple[list[float], float]:
+        """Each past score minus its review's sentiment (sorted), and their median: the user's bias."""
+        diffs = sorted(float(item.get("score", 3)) - cls.sentiment(str(item.get("text", ""))) for item in profile)
+        return diffs, diffs[len(diffs) // 2] if diffs else 0.0
 
-        return predict
+    def profile_reader(self):
+        return lambda q: str(_clip(self.sentiment(q.input) + self.bias_evidence(q.profile)[1]))
 
     def user_blind(self, train, golds):
         mean_bias = sum(float(golds[q.id]) - self.sentiment(q.input) for q in train) / len(train)

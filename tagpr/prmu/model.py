@@ -59,9 +59,11 @@ class PRMUNet(nn.Module):
     """Common interface: ``featurize`` examples once, then ``forward(features)``."""
 
     variant: str
-    user_blind: bool = False
-    user: UserPooling | None
-    hidden: int
+
+    def __init__(self, dim: int, hidden: int, num_users: int, user_blind: bool):
+        super().__init__()
+        self.user_blind, self.hidden = user_blind, hidden
+        self.user = None if user_blind else UserPooling(dim, hidden, num_users)
 
     def featurize(self, examples: Sequence[PRMUExample], encoder: SentenceEncoder, user_index: dict[str, int]) -> Any:
         raise NotImplementedError
@@ -109,9 +111,7 @@ class EncoderPRMU(PRMUNet):
     variant = "encoder"
 
     def __init__(self, dim: int, hidden: int, num_users: int, user_blind: bool = False):
-        super().__init__()
-        self.user_blind, self.hidden = user_blind, hidden
-        self.user = None if user_blind else UserPooling(dim, hidden, num_users)
+        super().__init__(dim, hidden, num_users, user_blind)
         self.response = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.head = nn.Sequential(nn.Linear(3 * hidden + 3, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
@@ -148,11 +148,9 @@ class CausalPRMU(PRMUNet):
 
     def __init__(self, dim: int, hidden: int, num_users: int, backbone: nn.Module, tokenizer: Any,
                  prefix_tokens: int, max_length: int = 256, user_blind: bool = False):
-        super().__init__()
+        super().__init__(dim, hidden, num_users, user_blind)
         self.backbone, self.tokenizer = backbone, tokenizer
         width = backbone.config.hidden_size
-        self.user_blind, self.hidden = user_blind, hidden
-        self.user = None if user_blind else UserPooling(dim, hidden, num_users)
         self.prefix = nn.Linear(hidden, prefix_tokens * width)
         self.value = nn.Linear(width, 1)
         self.k, self.width, self.max_length = prefix_tokens, width, max_length
