@@ -209,15 +209,17 @@ class RLController:
 
     # ------------------------------------------------------------ stages
 
-    def _evaluate(self, name: str, policy: str) -> dict:
-        limit = self.cfg.rl.eval_limit
-        result = evaluate_remote(policy, self.cfg, limit)
+    def _evaluate(self, name: str, policy: str, known: dict | None = None) -> dict:
+        """Score ``policy`` on dev (``rl.eval_limit``), or record ``known``, its scores on those questions."""
+        result = known or evaluate_remote(policy, self.cfg, self.cfg.rl.eval_limit)
         self.report["evaluations"][name] = result
         self.log(f"rl: dev at {name}: format {result['format_valid']:.3f} tag {result['tag_score']:.3f} "
                  f"task score {result['task_score']:.3f}")
         return result
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
+    def run(self, resume: bool = False, start_evaluation: dict | None = None) -> dict[str, Any]:
+        """Every stage (or the rest of them on ``resume``); ``start_evaluation``: the starting policy's
+        dev scores on ``rl.eval_limit``'s questions where an earlier step has them (SFT's)."""
         import ray
 
         from actors.checkpoints import export_hf, read_state
@@ -242,7 +244,7 @@ class RLController:
         try:
             self._start_roles(policy)
             if cfg.rl.eval_limit and start_stage == 0 and not resume:
-                self._evaluate("start", policy)
+                self._evaluate("start", policy, start_evaluation)
             for i in range(start_stage, len(cfg.rl.stages)):
                 stage = cfg.rl.stages[i]
                 ray.get(self.buffer.set_stage.remote(stage.name))

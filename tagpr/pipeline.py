@@ -106,15 +106,20 @@ def step_reference(ctx: RunContext) -> dict[str, Any]:
 @STEPS.register("rl")
 def step_rl(ctx: RunContext) -> dict[str, Any]:
     """Multi-stage asynchronous GRPO into ``<run dir>/rl`` from this run's SFT policy (else
-    ``model.policy``), with this run's PRMU (else ``prmu.checkpoint``) behind the reward."""
+    ``model.policy``), with this run's PRMU (else ``prmu.checkpoint``) behind the reward; SFT's dev
+    scores stand as RL's start where they cover the same questions."""
+    from tagpr.evaluation import question_ids
     from tagpr.jobs.rl import train
 
-    cfg = with_policy(ctx.cfg, ctx.results.get("sft", {}).get("policy") or ctx.cfg.model.policy)
+    sft = ctx.results.get("sft", {})
+    cfg = with_policy(ctx.cfg, sft.get("policy") or ctx.cfg.model.policy)
     prmu = ctx.results.get("prmu", {}).get("checkpoint") or cfg.prmu.checkpoint
     cfg = cfg.model_copy(update={"prmu": cfg.prmu.model_copy(update={"checkpoint": prmu})})
     run_dir = ctx.run_dir / "rl"
     run_dir.mkdir(exist_ok=True)
-    report = train(cfg, log=ctx.log, run_dir=run_dir)
+    known = sft.get("after") if sft.get("policy") else None  # SFT's policy is where RL starts
+    start = known if reusable(known, question_ids(cfg, cfg.rl.eval_limit)) else None
+    report = train(cfg, log=ctx.log, run_dir=run_dir, start_evaluation=start)
     last = list(report["stages"])[-1]
     return {"policy": report["stages"][last]["policy"], "run_dir": str(run_dir), "stages": report["stages"],
             "evaluations": report["evaluations"], "seconds": report["seconds"]}

@@ -15,8 +15,9 @@ from tagpr.config import TagPRConfig, new_run_dir, write_resolved
 
 
 def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | None = None,
-          resume: str | Path | None = None) -> dict:
-    """Run every stage into ``run_dir`` (a new one by default), or continue ``resume`` (a run directory)."""
+          resume: str | Path | None = None, start_evaluation: dict | None = None) -> dict:
+    """Run every stage into ``run_dir`` (a new one by default), or continue ``resume`` (a run directory);
+    ``start_evaluation``: the starting policy's dev scores where already known (no second scoring)."""
     from actors.controller import RLController
     from tagpr.errors import TagPRError
 
@@ -28,7 +29,7 @@ def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | 
     else:
         run_dir = run_dir or new_run_dir(cfg, "rl")
     log(f"rl: run directory {run_dir}")
-    return RLController(cfg, run_dir, log).run(resume=bool(resume))
+    return RLController(cfg, run_dir, log).run(resume=bool(resume), start_evaluation=start_evaluation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

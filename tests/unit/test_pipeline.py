@@ -174,3 +174,26 @@ def test_reference_records_are_the_gold_in_the_answer_tag_and_nothing_else(repor
     first = next(r for r in records if r["task"] == "LaMP_3")
     assert first == {"task": "LaMP_3", "input": q.input, "profile": q.profile,
                      "response": f"<final>{split.golds[q.id]}</final>"}
+
+
+def test_rl_starts_from_sfts_scores_when_they_cover_its_questions(report_ctx, monkeypatch):
+    """SFT's after-evaluation is the RL start's, on the same questions: RL does not score it again."""
+    import tagpr.jobs.rl
+    from tagpr.evaluation import question_ids
+    from tagpr.pipeline import step_rl
+
+    given = []
+
+    def train(cfg, log, run_dir, start_evaluation=None):
+        given.append(start_evaluation)
+        return {"stages": {"guided": {"policy": "rl"}}, "evaluations": {}, "seconds": 0.0}
+
+    monkeypatch.setattr(tagpr.jobs.rl, "train", train)
+    ctx = report_ctx
+    ctx.cfg = ctx.cfg.model_copy(update={"rl": ctx.cfg.rl.model_copy(update={"eval_limit": 8})})
+    after = fake_evaluation(question_ids(ctx.cfg, 8), 0.5)
+    ctx.results = {"sft": {"policy": "sft", "after": after}}
+    step_rl(ctx)
+    ctx.results = {"sft": {"policy": "sft", "after": fake_evaluation(question_ids(ctx.cfg, 4), 0.5)}}
+    step_rl(ctx)
+    assert given == [after, None]
