@@ -221,7 +221,9 @@ class PRMUConfig(Section):
         "whether the scorer adds the learned user-id embedding for known users; off by default, so RL rewards "
         "come from the profile alone"))
     prefix_tokens: int = Field(4, ge=1, description="soft prefix tokens (causal_lm variant)")
-    include_reasoning: bool = False
+    include_reasoning: bool = Field(False, description=(
+        "score the reasoning sections with the answer; PRMU training refuses it, since its pairs are gold "
+        "answers with no reasoning (a checkpoint records the value it was built with, and the scorer uses that)"))
     negatives_per_question: int = Field(3, ge=1)
     checkpoint: str | None = None
     epochs: int = Field(30, ge=1)

@@ -94,7 +94,7 @@ def step_sft(ctx: RunContext) -> dict[str, Any]:
 @STEPS.register("reference")
 def step_reference(ctx: RunContext) -> dict[str, Any]:
     """The direct-answer reference into ``<run dir>/reference/policy``: ``model.policy`` fine-tuned with
-    SFT's budget on ``<answer>{gold}</answer>`` (no reasoning), evaluated on dev after. It plays the
+    SFT's budget on SFT's questions answered ``<answer>{gold}</answer>`` (no reasoning), evaluated on dev after. It plays the
     paper's base model, one that can answer, against which the report's headline is measured."""
     from tagpr.jobs.sft import train_reference
 
@@ -133,7 +133,7 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
     staleness over steps, tag distribution."""
     from actors.progress import dev_progress
     from tagpr.evaluation import evaluate_policy, question_ids
-    from tagpr.report import build_report, plot_report, read_metrics, render_markdown
+    from tagpr.report import build_report, plot_report, prmu_distribution, prmu_note, read_metrics, render_markdown
 
     cfg = ctx.cfg
     limit = cfg.run.report_eval_limit
@@ -163,9 +163,12 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
              + (f", drawn across all users (seed {cfg.run.seed})" if limit else " (all)")
              + f"; greedy decoding, and one sample per question at temperature {r.temperature}, top_p {r.top_p} "
              "for the sampled format validity."
-             + (" The reference is `model.policy` fine-tuned on the gold answers alone with SFT's epochs, "
-                "learning rate schedule and batch size." if "reference" in evaluations else ""),
+             + (" The reference is `model.policy` fine-tuned on SFT's questions with the gold answer "
+                "alone in place of the chain, with SFT's epochs, learning rate schedule and batch size." if "reference" in evaluations else ""),
              "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in ctx.seconds.items()) + "."]
+    dist = prmu_distribution(learner)
+    if dist:
+        notes.insert(1, prmu_note(dist))
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
     (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")

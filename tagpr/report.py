@@ -167,6 +167,30 @@ def read_metrics(path: Path, prefix: str) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("prefix") == prefix]
 
 
+def prmu_distribution(learner: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """R_PRMU over every response the PRMU scored in RL: raw scores and the calibrated reward, with
+    quantiles and the fraction within 0.02 of 0 or 1 (how far the reward saturates)."""
+    raw = [v for m in learner for v in m.get("prmu_scores", {}).get("raw", [])]
+    cal = [v for m in learner for v in m.get("prmu_scores", {}).get("calibrated", [])]
+    if not raw:
+        return None
+
+    def quantiles(values: list[float]) -> dict[str, float]:
+        v = sorted(values)
+        return {f"p{q}": v[min(len(v) - 1, int(q / 100 * len(v)))] for q in (5, 50, 95)}
+
+    return {"n": len(raw), "raw": raw, "calibrated": cal, "raw_quantiles": quantiles(raw),
+            "calibrated_quantiles": quantiles(cal),
+            "saturated_frac": sum(c < 0.02 or c > 0.98 for c in cal) / len(cal)}
+
+
+def prmu_note(dist: dict[str, Any]) -> str:
+    r, c = dist["raw_quantiles"], dist["calibrated_quantiles"]
+    return (f"R_PRMU over the {dist['n']} RL responses the PRMU scored: raw score p5/p50/p95 "
+            f"{r['p5']:.2f} / {r['p50']:.2f} / {r['p95']:.2f}, calibrated reward {c['p5']:.3f} / {c['p50']:.3f} / "
+            f"{c['p95']:.3f}; {dist['saturated_frac']:.0%} within 0.02 of 0 or 1 (`prmu_scores.png`).")
+
+
 def plot_dev(report: dict[str, Any], path: Path) -> None:
     """One figure: each policy's primary score per task on one 0-1 scale; RL minus SFT and minus the
     reference with their intervals as error bars; greedy and sampled format validity per policy."""
@@ -222,7 +246,7 @@ def plot_dev(report: dict[str, Any], path: Path) -> None:
 
 def plot_report(report: dict[str, Any], learner: list[dict], rollout: list[dict], tag_counts: dict[str, int],
                 out_dir: Path) -> list[str]:
-    """Four PNGs into ``out_dir``; their file names."""
+    """The PNGs into ``out_dir`` (the PRMU score histogram only when RL scored with it); their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,6 +271,15 @@ def plot_report(report: dict[str, Any], learner: list[dict], rollout: list[dict]
 
     plot_dev(report, out_dir / "dev_metrics.png")
     names.append("dev_metrics.png")
+
+    dist = prmu_distribution(learner)
+    if dist:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+        a1.hist(dist["raw"], bins=30)
+        a1.set(xlabel="raw PRMU score", ylabel="responses", title="PRMU raw score")
+        a2.hist(dist["calibrated"], bins=20, range=(0, 1))
+        a2.set(xlabel="R_PRMU", title="reward after `reward.prmu_transform`")
+        save(fig, "prmu_scores.png")
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     tags = sorted(tag_counts, key=tag_counts.get, reverse=True)

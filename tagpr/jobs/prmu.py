@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
-from tagpr.errors import TagPRError
+from tagpr.errors import ConfigError, TagPRError
 from tagpr.prmu import checkpoint
 from tagpr.prmu.encoder import SentenceEncoder
 from tagpr.prmu.model import PRMUNet
@@ -32,6 +32,10 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     """Train a PRMU and the user-blind baseline on the train split, evaluate both on held-out dev
     users, write the checkpoint (default ``<run dir>/prmu``, the baseline in its ``user_blind/``;
     a new run directory unless one is given)."""
+    if cfg.prmu.include_reasoning:
+        raise ConfigError("config", "prmu.include_reasoning",
+                          "the PRMU trains on gold answers, which carry no reasoning; a PRMU that scored the "
+                          "reasoning would be scoring text it never saw in training (leave it false)")
     from actors.cluster import connect
     from actors.prmu_trainer import train_on_ray
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
+from tagpr.errors import TagPRError
+from tagpr.tags import TagSet
 
 Records = Callable[[str], list[dict[str, Any]]]  # split -> SFT records: {task, input, profile, response}
 
@@ -32,26 +34,27 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
 
 def train_reference(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
                     run_dir: Path | None = None, evaluate: bool = True) -> dict:
-    """The direct-answer reference: ``model.policy`` fine-tuned with ``sft``'s budget on each question's
-    gold as ``<answer>{gold}</answer>``, scored on dev after (before is the untrained base, which
-    SFT already scores). ``sft.resume_from`` belongs to SFT and is not used."""
+    """The direct-answer reference: ``model.policy`` fine-tuned with ``sft``'s budget on
+    :func:`reference_records`, scored on dev after (before is the untrained base, which SFT already
+    scores). ``sft.resume_from`` belongs to SFT and is not used."""
     cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"resume_from": None})})
-    return _fit(cfg, lambda split: direct_answer_records(cfg, split), "reference", out, log, run_dir,
+    return _fit(cfg, lambda split: reference_records(cfg, split), "reference", out, log, run_dir,
                 ("after",) if evaluate else ())
 
 
-def direct_answer_records(cfg: TagPRConfig, split: str) -> list[dict[str, Any]]:
-    """SFT records of ``split`` whose response is only the gold in the answer tag, no reasoning."""
-    from tagpr.lamp.io import load_split
-    from tagpr.tags import TagSet
+def reference_records(cfg: TagPRConfig, split: str) -> list[dict[str, Any]]:
+    """SFT's own examples of ``split`` (the chains in ``chains.out``, as many per question) with the
+    response replaced by the gold as ``<answer>{gold}</answer>``: the reference differs from SFT only
+    in the reasoning, not in its questions or its number of steps."""
+    from tagpr.sft.data import read_chains
 
+    path = Path(cfg.chains.out) / f"{split}.jsonl"
+    if not path.is_file():
+        raise TagPRError(f"chains.out: {path} not found; the reference trains on SFT's questions, so run the "
+                         "`chains` step first")
     tags = TagSet(cfg.tags)
-    records = []
-    for task in cfg.data.tasks:
-        s = load_split(cfg.data.root, task, split, cfg.data.skip_invalid)
-        records += [{"task": task, "input": q.input, "profile": q.profile,
-                     "response": tags.render((), s.golds[q.id])} for q in s.questions]
-    return records
+    return [{"task": c["task"], "input": c["input"], "profile": c["profile"], "response": tags.render((), c["gold"])}
+            for c in read_chains(path)]
 
 
 def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, log: Callable[[str], None],
@@ -64,11 +67,9 @@ def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, 
     from actors.cluster import connect
     from actors.progress import dev_progress
     from actors.sft_trainer import train_on_ray
-    from tagpr.errors import TagPRError
     from tagpr.evaluation import evaluate_policy
     from tagpr.models import resolve_model_path
     from tagpr.sft.data import pack, tokenize_chains
-    from tagpr.tags import TagSet
 
     if cfg.sft.resume_from and not (Path(cfg.sft.resume_from) / "trainer_state.json").is_file():
         raise TagPRError(f"sft.resume_from: {cfg.sft.resume_from} is not an SFT epoch checkpoint folder "

@@ -64,6 +64,10 @@ def rows_from_groups(groups: Sequence[Group], weights: Mapping[str, float], cfg:
     for name in sorted({k for g in groups for t in g.trajectories for k in t.components}):
         values = [t.components[name] for g in groups for t in g.trajectories if name in t.components]
         stats[f"reward/{name}"] = sum(values) / len(values)
+    scored = [t.components for g in groups for t in g.trajectories if "prmu_raw" in t.components]
+    if scored:  # every value, so the report can show R_PRMU's distribution (raw and calibrated)
+        stats["prmu_scores"] = {"raw": [round(c["prmu_raw"], 4) for c in scored],
+                                "calibrated": [round(c["prmu"], 4) for c in scored]}
     return rows, stats
 
 

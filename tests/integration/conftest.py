@@ -47,7 +47,7 @@ def answering_policy(prmu_job, tiny_policy, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from actors.train_strategy import DDPStrategy
-    from tagpr.jobs.sft import direct_answer_records
+    from tagpr.lamp.io import load_split
     from tagpr.sft.data import tokenize_chains
     from tagpr.sft.train import train_epochs
     from tagpr.tags import TagSet
@@ -56,7 +56,11 @@ def answering_policy(prmu_job, tiny_policy, tmp_path_factory):
     cfg = base.model_copy(update={"data": base.data.model_copy(update={"prompt_profile_items": 4}),
                                   "sft": base.sft.model_copy(update={"epochs": 2, "lr": 2e-3, "warmup_steps": 2})})
     tokenizer = AutoTokenizer.from_pretrained(tiny_policy)
-    data = tokenize_chains(direct_answer_records(cfg, cfg.data.train_split), tokenizer, TagSet(cfg.tags), 4, 1024)
+    tags = TagSet(cfg.tags)
+    splits = [load_split(cfg.data.root, task, cfg.data.train_split) for task in cfg.data.tasks]
+    records = [{"task": s.task.name, "input": q.input, "profile": q.profile, "response": tags.render((), s.golds[q.id])}
+               for s in splits for q in s.questions]
+    data = tokenize_chains(records, tokenizer, tags, 4, 1024)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32)
     stepper = DDPStrategy(model, cfg.sft, cfg.sft.lr, 0.0, cfg.sft.batch_size, world=1)

@@ -162,18 +162,20 @@ def test_the_report_scores_again_what_was_scored_on_other_questions(report_ctx, 
     assert out["headline"] is None and "add the `reference` step" not in (ctx.run_dir / "report.md").read_text()
 
 
-def test_reference_records_are_the_gold_in_the_answer_tag_and_nothing_else(report_ctx):
-    from tagpr.jobs.sft import direct_answer_records
-    from tagpr.lamp.io import load_split
+def test_reference_records_are_sfts_examples_with_only_the_gold_answer(report_ctx, tmp_path):
+    from tagpr.jobs.sft import reference_records
 
-    cfg = report_ctx.cfg.model_copy(update={"tags": report_ctx.cfg.tags.model_copy(update={"answer": "final"})})
-    records = direct_answer_records(cfg, "train")
-    split = load_split(cfg.data.root, "LaMP_3", "train")
-    assert len(records) == 2 * len(split.questions)
-    q = split.questions[0]
-    first = next(r for r in records if r["task"] == "LaMP_3")
-    assert first == {"task": "LaMP_3", "input": q.input, "profile": q.profile,
-                     "response": f"<final>{split.golds[q.id]}</final>"}
+    cfg = report_ctx.cfg.model_copy(update={"tags": report_ctx.cfg.tags.model_copy(update={"answer": "final"}),
+                                            "chains": report_ctx.cfg.chains.model_copy(update={"out": str(tmp_path)})})
+    with pytest.raises(TagPRError, match="chains.out.*run the `chains` step"):
+        reference_records(cfg, "train")
+    chain = {"id": "q1", "task": "LaMP_3", "input": "rate it", "gold": "4", "user_id": "u1",
+             "profile": [{"text": "fine", "score": "4"}], "response": "<examine_examples>x</examine_examples><final>3</final>"}
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(c) for c in (chain, chain, {**chain, "id": "q2"})))
+    records = reference_records(cfg, "train")
+    assert len(records) == 3  # as many examples as SFT trains on, duplicates included
+    assert records[0] == {"task": "LaMP_3", "input": "rate it", "profile": chain["profile"],
+                          "response": "<final>4</final>"}  # the gold, not the chain's answer, and no reasoning
 
 
 def test_rl_starts_from_sfts_scores_when_they_cover_its_questions(report_ctx, monkeypatch):

@@ -244,3 +244,13 @@ def test_causal_variant_on_the_tiny_policy(tmp_path, encoder):
     assert meta["variant"] == "causal_lm"
     with torch.no_grad():
         assert torch.allclose(loaded(loaded.featurize(chosen, encoder, {"u1": 0})), net.eval()(feats_c), atol=1e-5)
+
+
+def test_training_refuses_to_score_reasoning_it_never_saw(tmp_path):
+    from tagpr.errors import ConfigError
+    from tagpr.jobs.prmu import train
+
+    cfg = load_config(None, ["prmu.include_reasoning=true", f"run.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="prmu.include_reasoning"):
+        train(cfg, out=tmp_path / "prmu")
+    assert not (tmp_path / "prmu").exists()

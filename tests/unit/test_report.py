@@ -5,7 +5,8 @@ RL against SFT and the reference with the sample size beside them; the dev plot 
 import numpy as np
 import pytest
 
-from tagpr.report import HEADLINE, build_report, plot_dev, relative_improvement, render_markdown
+from tagpr.report import (HEADLINE, build_report, plot_dev, plot_report, prmu_distribution, prmu_note,
+                          relative_improvement, render_markdown)
 
 N = 40
 
@@ -131,3 +132,19 @@ def test_the_dev_plot_renders_every_phase_on_one_scale(tmp_path):
     plot_dev(build_report(evaluations, resamples=200), path)
     width, height = Image.open(path).size
     assert width > 1000 and height > 700
+
+
+def test_prmu_score_distribution_is_summarised_and_plotted(tmp_path):
+    learner = [{"step": i, "time": float(i), "reward/prmu": 0.5,
+                "prmu_scores": {"raw": [float(i), -float(i)], "calibrated": [0.5 + i / 40, 0.5 - i / 40]}}
+               for i in range(1, 21)]
+    learner.append({"step": 21, "time": 21.0})  # an exploratory step: no PRMU term
+    dist = prmu_distribution(learner)
+    assert dist["n"] == 40 and dist["raw_quantiles"]["p50"] in (0.0, 1.0, -1.0)
+    assert dist["saturated_frac"] == pytest.approx(2 / 40)  # 0.5 +- 20/40 = 1.0 and 0.0
+    assert "40 RL responses" in prmu_note(dist)
+    report = build_report({p: constant(0.5, 0.5) for p in ("sft", "rl")}, resamples=50)
+    names = plot_report(report, learner, [], {"examine_examples": 3}, tmp_path)
+    assert "prmu_scores.png" in names and (tmp_path / "prmu_scores.png").stat().st_size > 0
+    assert prmu_distribution(learner[-1:]) is None
+    assert "prmu_scores.png" not in plot_report(report, learner[-1:], [], {}, tmp_path)

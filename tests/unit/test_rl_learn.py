@@ -80,6 +80,15 @@ def test_rows_carry_group_advantages_and_leave_out_constant_groups():
     assert informative([0.2, 0.2 + 1e-3]) and not informative([0.5, 0.5 + 1e-9])
 
 
+def test_step_stats_keep_every_prmu_score_the_stage_received():
+    scored = {"format_task": 1.0, "prmu": 0.7, "prmu_raw": 1.5}
+    gated = {"format_task": 0.0, "prmu": 0.0}  # malformed: the PRMU was not asked
+    _, stats = rows_from_groups([group([1.0, 0.0], components=[scored, gated])], {"format_task": 1.0}, RLConfig())
+    assert stats["prmu_scores"] == {"raw": [1.5], "calibrated": [0.7]}
+    _, stats = rows_from_groups([group([1.0, 0.0])], {"format_task": 1.0}, RLConfig())
+    assert "prmu_scores" not in stats
+
+
 def test_shard_gives_every_rank_the_same_number_of_nonempty_chunks():
     rows = [Row(traj([1], [2], key=str(i)), 1.0) for i in range(3)]
     chunks = [shard(rows, rank, 2, 2) for rank in range(2)]
