@@ -1,4 +1,4 @@
-"""The RL controller: builds the three roles and runs the stages (TAGPR.md sections 6 and 8).
+"""The RL controller: builds the three roles and runs the stages (docs/method.md sections 6 and 8).
 
 - the TrajectoryBuffer actor (named ``<run name>-buffer`` in the job's namespace): prompts out,
   groups in, staleness and back-pressure;

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from actors.controller import evaluate_remote
     from tagpr.config import load_config
     from tagpr.jobs import rl, sft
-    from tagpr.pipeline import run_pipeline, with_policy
+    from tagpr.jobs.pipeline import run_pipeline, with_policy
     from tagpr.stats import stratified_paired_bootstrap
 
     start = time.perf_counter()

@@ -14,7 +14,7 @@ MODEL=artifacts/smollm2-135m
 WORK=$(mktemp -d)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 start=$(date +%s)
-timeout 470 "$PY" -m tagpr.cli run configs/demo.yaml \
+timeout 470 "$PY" -m tagpr.jobs.cli run configs/demo.yaml \
   --set run.root="$WORK/runs" --set data.root="$WORK/data" --set chains.out="$WORK/chains" \
   --set model.policy="$MODEL" --set model.dtype=bfloat16 \
   --set rollout.num_gpus=0.5 --set "learner.resources={GPU: 0.5}" --set rollout.engine.gpu_memory_utilization=0.3 \

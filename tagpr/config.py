@@ -114,7 +114,7 @@ class TagSpec(Section):
 
 
 class TagsConfig(Section):
-    """The tag set and its constraints (TAGPR.md section 2); lives in ``configs/tags.yaml``."""
+    """The tag set and its constraints (docs/method.md section 2); lives in ``configs/tags.yaml``."""
 
     primary: list[TagSpec] = Field(min_length=1)
     answer: str = Field("answer", pattern=r"^[a-z][a-z0-9_]*$")
@@ -208,7 +208,7 @@ class RLConfig(Section):
 
 
 class PRMUConfig(Section):
-    """The personalization reward model (TAGPR.md section 4); the sentence encoder stays frozen."""
+    """The personalization reward model (docs/method.md section 4); the sentence encoder stays frozen."""
 
     variant: Literal["encoder", "causal_lm"] = "encoder"
     encoder: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or an HF path/id")
@@ -322,7 +322,7 @@ class VLLMTeacherConfig(ChatTeacherConfig):
 
 
 class ChainsConfig(Section):
-    """Tagged-chain generation (TAGPR.md section 5)."""
+    """Tagged-chain generation (docs/method.md section 5)."""
 
     teacher: str = Field("programmatic", description="registered teacher: programmatic, openai, vllm")
     labeler: str = Field("embedding", description="registered labeler: embedding, llm (asks the teacher)")

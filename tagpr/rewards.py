@@ -1,4 +1,4 @@
-"""The TagPR composite reward (TAGPR.md section 3).
+"""The TagPR composite reward (docs/method.md section 3).
 
     R = alpha * (R_format * R_task) + beta * R_tag + gamma * R_PRMU
 

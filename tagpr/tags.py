@@ -1,7 +1,7 @@
 """Tagged thought: parse a response into tagged sections, check it, render it.
 
 A response is a sequence of ``<tag>...</tag>`` sections followed by exactly one
-``<answer>...</answer>`` (TAGPR.md section 2). The parser never raises: whatever the text, it
+``<answer>...</answer>`` (docs/method.md section 2). The parser never raises: whatever the text, it
 returns the sections it could read and the structural problems it met. The checker turns a
 parse into the list of violated constraints, each with a reason, and the graded tag reward
 (:attr:`Checked.score`).

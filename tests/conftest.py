@@ -15,7 +15,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# vLLM on the CPU: a 1 GiB KV cache and the in-process engine (STACK.md).
+# vLLM on the CPU: a 1 GiB KV cache (its default reserves several) and the engine core in the test process.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,4 +1,4 @@
-"""Group-relative advantages (TAGPR.md section 6).
+"""Group-relative advantages (docs/method.md section 6).
 
 An estimator maps the rewards of a step, shaped ``(num_groups, G)``, to one advantage per sample
 of the same shape; the loss broadcasts each over its sample's tokens. Estimators are registered by

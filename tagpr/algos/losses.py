@@ -1,4 +1,4 @@
-"""Policy losses (TAGPR.md section 6) and the per-token log-probability helpers they need.
+"""Policy losses (docs/method.md section 6) and the per-token log-probability helpers they need.
 
 The default ``ppo_clip`` loss is PPO's clipped surrogate with clip-higher (separate lower and
 upper clip ranges), truncated importance sampling (TIS) against the rollout engine's logprobs,

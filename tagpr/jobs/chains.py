@@ -11,6 +11,7 @@ because de-duplication is global.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig
+from tagpr.jobs import command
 
 
 class GenerateAndLabel:
@@ -159,10 +161,17 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from tagpr.cli import main as cli_main
+def cmd_generate(args: argparse.Namespace) -> int:
+    out = command.console()
+    summary = generate(command.load(args), log=out.print)
+    for split, s in summary.items():
+        out.print(f"{split}: {s['chains']} chains ({s['kept_this_run']} kept this run, dropped "
+                  f"{s['dropped_this_run']}) in {s['seconds']}s")
+    return 0
 
-    return cli_main(["chains", "generate", *(sys.argv[1:] if argv is None else argv)])
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return command.main(argv, prefix=['chains', 'generate'])
 
 
 if __name__ == "__main__":

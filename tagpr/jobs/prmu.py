@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -15,6 +16,7 @@ from typing import Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
 from tagpr.errors import ConfigError, TagPRError
+from tagpr.jobs import command
 from tagpr.prmu import checkpoint
 from tagpr.prmu.encoder import SentenceEncoder
 from tagpr.prmu.model import PRMUNet
@@ -89,10 +91,24 @@ def eval_checkpoint(cfg: TagPRConfig, path: str | Path, split: str | None = None
             **evaluate(net, blind, pairs, encoder, user_index)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from tagpr.cli import main as cli_main
+def cmd_train(args: argparse.Namespace) -> int:
+    out = command.console()
+    result = train(command.load(args), args.out, log=out.print)
+    command.print_prmu(result, out)
+    out.print(f"checkpoint {result['checkpoint']} ({result['seconds']}s)")
+    return 0
 
-    return cli_main(["prmu", *(sys.argv[1:] if argv is None else argv)])
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    result = eval_checkpoint(command.load(args), args.checkpoint, args.split)
+    command.print_prmu(result, command.console())
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return command.main(argv, prefix=['prmu'])
 
 
 if __name__ == "__main__":

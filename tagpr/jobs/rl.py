@@ -7,11 +7,13 @@ Under ``ray job submit`` it joins the cluster it was submitted to (``RAY_ADDRESS
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir, write_resolved
+from tagpr.jobs import command
 
 
 def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | None = None,
@@ -32,10 +34,20 @@ def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | 
     return RLController(cfg, run_dir, log).run(resume=bool(resume), start_evaluation=start_evaluation)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from tagpr.cli import main as cli_main
+def cmd_train(args: argparse.Namespace) -> int:
+    out = command.console()
+    report = train(command.load(args), log=out.print, resume=args.resume)
+    for name, stage in report["stages"].items():
+        out.print(f"stage {name}: {stage['stage_step']} steps (version {stage['step']}) in {stage['seconds']}s")
+    for name, r in report["evaluations"].items():
+        out.print(f"dev at {name}: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
+                  f"task score {r['task_score']:.3f}")
+    out.print(f"run {report['run_dir']} ({report['seconds']}s)")
+    return 0
 
-    return cli_main(["rl", *(sys.argv[1:] if argv is None else argv)])
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return command.main(argv, prefix=['rl'])
 
 
 if __name__ == "__main__":

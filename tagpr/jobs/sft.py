@@ -8,6 +8,7 @@ trained on ``<answer>{gold}</answer>`` alone, the report's stand-in for the pape
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
 from tagpr.errors import TagPRError
+from tagpr.jobs import command
 from tagpr.tags import TagSet
 
 Records = Callable[[str], list[dict[str, Any]]]  # split -> SFT records: {task, input, profile, response}
@@ -106,10 +108,22 @@ def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, 
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from tagpr.cli import main as cli_main
+def cmd_train(args: argparse.Namespace) -> int:
+    from tagpr.lamp.tasks import get_task
 
-    return cli_main(["sft", *(sys.argv[1:] if argv is None else argv)])
+    out = command.console()
+    result = train(command.load(args), args.out, log=out.print)
+    for when in ("before", "after"):
+        if when in result:
+            r = result[when]
+            out.print(f"{when} SFT: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
+                      + ", ".join(f"{t} {v[get_task(t).primary_metric]:.3f}" for t, v in r["tasks"].items()))
+    out.print(f"policy {result['policy']} ({result['seconds']}s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return command.main(argv, prefix=['sft'])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """LaMP's official metrics, and the per-sample task reward built on them.
 
-Rules (TAGPR.md section 7, as LaMP's evaluation script applies them): predictions are matched to
+Rules (docs/method.md section 7, as LaMP's evaluation script applies them): predictions are matched to
 golds by id and stripped. LaMP-1/2: accuracy and macro-F1 over label indices, a prediction
 outside the label list maps to -1 (wrong, and a false positive for no class). LaMP-3: MAE and
 RMSE; an unparseable prediction becomes 1 or 5, whichever is farther from the gold. LaMP-4..7:
@@ -94,7 +94,7 @@ GenerationMetric = Literal["rougeL", "mean_rouge1_rougeL"]
 
 
 def sample_score(task: LampTask, pred: str | None, gold: str, generation_metric: GenerationMetric = "rougeL") -> float:
-    """R_task in [0, 1] for one prediction (TAGPR.md section 3)."""
+    """R_task in [0, 1] for one prediction (docs/method.md section 3)."""
     if pred is None:
         return 0.0
     if task.task_type == "classification":

@@ -1,1 +1,1 @@
-"""PRMU: the Personalization Reward Model with User Embeddings (TAGPR.md section 4)."""
+"""PRMU: the Personalization Reward Model with User Embeddings (docs/method.md section 4)."""

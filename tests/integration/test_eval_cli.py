@@ -15,7 +15,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def tagpr(*argv: str) -> dict:
-    run = subprocess.run([sys.executable, "-m", "tagpr.cli", *argv], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "tagpr.jobs.cli", *argv], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout[run.stdout.rindex("{\n"):])  # after whatever vLLM logged to stdout
 

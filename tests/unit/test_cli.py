@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tagpr.cli import main
+from tagpr.jobs.cli import main
 
 
 def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
@@ -33,7 +33,7 @@ def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
     ],
 )
 def test_user_errors_exit_2_without_traceback(argv, message):
-    run = subprocess.run([sys.executable, "-m", "tagpr.cli", *argv], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "tagpr.jobs.cli", *argv], capture_output=True, text=True)
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
     assert run.stderr.startswith("error: ")
@@ -42,7 +42,7 @@ def test_user_errors_exit_2_without_traceback(argv, message):
 def test_bad_lamp_file_names_record_and_field(tmp_path, fixtures_dir):
     golds = tmp_path / "g.json"
     golds.write_text(json.dumps({"task": "LaMP_2", "golds": [{"id": "1", "output": ["x"]}]}))
-    run = subprocess.run([sys.executable, "-m", "tagpr.cli", "eval", "--task", "LaMP_2", "--predictions",
+    run = subprocess.run([sys.executable, "-m", "tagpr.jobs.cli", "eval", "--task", "LaMP_2", "--predictions",
                           str(golds), "--golds", str(golds)], capture_output=True, text=True)
     assert run.returncode == 2 and "record '1': field 'output'" in run.stderr
 
@@ -59,7 +59,7 @@ def test_data_synth_report(tmp_path, capsys):
 
 
 def test_tags_check_reads_stdin():
-    run = subprocess.run([sys.executable, "-m", "tagpr.cli", "tags", "check", "--task", "LaMP_4", "-"],
+    run = subprocess.run([sys.executable, "-m", "tagpr.jobs.cli", "tags", "check", "--task", "LaMP_4", "-"],
                          input="<draft>x</draft><answer>Title</answer>", capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)

@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from tagpr import doctor
-from tagpr.cli import main
+from tagpr.jobs.cli import main
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 
 from tagpr.config import RESOLVED_NAME, load_config
 from tagpr.errors import TagPRError
-from tagpr.pipeline import run_pipeline, step_report, with_policy
+from tagpr.jobs.pipeline import run_pipeline, step_report, with_policy
 
 
 def small_cfg(tmp_path):
@@ -92,8 +92,8 @@ def fake_evaluation(ids, level, sampled=0.5):
 
 @pytest.fixture()
 def report_ctx(tmp_path):
+    from tagpr.jobs.pipeline import RunContext
     from tagpr.lamp.synthetic import write_synthetic
-    from tagpr.pipeline import RunContext
 
     cfg = load_config(None, [f"data.root={tmp_path / 'data'}", "data.tasks=[LaMP_2, LaMP_3]",
                              "data.synthetic.users={train: 4, dev: 8}", "run.report_eval_limit=8"])
@@ -104,7 +104,7 @@ def report_ctx(tmp_path):
 
 
 def test_the_reference_step_is_registered():
-    from tagpr.pipeline import STEPS
+    from tagpr.jobs.pipeline import STEPS
 
     assert STEPS.get("reference").__name__ == "step_reference"
 
@@ -139,7 +139,7 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
 def test_the_report_scores_again_what_was_scored_on_other_questions(report_ctx, monkeypatch):
     import tagpr.evaluation
     from tagpr.evaluation import question_ids
-    from tagpr.pipeline import reusable
+    from tagpr.jobs.pipeline import reusable
 
     ctx = report_ctx
     ids, other = question_ids(ctx.cfg, 8), question_ids(ctx.cfg, 4)
@@ -170,7 +170,8 @@ def test_reference_records_are_sfts_examples_with_only_the_gold_answer(report_ct
     with pytest.raises(TagPRError, match="chains.out.*run the `chains` step"):
         reference_records(cfg, "train")
     chain = {"id": "q1", "task": "LaMP_3", "input": "rate it", "gold": "4", "user_id": "u1",
-             "profile": [{"text": "fine", "score": "4"}], "response": "<examine_examples>x</examine_examples><final>3</final>"}
+             "profile": [{"text": "fine", "score": "4"}],
+             "response": "<examine_examples>x</examine_examples><final>3</final>"}
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(c) for c in (chain, chain, {**chain, "id": "q2"})))
     records = reference_records(cfg, "train")
     assert len(records) == 3  # as many examples as SFT trains on, duplicates included
@@ -182,7 +183,7 @@ def test_rl_starts_from_sfts_scores_when_they_cover_its_questions(report_ctx, mo
     """SFT's after-evaluation is the RL start's, on the same questions: RL does not score it again."""
     import tagpr.jobs.rl
     from tagpr.evaluation import question_ids
-    from tagpr.pipeline import step_rl
+    from tagpr.jobs.pipeline import step_rl
 
     given = []
 

@@ -5,8 +5,16 @@ RL against SFT and the reference with the sample size beside them; the dev plot 
 import numpy as np
 import pytest
 
-from tagpr.report import (HEADLINE, build_report, plot_dev, plot_report, prmu_distribution, prmu_note,
-                          relative_improvement, render_markdown)
+from tagpr.report import (
+    HEADLINE,
+    build_report,
+    plot_dev,
+    plot_report,
+    prmu_distribution,
+    prmu_note,
+    relative_improvement,
+    render_markdown,
+)
 
 N = 40
 

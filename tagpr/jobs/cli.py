@@ -1,0 +1,244 @@
+"""The ``tagpr`` command line: the entry point, and the handlers of the commands that are not a job
+(config, data, eval, model, doctor, scale, serve, tags). The arguments and the dispatch are in
+:mod:`tagpr.jobs.command`; the jobs' handlers are in their modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tagpr.config import dump_config, load_config, write_resolved
+from tagpr.credentials import read_secret
+from tagpr.errors import TagPRError
+from tagpr.jobs import command
+from tagpr.jobs.command import console, load, print_baselines
+
+# ---------------------------------------------------------------- config
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    sys.stdout.write(dump_config(load(args)))
+    return 0
+
+
+# ---------------------------------------------------------------- data
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from tagpr.lamp.synthetic import write_synthetic
+
+    cfg = load(args)
+    root = Path(args.out or cfg.data.root)
+    out = console()
+    start = time.perf_counter()
+    with Progress(console=out, transient=True) as progress:
+        bar = progress.add_task("synthetic users", total=len(cfg.data.tasks))
+        counts = {}
+        for task in cfg.data.tasks:
+            progress.update(bar, description=f"synthetic users: {task}")
+            counts.update(write_synthetic(root, cfg.data.synthetic, [task]))
+            progress.advance(bar)
+    write_resolved(cfg, root)
+    total = sum(n for splits in counts.values() for n in splits.values())
+    out.print(f"wrote {total} questions for {len(counts)} tasks to {root} in {time.perf_counter() - start:.1f}s")
+    if args.report:
+        from tagpr.lamp.synthetic import dev_baselines
+
+        d = cfg.data
+        results = dev_baselines(root, d.tasks, d.train_split, d.dev_split)
+        print_baselines(results, d.dev_split, out)
+        (root / "baselines.json").write_text(json.dumps(results, indent=1))
+        out.print(f"baseline scores written to {root / 'baselines.json'}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from tagpr.lamp.io import load_split
+
+    split = load_split(args.root, args.task, args.split, skip_invalid=args.skip_invalid, require_golds=False)
+    golds = "no outputs file" if split.golds is None else f"{len(split.golds)} golds"
+    print(f"{split.task.name} {args.split}: {split.report.summary()}; {golds}")
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a predictions file, or generate one with ``--policy`` from a questions file (and score it
+    when golds are given)."""
+    from tagpr.lamp.io import iter_questions, load_outputs, write_outputs
+    from tagpr.lamp.metrics import score_task
+    from tagpr.lamp.tasks import get_task
+
+    task = get_task(args.task)
+    if bool(args.policy) == bool(args.predictions):
+        raise TagPRError("give --predictions (a file to score) or --policy with --questions (to generate one)")
+    if args.predictions and not args.golds:
+        raise TagPRError("--predictions needs --golds to score against")
+    result: dict = {"task": task.name}
+    if args.policy:
+        from tagpr.evaluation import predict
+        from tagpr.models import resolve_model_path
+
+        if not args.questions:
+            raise TagPRError("--policy needs --questions (a LaMP {split}_questions.json)")
+        cfg = load(args)
+        questions = list(iter_questions(task, args.questions, skip_invalid=cfg.data.skip_invalid))
+        preds, valid = predict(resolve_model_path(args.policy, cfg.model.allow_hub), cfg, task.name, questions)
+        out = args.write_predictions or str(Path(args.questions).with_name(
+            Path(args.questions).name.replace("questions", "predictions")))
+        write_outputs(out, task.name, preds)
+        result.update(n=len(preds), format_valid=valid, predictions=out)
+    else:
+        _, preds = load_outputs(args.predictions, task)
+    if args.golds:
+        _, golds = load_outputs(args.golds, task)
+        missing = sorted(set(golds) - set(preds))
+        if args.policy and missing:
+            raise TagPRError(f"--golds: {len(missing)} ids have no question in --questions (first: {missing[0]})")
+        result.update(n=len(golds), **score_task(task, preds, golds))
+        if args.write_predictions and not args.policy:
+            write_outputs(args.write_predictions, task.name, {i: preds[i] for i in golds})
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------- model
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from tagpr.models import build_tiny_policy
+
+    cfg = load(args)
+    out = Path(args.out or cfg.model.policy)
+    if (out / "config.json").exists() and not args.force:
+        print(f"{out} already holds a model (use --force to rebuild)")
+        return 0
+    start = time.perf_counter()
+    build_tiny_policy(cfg.model, cfg.tags, out)
+    write_resolved(cfg, out)
+    print(f"tiny policy written to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_model_import_gguf(args: argparse.Namespace) -> int:
+    from tagpr.models import import_gguf
+
+    start = time.perf_counter()
+    out = import_gguf(args.gguf, args.out)
+    print(f"HF model written to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_scale_rollout(args: argparse.Namespace) -> int:
+    """Resize a running RL job's rollout pool through its control actor, and wait until it is applied."""
+    import ray
+
+    from actors.cluster import connect
+    from actors.control import control_name
+
+    if args.n < 0:
+        raise TagPRError(f"N must be >= 0, got {args.n}")
+    cfg = load(args)
+    name = args.run or cfg.run.name
+    connect(cfg.cluster.model_copy(update={"address": args.address}), log_to_driver=False)
+    try:
+        control = ray.get_actor(control_name(name), namespace=cfg.cluster.namespace)
+    except ValueError:
+        raise TagPRError(f"no running RL job named {name!r} in Ray namespace {cfg.cluster.namespace!r} "
+                         f"(--run sets the job's run.name)") from None
+    ticket = ray.get(control.request_scale.remote(args.n))
+    deadline = time.monotonic() + args.timeout
+    while (status := ray.get(control.status.remote()))["applied_ticket"] < ticket["ticket"]:
+        if time.monotonic() > deadline:
+            raise TagPRError(f"the job did not apply the resize within {args.timeout:g} s (is it between stages?)")
+        time.sleep(0.5)
+    clamped = f"; asked for {args.n}, bounds {status['min']}..{status['max']}" if ticket["target"] != args.n else ""
+    print(f"rollout workers: {ticket['size']} -> {status['size']}{clamped}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check this host and its Ray connection; exit 1 when a check fails."""
+    from tagpr.doctor import FAIL, WARN, run_checks
+
+    out = console()
+    rows = run_checks(load(args))
+    style = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for r in rows:
+        out.print(f"[{style[r.status]}]{r.status:>4}[/] {r.name:<14} {r.detail}", soft_wrap=True)
+        if r.fix:
+            out.print(f"{'':>5} {'':<14} fix: {r.fix}", soft_wrap=True)
+    failed, warned = sum(r.status == FAIL for r in rows), sum(r.status == WARN for r in rows)
+    out.print(f"{len(rows)} checks: {failed} failed, {warned} warnings")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve_prmu(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.host:
+        overrides.append(f"service.host={args.host}")
+    if args.port:
+        overrides.append(f"service.port={args.port}")
+    if args.token_env:
+        overrides.append(f"service.token_env={args.token_env}")
+    cfg = load_config(args.config, overrides)
+    from actors.cluster import connect
+    from services.reward.deploy import serve_reward
+    from tagpr.prmu.checkpoint import load_meta
+
+    meta = load_meta(args.checkpoint)
+    connect(cfg.cluster)
+    url = serve_reward(cfg, args.checkpoint)
+    auth = f"bearer token from ${cfg.service.token_env}" if read_secret(cfg.service.token_env) else "no token"
+    print(f"reward service {meta['version']} at {url} ({auth}); docs at {url}/docs", flush=True)
+    if args.detach:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping")
+    return 0
+
+
+# ---------------------------------------------------------------- tags
+
+
+def cmd_tags_check(args: argparse.Namespace) -> int:
+    from tagpr.lamp.tasks import get_task
+    from tagpr.tags import TagSet
+
+    cfg = load(args)
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    checked = TagSet(cfg.tags).check(text, get_task(args.task).task_type)
+    print(json.dumps({
+        "parses": checked.parses,
+        "score": checked.score,
+        "answer": checked.answer,
+        "sections": [s.tag for s in checked.parsed.sections],
+        "violations": [{"constraint": v.constraint, "reason": v.reason} for v in checked.violations],
+    }, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return command.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
