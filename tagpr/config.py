@@ -27,6 +27,19 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 TaskType = Literal["classification", "rating", "generation"]
 
+# The names the registries hold, so a typo fails when the config loads, not inside a Ray worker
+# after the first rollouts. tests/unit/test_config.py keeps each equal to its registry; a plug-in
+# registers its class and adds its name here.
+TaskName = Literal["LaMP_1", "LaMP_2", "LaMP_3", "LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7"]
+LAMP_TASKS: tuple[str, ...] = TaskName.__args__
+RewardTermName = Literal["format_task", "tag", "prmu"]
+AdvantageName = Literal["grpo"]
+LossName = Literal["ppo_clip"]
+EngineKind = Literal["vllm", "hf"]
+TransportName = Literal["object_store", "shm", "collective", "cuda_ipc"]
+TeacherName = Literal["programmatic", "openai", "vllm"]
+LabelerName = Literal["embedding", "llm"]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -87,22 +100,12 @@ class SyntheticConfig(Section):
 
 class DataConfig(Section):
     root: str = Field("data/synthetic", description="folder with LaMP_k/{split}_questions.json")
-    tasks: list[str] = Field(
-        default_factory=lambda: [f"LaMP_{k}" for k in range(1, 8)], min_length=1
-    )
+    tasks: list[TaskName] = Field(default_factory=lambda: list(LAMP_TASKS), min_length=1)
     train_split: str = "train"
     dev_split: str = "dev"
     skip_invalid: bool = False
     prompt_profile_items: int = Field(8, ge=0, description="profile items shown in the policy prompt")
     synthetic: SyntheticConfig = SyntheticConfig()
-
-    @model_validator(mode="after")
-    def _tasks(self) -> DataConfig:
-        known = {f"LaMP_{k}" for k in range(1, 8)}
-        bad = [t for t in self.tasks if t not in known]
-        if bad:
-            raise ValueError(f"unknown task(s) {bad}; known: LaMP_1 .. LaMP_7")
-        return self
 
 
 # ---------------------------------------------------------------- tags
@@ -162,7 +165,7 @@ class StageConfig(Section):
 
     name: str = Field(min_length=1)
     steps: int = Field(ge=1)
-    weights: dict[str, float]
+    weights: dict[RewardTermName, float]
     lr_scale: float = Field(1.0, gt=0, description="multiplies rl.lr (after its schedule) during this stage")
     plateau_patience: int = Field(0, ge=0, description="0: never stop early")
     plateau_delta: float = Field(0.005, ge=0)
@@ -198,8 +201,8 @@ class RLConfig(Section):
     max_staleness: int = Field(1, ge=0, description="0: strictly on-policy and synchronous")
     eval_limit: int = Field(16, ge=0, description="dev questions per task scored at the start and after each "
                                                   "stage (0: no evaluation)")
-    advantage: str = Field("grpo", min_length=1, description="registered advantage estimator (tagpr.algos)")
-    loss: str = Field("ppo_clip", min_length=1, description="registered policy loss (tagpr.algos)")
+    advantage: AdvantageName = Field("grpo", description="registered advantage estimator (tagpr.algos)")
+    loss: LossName = Field("ppo_clip", description="registered policy loss (tagpr.algos)")
     std_eps: float = Field(0.05, gt=0, description="added to the group std before dividing (so a group whose "
                                                    "rewards barely differ is not blown up to unit variance)")
 
@@ -276,7 +279,7 @@ class SFTConfig(TrainStrategyConfig):
 class EngineConfig(Section):
     """How a generation engine is built (rollout workers, the ``vllm`` teacher, evaluation)."""
 
-    kind: Literal["vllm", "hf"] = Field("vllm", description="vllm, or hf (transformers generate)")
+    kind: EngineKind = Field("vllm", description="vllm, or hf (transformers generate)")
     max_model_len: int = Field(2048, ge=16, description="prompt + completion tokens")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU share for weights and KV cache")
     kv_cache_gib: int = Field(1, ge=1, description="KV cache on a CPU host (VLLM_CPU_KVCACHE_SPACE)")
@@ -324,8 +327,8 @@ class VLLMTeacherConfig(ChatTeacherConfig):
 class ChainsConfig(Section):
     """Tagged-chain generation (docs/method.md section 5)."""
 
-    teacher: str = Field("programmatic", description="registered teacher: programmatic, openai, vllm")
-    labeler: str = Field("embedding", description="registered labeler: embedding, llm (asks the teacher)")
+    teacher: TeacherName = Field("programmatic", description="registered teacher: programmatic, openai, vllm")
+    labeler: LabelerName = Field("embedding", description="registered labeler: embedding, llm (asks the teacher)")
     samples_per_question: int = Field(2, ge=1)
     mistake_rate: float = Field(0.15, ge=0, le=1, description="programmatic teacher: wrong answers/steps")
     min_score: dict[str, float] = Field(
@@ -386,7 +389,8 @@ class RolloutConfig(Section):
                              "re-queued) or default (the group is not trained on, its prompts re-queued)")
     reward_timeout_s: float = Field(30, gt=0, description="http: seconds per reward call attempt")
     reward_retries: int = Field(3, ge=0, description="http: retries of a failed or timed-out reward call")
-    weight_transport: str = Field("object_store", description="how the learner publishes weights: object_store, shm")
+    weight_transport: TransportName = Field("object_store", description=(
+        "how the learner publishes weights: object_store, shm; collective and cuda_ipc on GPUs"))
     sync_timeout_s: float = Field(120, gt=0, description="a weight load slower than this marks the worker unhealthy")
     capacity: int = Field(64, ge=1, description="groups buffered plus in flight (back-pressure on producers)")
     max_replacements: int = Field(10, ge=0, description="dead workers replaced before the pool gives up")
@@ -575,7 +579,8 @@ def validate_config(data: dict[str, Any], source: str) -> TagPRConfig:
     try:
         return TagPRConfig.model_validate(data)
     except ValidationError as exc:
-        issues = [(source, ".".join(str(p) for p in e["loc"]) or "(root)", _describe(e)) for e in exc.errors()]
+        issues = [(source, ".".join(str(p) for p in e["loc"] if p != "[key]") or "(root)", _describe(e))
+                  for e in exc.errors()]  # "[key]": pydantic's mark of a bad mapping key, named by the path
         raise ConfigError(*issues[0], more=issues[1:]) from None
 
 

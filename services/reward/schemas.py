@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TaskName = Literal["LaMP_1", "LaMP_2", "LaMP_3", "LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7"]
+from tagpr.config import TaskName
+
 FieldValue = Optional[Union[str, int, float]]
 
 

@@ -142,3 +142,43 @@ def test_every_training_section_takes_worker_resources():
     assert cfg.learner.resources == {"learner": 1.0} and cfg.sft.resources == {"GPU": 0.5}
     with pytest.raises(ConfigError, match="prmu.resources: unknown key"):
         load_config(None, ["prmu.resources={GPU: 1}"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("rl.advantage=grpoo", "rl.advantage"),
+        ("rl.loss=ppo", "rl.loss"),
+        ("rl.stages.0.weights.prmuu=0.3", "rl.stages.0.weights.prmuu"),
+        ("rollout.weight_transport=nccl", "rollout.weight_transport"),
+        ("rollout.engine.kind=sglang", "rollout.engine.kind"),
+        ("chains.teacher=gpt", "chains.teacher"),
+        ("chains.labeler=regex", "chains.labeler"),
+        ("data.tasks=[LaMP_8]", "data.tasks.0"),
+    ],
+)
+def test_registered_names_are_checked_when_the_config_loads(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert e.value.key == key, e.value
+
+
+def test_the_names_a_config_accepts_are_the_registries():
+    """The config's name lists (kept import-light) equal what the registries hold."""
+    import typing
+
+    from actors.weights import TRANSPORTS
+    from tagpr import config
+    from tagpr.algos.advantages import ADVANTAGES
+    from tagpr.algos.losses import LOSSES
+    from tagpr.chains.labelers import LABELERS
+    from tagpr.chains.teachers import TEACHERS
+    from tagpr.engines.base import ENGINES
+    from tagpr.lamp.tasks import TASKS
+    from tagpr.rewards import REWARD_TERMS
+
+    pairs = [(config.TaskName, TASKS), (config.RewardTermName, REWARD_TERMS), (config.AdvantageName, ADVANTAGES),
+             (config.LossName, LOSSES), (config.EngineKind, ENGINES), (config.TransportName, TRANSPORTS),
+             (config.TeacherName, TEACHERS), (config.LabelerName, LABELERS)]
+    for names, registry in pairs:
+        assert sorted(typing.get_args(names)) == sorted(registry.names()), registry.kind
