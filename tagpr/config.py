@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tagpr.errors import ConfigError
 
@@ -27,18 +27,43 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 TaskType = Literal["classification", "rating", "generation"]
 
-# The names the registries hold, so a typo fails when the config loads, not inside a Ray worker
-# after the first rollouts. tests/unit/test_config.py keeps each equal to its registry; a plug-in
-# registers its class and adds its name here.
 TaskName = Literal["LaMP_1", "LaMP_2", "LaMP_3", "LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7"]
 LAMP_TASKS: tuple[str, ...] = TaskName.__args__
-RewardTermName = Literal["format_task", "tag", "prmu"]
-AdvantageName = Literal["grpo"]
-LossName = Literal["ppo_clip"]
-EngineKind = Literal["vllm", "hf"]
-TransportName = Literal["object_store", "shm", "collective", "cuda_ipc"]
-TeacherName = Literal["programmatic", "openai", "vllm"]
-LabelerName = Literal["embedding", "llm"]
+
+# The names each plug-in registry accepts, so a typo fails when the config loads, not inside a Ray
+# worker after the first rollouts. The built-in names are listed here (this module cannot import
+# the registries, which need torch; tests/unit/test_config.py keeps the lists equal to them), and
+# ``tagpr.registry.Registry`` adds every name registered later: a plug-in imported before the
+# config loads is accepted by name.
+KNOWN_NAMES: dict[str, set[str]] = {
+    "reward term": {"format_task", "tag", "prmu"},
+    "advantage estimator": {"grpo"},
+    "policy loss": {"ppo_clip"},
+    "engine": {"vllm", "hf"},
+    "weight transport": {"object_store", "shm", "collective", "cuda_ipc"},
+    "teacher": {"programmatic", "openai", "vllm"},
+    "labeler": {"embedding", "llm"},
+}
+
+
+def _registered(kind: str) -> AfterValidator:
+    def check(name: str) -> str:
+        if name not in KNOWN_NAMES[kind]:
+            known = ", ".join(sorted(KNOWN_NAMES[kind]))
+            raise ValueError(f"unknown {kind} {name!r} (known: {known}; a plug-in's module must be imported "
+                             "before the config loads)")
+        return name
+
+    return AfterValidator(check)
+
+
+RewardTermName = Annotated[str, _registered("reward term")]
+AdvantageName = Annotated[str, _registered("advantage estimator")]
+LossName = Annotated[str, _registered("policy loss")]
+EngineKind = Annotated[str, _registered("engine")]
+TransportName = Annotated[str, _registered("weight transport")]
+TeacherName = Annotated[str, _registered("teacher")]
+LabelerName = Annotated[str, _registered("labeler")]
 
 
 class Section(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from tagpr.config import KNOWN_NAMES
 from tagpr.errors import TagPRError
 
 T = TypeVar("T")
@@ -28,6 +29,8 @@ class Registry(Generic[T]):
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = obj
+        if self.kind in KNOWN_NAMES:  # configs naming it now validate
+            KNOWN_NAMES[self.kind].add(name)
 
     def get(self, name: str) -> T:
         try:

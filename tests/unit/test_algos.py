@@ -285,12 +285,17 @@ def test_unknown_names_list_the_known_ones():
     with pytest.raises(TagPRError, match=r"unknown policy loss 'nope' \(known: .*ppo_clip"):
         LOSSES.get("nope")
     with pytest.raises(TagPRError, match=r"unknown advantage estimator 'rloo' \(known: .*grpo"):
-        compute_advantages(torch.zeros(1, 2), RLConfig(advantage="rloo"))
+        ADVANTAGES.get("rloo")
+    with pytest.raises(ValueError, match=r"unknown advantage estimator 'rloo' \(known: grpo"):
+        RLConfig(advantage="rloo")  # a config naming it fails when it loads
 
 
 def test_plug_in_estimator_and_loss_by_name(monkeypatch):
-    monkeypatch.setattr(ADVANTAGES, "_items", dict(ADVANTAGES._items))
-    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))
+    from tagpr.config import KNOWN_NAMES
+
+    for registry in (ADVANTAGES, LOSSES):
+        monkeypatch.setattr(registry, "_items", dict(registry._items))
+        monkeypatch.setitem(KNOWN_NAMES, registry.kind, set(KNOWN_NAMES[registry.kind]))
 
     @ADVANTAGES.register("raw")
     def raw(rewards: torch.Tensor, cfg: RLConfig) -> torch.Tensor:

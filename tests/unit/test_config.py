@@ -164,7 +164,7 @@ def test_registered_names_are_checked_when_the_config_loads(override, key):
 
 
 def test_the_names_a_config_accepts_are_the_registries():
-    """The config's name lists (kept import-light) equal what the registries hold."""
+    """The built-in name lists (kept import-light) equal what the registries hold."""
     import typing
 
     from actors.weights import TRANSPORTS
@@ -177,8 +177,19 @@ def test_the_names_a_config_accepts_are_the_registries():
     from tagpr.lamp.tasks import TASKS
     from tagpr.rewards import REWARD_TERMS
 
-    pairs = [(config.TaskName, TASKS), (config.RewardTermName, REWARD_TERMS), (config.AdvantageName, ADVANTAGES),
-             (config.LossName, LOSSES), (config.EngineKind, ENGINES), (config.TransportName, TRANSPORTS),
-             (config.TeacherName, TEACHERS), (config.LabelerName, LABELERS)]
-    for names, registry in pairs:
-        assert sorted(typing.get_args(names)) == sorted(registry.names()), registry.kind
+    assert sorted(typing.get_args(config.TaskName)) == sorted(TASKS.names())
+    registries = [REWARD_TERMS, ADVANTAGES, LOSSES, ENGINES, TRANSPORTS, TEACHERS, LABELERS]
+    assert sorted(config.KNOWN_NAMES) == sorted(r.kind for r in registries)
+    for registry in registries:
+        assert config.KNOWN_NAMES[registry.kind] == set(registry.names()), registry.kind
+
+
+def test_a_registered_plug_in_is_accepted_by_name(monkeypatch):
+    from tagpr import config
+    from tagpr.registry import Registry
+
+    monkeypatch.setitem(config.KNOWN_NAMES, "policy loss", set(config.KNOWN_NAMES["policy loss"]))
+    with pytest.raises(ConfigError, match="unknown policy loss 'mine'"):
+        load_config(None, ["rl.loss=mine"])
+    Registry("policy loss").add("mine", object())
+    assert load_config(None, ["rl.loss=mine"]).rl.loss == "mine"

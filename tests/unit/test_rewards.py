@@ -142,17 +142,19 @@ def test_unknown_term_lists_known_ones(cfg):
         CompositeReward({"lenght": 1.0}, RewardContext(TagSet(cfg.tags), cfg.reward))
 
 
-def test_a_new_term_plugs_in_by_name(cfg):
+def test_a_new_term_plugs_in_by_name(cfg, monkeypatch):
+    from tagpr.config import KNOWN_NAMES, load_config
+
     class Brevity(RewardTerm):
         name = "brevity_test"
 
         def score(self, batch):
             return [{self.name: 1.0 / len(j.item.response)} for j in batch]
 
+    monkeypatch.setattr(REWARD_TERMS, "_items", dict(REWARD_TERMS._items))
+    monkeypatch.setitem(KNOWN_NAMES, REWARD_TERMS.kind, set(KNOWN_NAMES[REWARD_TERMS.kind]))
     REWARD_TERMS.add("brevity_test", Brevity)
-    try:
-        reward = CompositeReward({"format_task": 1.0, "brevity_test": 2.0}, RewardContext(TagSet(cfg.tags), cfg.reward))
-        (res,) = reward.score([item("comedy", response="<answer>comedy</answer>")])
-        assert res.reward == pytest.approx(1.0 + 2.0 / len("<answer>comedy</answer>"))
-    finally:
-        REWARD_TERMS._items.pop("brevity_test")
+    assert load_config(None, ["rl.stages.0.weights.brevity_test=2"]).rl.stages[0].weights["brevity_test"] == 2
+    reward = CompositeReward({"format_task": 1.0, "brevity_test": 2.0}, RewardContext(TagSet(cfg.tags), cfg.reward))
+    (res,) = reward.score([item("comedy", response="<answer>comedy</answer>")])
+    assert res.reward == pytest.approx(1.0 + 2.0 / len("<answer>comedy</answer>"))
