@@ -168,7 +168,8 @@ class TrajectoryBuffer:
         return {"buffered": len(self.core.groups), "in_flight": len(self.core.in_flight),
                 "in_flight_by_worker": dict(holders), "offered": s.offered,
                 "admitted": s.admitted, "consumed": s.consumed, "dropped": dict(s.dropped),
-                "staleness": {str(k): v for k, v in sorted(s.staleness.items())}, "blocked_issues": s.blocked_issues,
+                "staleness": {str(k): v for k, v in sorted(s.staleness.items())},
+                "blocked_requests": s.blocked_requests,
                 "version": self.core.version, "steps_taken": self.core.steps_taken,
                 "learner_wait_s": self.learner_wait_s}
 

@@ -43,12 +43,11 @@ def rollout_totals(health: list[dict]) -> dict[str, float]:
 
 def rollout_fractions(before: dict, after: dict, seconds: float, workers: int) -> dict[str, float]:
     """The pool's time split over a window: generating, scoring, loading weights, and blocked by
-    back-pressure (``rollout_idle_frac``), per worker-second; and its throughput. A call that
+    back-pressure (``blocked_frac``), per worker-second; and its throughput. A call that
     straddles two windows counts in the one it ends in, so a fraction is capped at 1."""
     span = max(seconds * max(workers, 1), 1e-9)
     delta = {k: max(0.0, after[k] - before.get(k, 0)) for k in after}  # a replaced worker starts from 0
     out = {f"{k.removesuffix('_s')}_frac": min(1.0, delta[k] / span) for k in _TIMES}
-    out["rollout_idle_frac"] = out.pop("blocked_frac")
     out.update(tokens_per_s=delta["tokens"] / seconds, groups_per_s=delta["groups"] / seconds, workers=workers)
     return out
 

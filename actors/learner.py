@@ -227,20 +227,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "stage": stage.name, "stage_step": state["stage_step"], "version": state["step"],
             "trajectories": len(rows), "tokens": tokens, "step_s": seconds,
             "trajectories_per_s": len(rows) / seconds, "tokens_per_s": tokens / seconds,
-            "learner_idle_frac": waited / seconds, "weight_sync_s": sync_s,
+            "learner_wait_frac": waited / seconds, "weight_sync_s": sync_s,
             "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
             "staleness_hist": {str(s): staleness.count(s) for s in sorted(set(staleness))},
             "lr": lr, "plateau_stop": stop, "prompts": sorted(g.prompt.key for g in groups),
         })
         if rank == 0:
             buf = ray.get(buffer.stats.remote())
-            metrics.update({"buffer_depth": buf["buffered"], "rollout_blocked_issues": buf["blocked_issues"],
+            metrics.update({"buffer_depth": buf["buffered"], "blocked_requests": buf["blocked_requests"],
                             "buffer_dropped": sum(buf["dropped"].values())})
             sink.log(state["step"], metrics)
             report_progress(f"rl {stage.name} steps", state["stage_step"], stage.steps)
             log.info(f"rl {stage.name} step {state['stage_step']}/{stage.steps} reward {metrics['reward_mean']:.3f} "
                      f"loss {metrics['pg_loss']:.4f} clip {metrics['clip_frac']:.3f} staleness "
-                     f"{metrics['staleness_mean']:.2f} idle {metrics['learner_idle_frac']:.2f} ({seconds:.1f} s/step)")
+                     f"{metrics['staleness_mean']:.2f} wait {metrics['learner_wait_frac']:.2f} ({seconds:.1f} s/step)")
         if last or (lc.checkpoint_every and state["stage_step"] % lc.checkpoint_every == 0):
             checkpoint({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if rank == 0:

@@ -48,7 +48,7 @@ def _job(root: Path, policy: str, staleness: int, max_tokens: int, steps: int) -
 def _split(metrics: list[dict]) -> tuple[float, float]:
     """Seconds per step waiting for groups (generation, in a synchronous run) and training."""
     steady = metrics[WARMUP:] or metrics
-    wait = sum(m["step_s"] * m["learner_idle_frac"] for m in steady) / len(steady)
+    wait = sum(m["step_s"] * m["learner_wait_frac"] for m in steady) / len(steady)
     return wait, sum(m["step_s"] for m in steady) / len(steady) - wait
 
 
@@ -59,7 +59,7 @@ def _throughput(runs: list[list[dict]]) -> dict:
         steady = metrics[WARMUP:]
         trajectories += sum(m["trajectories"] for m in steady)
         seconds += steady[-1]["time"] - metrics[WARMUP - 1]["time"]
-        busy += sum((1 - m["learner_idle_frac"]) * m["step_s"] for m in steady)
+        busy += sum((1 - m["learner_wait_frac"]) * m["step_s"] for m in steady)
         step_seconds += sum(m["step_s"] for m in steady)
         staleness += sum(m["staleness_mean"] for m in steady)
         steps += len(steady)

@@ -83,7 +83,7 @@ class BufferStats:
     consumed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     staleness: Counter[int] = field(default_factory=Counter)  # of consumed groups
-    blocked_issues: int = 0  # prompt requests refused by the gate or by capacity
+    blocked_requests: int = 0  # prompt requests refused by the gate or by capacity
 
 
 class BufferCore:
@@ -118,7 +118,7 @@ class BufferCore:
     def issue(self, worker_id: str, k: int) -> list[PromptRef]:
         n = min(k, self.issue_room())
         if n < k:
-            self.stats.blocked_issues += 1
+            self.stats.blocked_requests += 1
         refs = [self.cursor.next() for _ in range(n)]
         for r in refs:
             self.in_flight[r.key] = (r, worker_id)

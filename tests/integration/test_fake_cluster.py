@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CORE_SERIES = {  # what the Grafana dashboard shows of training, exported while the job runs
     "ray_tagpr_learner_reward_mean", "ray_tagpr_learner_kl", "ray_tagpr_learner_staleness_mean",
-    "ray_tagpr_learner_trajectories_per_s", "ray_tagpr_learner_learner_idle_frac", "ray_tagpr_learner_weight_sync_s",
-    "ray_tagpr_rollout_workers", "ray_tagpr_rollout_scale_decisions_total", "ray_tagpr_rollout_rollout_idle_frac",
+    "ray_tagpr_learner_trajectories_per_s", "ray_tagpr_learner_learner_wait_frac", "ray_tagpr_learner_weight_sync_s",
+    "ray_tagpr_rollout_workers", "ray_tagpr_rollout_scale_decisions_total", "ray_tagpr_rollout_blocked_frac",
     "ray_tagpr_buffer_depth",
     "ray_tagpr_buffer_consumed_staleness_total",
 }

@@ -63,7 +63,7 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, answering_p
     assert [m["lr"] for m in metrics] == pytest.approx([1e-3] * 3 + [5e-4] * 2)  # the stage's lr_scale
     assert all(m["staleness_max"] <= 1 for m in metrics)  # bounded asynchrony
     for m in metrics:  # groups whose samples all score the same are not trained on
-        assert m["trajectories"] == 4 * m["groups_kept"] and 0 <= m["learner_idle_frac"] <= 1
+        assert m["trajectories"] == 4 * m["groups_kept"] and 0 <= m["learner_wait_frac"] <= 1
         assert {"pg_loss", "clip_frac", "entropy", "is_weight_mean", "reward_mean", "weight_sync_s"} <= set(m)
     assert sum(m["tokens"] for m in metrics) > 0
     # the guided stage's reward has a PRMU term from the service, the exploratory one does not weigh it
@@ -73,7 +73,7 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, answering_p
     assert report["buffer"]["steps_taken"] == 5 and report["buffer"]["version"] == 5
     assert any((run_dir / "tensorboard").iterdir())
     rollout = _metrics(run_dir, "rollout")  # the pool's time split, every 10 s
-    assert rollout and all(0 <= m["rollout_idle_frac"] <= 1 and m["workers"] == 1 for m in rollout)
+    assert rollout and all(0 <= m["blocked_frac"] <= 1 and m["workers"] == 1 for m in rollout)
 
     before = _weights(Path(answering_policy))
     after = _weights(run_dir / "stages" / "exploratory" / "policy")

@@ -65,7 +65,7 @@ def test_staleness_bound_lets_producers_run_ahead_and_drops_stale():
 def test_capacity_is_back_pressure_and_release_requeues():
     b = BufferCore(PromptCursor(IDS), capacity=3, max_staleness=5, groups_per_step=1)
     refs = b.issue("w0", 10)
-    assert len(refs) == 3 and b.issue("w1", 1) == [] and b.stats.blocked_issues == 2
+    assert len(refs) == 3 and b.issue("w1", 1) == [] and b.stats.blocked_requests == 2
     assert b.release("w0") == refs
     assert b.offer(group(refs[0], 0)) == "not in flight"  # late result of a released prompt: ignored
     assert [b.cursor.next() for _ in range(3)] == refs

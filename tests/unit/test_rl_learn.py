@@ -228,13 +228,13 @@ def test_rollout_time_split_per_worker_second():
     before = {"gen_s": 1.0, "reward_s": 0.0, "sync_s": 0.0, "blocked_s": 0.0, "tokens": 100, "groups": 1}
     after = {"gen_s": 13.0, "reward_s": 2.0, "sync_s": 1.0, "blocked_s": 4.0, "tokens": 1100, "groups": 5}
     out = rollout_fractions(before, after, seconds=10.0, workers=2)
-    assert out["gen_frac"] == pytest.approx(0.6) and out["rollout_idle_frac"] == pytest.approx(0.2)
+    assert out["gen_frac"] == pytest.approx(0.6) and out["blocked_frac"] == pytest.approx(0.2)
     assert out["reward_frac"] == pytest.approx(0.1) and out["sync_frac"] == pytest.approx(0.05)
     assert out["tokens_per_s"] == 100 and out["groups_per_s"] == 0.4
     replaced = rollout_fractions(after, {**after, "gen_s": 3.0}, seconds=10.0, workers=2)
     assert replaced["gen_frac"] == 0.0  # a replaced worker's counters restart from zero
     straddling = rollout_fractions(before, {**before, "blocked_s": 25.0}, seconds=10.0, workers=2)
-    assert straddling["rollout_idle_frac"] == 1.0
+    assert straddling["blocked_frac"] == 1.0
 
 
 def test_a_batch_moves_whole_to_the_stepper_device():
