@@ -53,8 +53,12 @@ class Judged:
 
 @dataclass
 class RewardResult:
+    """A response's reward under a stage's weights, with the components it was summed from;
+    ``defaulted`` when a reward client's failure policy filled it in instead of a scorer."""
+
     reward: float
     components: dict[str, float] = field(default_factory=dict)
+    defaulted: bool = False
 
 
 class PersonalizationScorer(Protocol):

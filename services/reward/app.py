@@ -43,7 +43,7 @@ from services.reward.schemas import (
     OpenRLHFResponse,
     RewardRequest,
     RewardResponse,
-    RewardResult,
+    RewardValue,
     ScoreRequest,
     ScoreResponse,
 )
@@ -372,7 +372,7 @@ class RewardIngress:
         prmu = FixedScores(scored.scores, scored.stats)
         results = CompositeReward(weights, RewardContext(self.tags, self.cfg.reward, prmu)).score_judged(judged)
         return RewardResponse(stage=name, model_version=scored.version,
-                              results=[RewardResult(reward=r.reward, components=r.components) for r in results])
+                              results=[RewardValue(reward=r.reward, components=r.components) for r in results])
 
     # ------------------------------------------------------------ routes
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
 import httpx
+
+from tagpr.rewards import RewardResult
 
 log = logging.getLogger("tagpr.reward.client")
 
@@ -26,13 +27,6 @@ class RewardServiceError(RuntimeError):
     def __init__(self, message: str, status: Optional[int] = None, body: Any = None):
         super().__init__(message)
         self.status, self.body = status, body
-
-
-@dataclass
-class RewardOutcome:
-    reward: float
-    components: dict[str, float] = field(default_factory=dict)
-    defaulted: bool = False  # True when the failure policy filled this value in
 
 
 class RewardClient:
@@ -81,26 +75,26 @@ class RewardClient:
             return min(float(retry_after), 30.0)
         return self.backoff * 2 ** (attempt - 1)
 
-    def _fallback(self, n: int, exc: RewardServiceError) -> list[RewardOutcome]:
+    def _fallback(self, n: int, exc: RewardServiceError) -> list[RewardResult]:
         if self.failure_policy == "raise" or (exc.status is not None and 400 <= exc.status < 500):
             raise exc
         self.failed_items += n
         log.warning("reward service failed (%s); %d item(s) get the default reward %s (%d so far)",
                     exc, n, self.default_reward, self.failed_items)
-        return [RewardOutcome(self.default_reward, defaulted=True) for _ in range(n)]
+        return [RewardResult(self.default_reward, defaulted=True) for _ in range(n)]
 
     def score(self, items: Sequence[dict]) -> tuple[list[float], str]:
         """Raw PRMU scores and the model version (``/v1/score``); always raises on failure."""
         out = self._post("/v1/score", {"items": list(items)})
         return out["scores"], out["model_version"]
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
         """Composite rewards with components (``/v1/reward``), under the failure policy."""
         try:
             out = self._post("/v1/reward", {"stage": stage, "items": list(items)})
         except RewardServiceError as exc:
             return self._fallback(len(items), exc)
-        return [RewardOutcome(r["reward"], r["components"]) for r in out["results"]]
+        return [RewardResult(r["reward"], r["components"]) for r in out["results"]]
 
     def get(self, path: str) -> dict:
         resp = self.http.get(path)
@@ -124,12 +118,12 @@ class HandleRewardClient:
 
         self.handle = serve.get_deployment_handle("RewardIngress", app_name=app_name)
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
         from services.reward.schemas import RewardItem
 
         parsed = [RewardItem.model_validate(i) for i in items]
         out = self.handle.compute_rewards.remote(stage, parsed).result()
-        return [RewardOutcome(r.reward, r.components) for r in out.results]
+        return [RewardResult(r.reward, r.components) for r in out.results]
 
 
 class LocalRewardClient:
@@ -154,20 +148,20 @@ class LocalRewardClient:
             self._stages[stage] = CompositeReward.for_stage(self.cfg, stage, prmu)
         return self._stages[stage]
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
         from tagpr.rewards import RewardInput
 
         reward = self._reward_for(stage or self.cfg.rl.stages[0].name)
         inputs = [RewardInput(i["task"], i["response"], i["gold"], i.get("input", ""), tuple(i.get("profile") or ()),
                               i.get("user_id")) for i in items]
-        return [RewardOutcome(r.reward, r.components) for r in reward.score(inputs)]
+        return [RewardResult(r.reward, r.components) for r in reward.score(inputs)]
 
 
 class NoReward:
     """Rewards off: every sample scores 0 (throughput measurements, generation-only runs)."""
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardOutcome]:
-        return [RewardOutcome(0.0) for _ in items]
+    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
+        return [RewardResult(0.0) for _ in items]
 
 
 def make_reward_client(cfg, via: str):

@@ -54,14 +54,16 @@ class RewardRequest(Strict):
     items: list[RewardItem] = Field(min_length=1)
 
 
-class RewardResult(BaseModel):
+class RewardValue(BaseModel):
+    """One item's reward in a response body (:class:`tagpr.rewards.RewardResult` at the HTTP edge)."""
+
     reward: float
     components: dict[str, float]
 
 
 class RewardResponse(BaseModel):
     stage: str
-    results: list[RewardResult]
+    results: list[RewardValue]
     model_version: Optional[str] = Field(None, description="PRMU version, when the stage used it")
 
 
