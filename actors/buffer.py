@@ -3,8 +3,8 @@
 Rollout workers ask it for work (:meth:`request_work`): the newest weights first if theirs are
 older, else prompts, as many as the staleness gate and capacity allow (none: back-pressure, the
 worker waits). They offer finished groups; the learner takes one step's groups at a time. The
-accounting lives in :class:`tagpr.rl.buffer.BufferCore`; this adapter adds Ray, metrics and the
-current stage and weight update.
+accounting, weight state included, lives in :class:`tagpr.rl.buffer.BufferCore`; this adapter adds Ray,
+metrics and the current stage.
 
 The actor serves calls on several threads (create it with ``max_concurrency`` above the number of
 workers plus two), so one condition variable guards the core. A producer with no room, or a
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from actors.weights import WeightUpdate
 from tagpr.rl.batch import informative, stage_reward
-from tagpr.rl.buffer import BufferCore, PromptCursor
+from tagpr.rl.buffer import BufferCore, PromptCursor, Work
 from tagpr.rl.trajectory import Group, PromptRef
 
 
@@ -51,10 +51,8 @@ class TrajectoryBuffer:
 
         self.core = BufferCore(PromptCursor(prompt_ids, seed), capacity, max_staleness, groups_per_step,
                                self._informative if dynamic_sampling else None, max_filtered)
-        self.update: WeightUpdate | None = None
         self.stages = stages
-        self.stage, self.stopped = next(iter(stages)), False
-        self.awaiting_weights = False  # after a restore, until the restored weights are published
+        self.stage = next(iter(stages))
         self.learner_wait_s = 0.0  # time take() spent waiting for a complete step (the autoscaler's signal)
         self._cv = threading.Condition()
         self._depth = metrics.Gauge("tagpr_buffer_depth", "groups buffered", tag_keys=("kind",))
@@ -75,21 +73,13 @@ class TrajectoryBuffer:
             self._cv.wait(left)
 
     @_guarded
-    def request_work(self, worker_id: str, k: int, worker_version: int, wait_s: float = 0.0) -> dict[str, Any]:
-        """``{"stop"}``, ``{"update": WeightUpdate}`` (load it, then ask again), or ``{"prompts", "stage"}``
-        (none after ``wait_s`` without room: back-pressure)."""
-        def stale() -> bool:  # older than the newest weights, or ahead of a rewind
-            return self.update is not None and worker_version != self.update.version
-
-        self._wait(lambda: self.stopped or stale() or (not self.awaiting_weights and self.core.issue_room() > 0),
-                   wait_s)
-        if self.stopped:
-            return {"stop": True}
-        if stale():
-            return {"update": self.update}
-        refs = [] if self.awaiting_weights else self.core.issue(worker_id, k)
+    def request_work(self, worker_id: str, k: int, worker_version: int, wait_s: float = 0.0) -> Work:
+        """:class:`Stop`, :class:`LoadWeights` (load them, then ask again), or :class:`Prompts` (none
+        after ``wait_s`` without room: back-pressure)."""
+        self._wait(lambda: self.core.work_ready(worker_version), wait_s)
+        work = self.core.work(worker_id, k, worker_version, self.stage)
         self._export()
-        return {"prompts": refs, "stage": self.stage, "version": self.core.version}
+        return work
 
     @_guarded
     def offer(self, group: Group) -> bool:
@@ -135,17 +125,11 @@ class TrajectoryBuffer:
 
     @_guarded
     def publish(self, update: WeightUpdate) -> None:
-        """New weights: producers load them before their next prompt."""
-        self.core.set_version(update.version)
-        self.update = update
-        self.awaiting_weights = False
+        self.core.publish(update)
 
     @_guarded
     def weights_lost(self, version: int) -> None:
-        """A worker could not fetch ``version``: its publisher (a learner run) is gone with its objects.
-        Producers wait for the next publish, which every learner run makes when it starts."""
-        if self.update is not None and self.update.version == version:
-            self.update, self.awaiting_weights = None, True
+        self.core.weights_lost(version)
 
     def _informative(self, group: Group) -> bool:
         weights = self.stages[self.stage]
@@ -159,7 +143,7 @@ class TrajectoryBuffer:
 
     @_guarded
     def stop_producers(self) -> None:
-        self.stopped = True
+        self.core.stop()
 
     @_guarded
     def stats(self) -> dict[str, Any]:
@@ -183,7 +167,6 @@ class TrajectoryBuffer:
         weights: workers may hold newer ones from before the rewind. The stage stays the current one
         (the controller's), not the snapshot's: a stage starts from the previous stage's checkpoint."""
         self.core.restore(snap)
-        self.awaiting_weights = True
 
 
 def create_buffer(cfg, prompt_ids: Sequence[str], **options):

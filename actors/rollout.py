@@ -19,6 +19,7 @@ from typing import Any
 from actors.cluster import pin_cpus
 from actors.weights import WeightUpdate, apply_update
 from tagpr.config import TagPRConfig
+from tagpr.rl.buffer import LoadWeights, Stop
 from tagpr.rl.trajectory import Group, Trajectory
 
 PROMPT_CACHE = 4096  # prompts whose token ids a worker keeps
@@ -104,16 +105,15 @@ class RolloutWorker:
         start = time.perf_counter()
         work = ray.get(self.buffer.request_work.remote(self.id, self.cfg.rollout.prompts_per_request, self.version,
                                                        wait_s=WAIT_S))
-        if work.get("stop"):
+        if isinstance(work, Stop):
             return -1
-        if "update" in work:
-            self.sync(work["update"])
+        if isinstance(work, LoadWeights):
+            self.sync(work.update)
             return 0
-        refs = work["prompts"]
-        if not refs:  # back-pressure: the buffer held the request until it gave up
+        if not work.refs:  # back-pressure: the buffer held the request until it gave up
             self.counters["blocked_s"] += time.perf_counter() - start
             return 0
-        groups = self.generate(refs, work["stage"])
+        groups = self.generate(work.refs, work.stage)
         scored = [g for g in groups if g.scored]
         unscored = [g.prompt for g in groups if not g.scored]
         admitted = ray.get([self.buffer.offer.remote(g) for g in scored]

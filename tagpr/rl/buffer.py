@@ -23,11 +23,41 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence, Union
 
 from tagpr.rl.trajectory import Group, PromptRef
 
 Offered = Literal["admitted", "not in flight", "stale", "zero variance"]
+
+
+class Published(Protocol):
+    """A weight update as the buffer sees it: opaque, but for the version it carries."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The job is over: the producer exits."""
+
+
+@dataclass(frozen=True)
+class LoadWeights:
+    """The producer's weights are not the newest: load ``update``, then ask again."""
+
+    update: Any  # the publisher's update (``actors.weights.WeightUpdate``)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Prompts to generate for ``stage`` with the weights of ``version``; none means back-pressure."""
+
+    refs: list[PromptRef]
+    stage: str
+    version: int
+
+
+Work = Union[Stop, LoadWeights, Prompts]
 
 
 class PromptCursor:
@@ -103,6 +133,43 @@ class BufferCore:
         self.stats = BufferStats()
         self.admit, self.max_filtered = admit, max_filtered
         self.filtered = 0  # since the last step was taken
+        self.update: Published | None = None  # the newest weights, which producers load before prompts
+        self.awaiting_weights = False  # after a restore or a lost update, until the next publish
+        self.stopped = False
+
+    # ------------------------------------------------------------ the producers' work
+
+    def needs_weights(self, worker_version: int) -> bool:
+        """Whether a producer holding ``worker_version`` must load the newest weights first (it is
+        older, or ahead of a rewind)."""
+        return self.update is not None and worker_version != self.update.version
+
+    def work_ready(self, worker_version: int) -> bool:
+        """Whether :meth:`work` has something other than back-pressure for this producer."""
+        return (self.stopped or self.needs_weights(worker_version)
+                or (not self.awaiting_weights and self.issue_room() > 0))
+
+    def work(self, worker_id: str, k: int, worker_version: int, stage: str) -> Work:
+        """What a producer does next: stop, load weights, or generate up to ``k`` prompts."""
+        if self.stopped:
+            return Stop()
+        if self.needs_weights(worker_version):
+            return LoadWeights(self.update)
+        return Prompts([] if self.awaiting_weights else self.issue(worker_id, k), stage, self.version)
+
+    def publish(self, update: Published) -> None:
+        """New weights: producers load them before their next prompt."""
+        self.set_version(update.version)
+        self.update, self.awaiting_weights = update, False
+
+    def weights_lost(self, version: int) -> None:
+        """A producer could not fetch ``version`` (its publisher is gone with its objects): producers
+        wait for the next publish, which every learner run makes when it starts."""
+        if self.update is not None and self.update.version == version:
+            self.update, self.awaiting_weights = None, True
+
+    def stop(self) -> None:
+        self.stopped = True
 
     # ------------------------------------------------------------ producers
 
@@ -213,3 +280,4 @@ class BufferCore:
         for key in snap["in_flight"]:
             self.cursor.requeue(_ref(key))
         self.stats = BufferStats(consumed=snap["consumed"])
+        self.awaiting_weights = True  # producers may hold newer weights than the restored learner's

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagpr.rl.buffer import BufferCore, PromptCursor
+from tagpr.rl.buffer import BufferCore, LoadWeights, PromptCursor, Prompts, Stop
 from tagpr.rl.trajectory import Group, PromptRef, Trajectory
 
 IDS = [f"q{i}" for i in range(10)]
@@ -186,3 +186,33 @@ def test_dynamic_sampling_gives_up_after_its_filter_budget():
     (last,) = b.issue("w0", 2)
     assert b.offer(scored_group(last, [0.0, 0.0])) == "admitted"
     assert len(b.take()) == 2 and b.filtered == 0  # the budget is per step
+
+
+class Update:
+    def __init__(self, version: int):
+        self.version = version
+
+
+def test_producers_load_the_newest_weights_before_prompts_and_wait_after_a_rewind():
+    b = BufferCore(PromptCursor(IDS), capacity=4, max_staleness=0, groups_per_step=1)
+    work = b.work("w0", 1, worker_version=0, stage="guided")
+    assert isinstance(work, Prompts) and len(work.refs) == 1 and (work.stage, work.version) == ("guided", 0)
+    assert b.offer(group(work.refs[0], 0)) == "admitted" and b.take()
+    assert not b.work_ready(0) and b.work("w0", 1, 0, "guided") == Prompts([], "guided", 0)  # gate: step 1 unpublished
+    first = Update(1)
+    b.publish(first)
+    assert b.work_ready(0) and b.work("w0", 1, 0, "guided") == LoadWeights(first)
+    assert len(b.work("w0", 1, 1, "guided").refs) == 1
+
+    snap = b.snapshot()
+    b.restore(snap)  # a rewind: producers may hold weights newer than the restored learner's
+    assert b.awaiting_weights and b.work("w1", 1, 1, "guided") == Prompts([], "guided", 1)
+    b.publish(Update(1))
+    assert not b.awaiting_weights and len(b.work("w1", 1, 1, "guided").refs) == 1
+
+    b.weights_lost(0)  # not the newest: nothing changes
+    assert b.update.version == 1
+    b.weights_lost(1)  # the newest update is gone with its publisher: wait for the next
+    assert b.update is None and b.awaiting_weights and b.work("w0", 1, 1, "guided").refs == []
+    b.stop()
+    assert b.work_ready(1) and b.work("w0", 1, 1, "guided") == Stop()
