@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from actors.cluster import pin_cpus
-from actors.weights import WeightUpdate, apply_update
+from actors.weights import WeightLoader, WeightUpdate
 from tagpr.config import TagPRConfig
 from tagpr.rl.buffer import LoadWeights, Stop
 from tagpr.rl.trajectory import Group, Trajectory
@@ -58,6 +58,7 @@ class RolloutWorker:
                                  max_tokens=r.max_tokens, stop=tuple(r.stop))
         self.prompt_tokens = functools.lru_cache(maxsize=PROMPT_CACHE)(self._render)
         self.version, self.healthy = 0, True  # version 0: the policy on disk
+        self.weights = WeightLoader()
         self._stop = threading.Event()
         self.counters = {"batches": 0, "groups": 0, "admitted": 0, "unscored": 0, "tokens": 0, "syncs": 0,
                          "gen_s": 0.0, "reward_s": 0.0, "sync_s": 0.0, "blocked_s": 0.0}
@@ -65,7 +66,7 @@ class RolloutWorker:
     # ------------------------------------------------------------ weights
 
     def _load(self, update: WeightUpdate) -> None:
-        apply_update(self.engine, update, self.cfg.rollout.sync_timeout_s)
+        self.weights.apply(self.engine, update, self.cfg.rollout.sync_timeout_s)
 
     def sync(self, update: WeightUpdate) -> int:
         """Load ``update`` within ``rollout.sync_timeout_s``, or raise :class:`SyncFailed`; an update

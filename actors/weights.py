@@ -50,6 +50,7 @@ class WeightUpdate:
     nbytes: int
     names: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    settings: dict[str, Any] = field(default_factory=dict)  # the receiving transport's arguments, from the publisher
 
 
 class Transport:
@@ -91,8 +92,8 @@ class ObjectStoreTransport(Transport):
         self.bucket_bytes = int(bucket_mb * 2**20)
 
     def publish(self, named, version):
-        """Tensors that share one storage (a flat parameter buffer, see :func:`flatten_parameters`) go
-        as that one array, which Ray copies in parallel; the others in buckets of ``bucket_mb``."""
+        """Tensors that share one storage (tied embeddings, a flat parameter buffer) go as that one
+        array, which Ray copies in parallel; the others in buckets of ``bucket_mb``."""
         import ray
 
         items = [(name, t.detach()) for name, t in named]
@@ -141,28 +142,6 @@ def _flat(group: list[tuple[str, torch.Tensor]]) -> tuple[np.ndarray, list[tuple
     return whole.numpy(), layout
 
 
-def flatten_parameters(module: torch.nn.Module) -> list[torch.Tensor]:
-    """Move ``module``'s parameters into one contiguous buffer per dtype, each parameter a view of it.
-
-    A learner that does this before building its optimizer publishes each version as one array per
-    dtype (see ``ObjectStoreTransport.publish``). Returns the buffers.
-    """
-    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
-    for p in module.parameters():
-        by_dtype.setdefault(p.dtype, []).append(p)
-    buffers = []
-    for dtype, params in by_dtype.items():
-        flat = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            flat[offset:offset + n].copy_(p.data.reshape(-1))
-            p.data = flat[offset:offset + n].view_as(p)
-            offset += n
-        buffers.append(flat)
-    return buffers
-
-
 @TRANSPORTS.register("shm")
 class SharedMemoryTransport(Transport):
     """One node only: every receiver must see the publisher's ``/dev/shm``."""
@@ -199,16 +178,16 @@ class CollectiveTransport(Transport):
     """
 
     name = "collective"
-    _pairs: dict[tuple[str, str], Any] = {}  # (store addr, receiver key) -> (store, pair group), per process
-    _key = uuid.uuid4().hex
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, backend: str | None = None, keep: int = 2,
                  timeout_s: float = 300):
         self.host, self.port, self.keep, self.timeout_s = host, port, keep, timeout_s
         self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        self.versions: dict[int, dict[str, torch.Tensor]] = {}
+        self.versions: dict[int, dict[str, torch.Tensor]] = {}  # publisher: the versions it serves
         self._store = self._server = None
         self._closed, self._waiting = False, ""
+        self._key = uuid.uuid4().hex  # receiver: its name to publishers
+        self._pairs: dict[str, tuple[Any, Any]] = {}  # receiver: publisher addr -> (store, pair group)
 
     @staticmethod
     def _group(store, prefix: str, rank: int, backend: str, timeout_s: float):
@@ -278,22 +257,22 @@ class CollectiveTransport(Transport):
         meta = [(n, list(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in tensors.items()]
         return WeightUpdate(version, "full", self.name, {"addr": f"{self.host}:{self.port}", "backend": self.backend,
                                                           "tensors": meta}, sum(t.nbytes for t in tensors.values()),
-                            [n for n, _, _ in meta])
+                            [n for n, _, _ in meta], settings={"backend": self.backend, "timeout_s": self.timeout_s})
 
     def fetch(self, update):
         import torch.distributed as dist
 
         p = update.payload
         host, port = p["addr"].rsplit(":", 1)
-        if (p["addr"], self._key) not in self._pairs:
+        if p["addr"] not in self._pairs:
             store = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=self.timeout_s))
-            self._pairs[(p["addr"], self._key)] = (store, None)
-        store, group = self._pairs[(p["addr"], self._key)]
+            self._pairs[p["addr"]] = (store, None)
+        store, group = self._pairs[p["addr"]]
         n = store.add("tagpr/requests", 1)
         store.set(f"tagpr/request/{n}", f"{self._key}|{update.version}")
         if group is None:
             group = self._group(store, f"pair/{self._key}", 1, p["backend"], self.timeout_s)
-            self._pairs[(p["addr"], self._key)] = (store, group)
+            self._pairs[p["addr"]] = (store, group)
         device = "cuda" if p["backend"] == "nccl" else "cpu"
         out = []
         for name, shape, dtype in p["tensors"]:
@@ -376,10 +355,23 @@ def publish_adapter(folder: str | Path, version: int) -> WeightUpdate:
     return WeightUpdate(version, "lora", "path", str(folder), sum(p.stat().st_size for p in files))
 
 
-def apply_update(engine, update: WeightUpdate, timeout_s: float | None) -> None:
-    """Load ``update`` into ``engine``: the adapter under id ``version + 1``, or the full weights
-    through the transport that published them."""
-    if update.kind == "lora":
-        engine.load_adapter(update.payload, adapter_id=update.version + 1)
-    else:
-        engine.load_weights(TRANSPORTS.get(update.transport)().fetch(update), timeout_s=timeout_s)
+class WeightLoader:
+    """A rollout worker's receiving side of weight sync, made once per worker: one transport per kind,
+    built on first use with the publisher's settings (:attr:`WeightUpdate.settings`) and kept, so
+    what a transport sets up (collective's store and pair group) is set up once."""
+
+    def __init__(self):
+        self._transports: dict[str, Transport] = {}
+
+    def fetch(self, update: WeightUpdate) -> Any:
+        if update.transport not in self._transports:
+            self._transports[update.transport] = TRANSPORTS.get(update.transport)(**update.settings)
+        return self._transports[update.transport].fetch(update)
+
+    def apply(self, engine, update: WeightUpdate, timeout_s: float | None) -> None:
+        """Load ``update`` into ``engine``: the adapter under id ``version + 1``, or the full weights
+        through the transport that published them."""
+        if update.kind == "lora":
+            engine.load_adapter(update.payload, adapter_id=update.version + 1)
+        else:
+            engine.load_weights(self.fetch(update), timeout_s=timeout_s)

@@ -52,11 +52,14 @@ def _state(hidden: int, layers: int, inter: int, vocab: int, kv: int) -> dict[st
 
 
 class Receiver:
+    def __init__(self):
+        from actors.weights import WeightLoader
+
+        self.loader = WeightLoader()
+
     def fetch(self, update) -> int:
         """Every tensor materialized (zero-copy views), ready for ``Engine.load_weights``."""
-        from actors.weights import ObjectStoreTransport
-
-        return len(list(ObjectStoreTransport().fetch(update)))
+        return len(list(self.loader.fetch(update)))
 
     def raw(self, ref_list) -> int:
         import ray

@@ -220,22 +220,23 @@ def _cuda_ipc(state, model_dir, engine_cfg, dtype, tol, payload_mb) -> dict:
 def _ipc_receiver(model_dir, engine_cfg, dtype, updates, results) -> None:
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from actors.weights import TRANSPORTS, apply_update
+        from actors.weights import WeightLoader
         from tagpr.config import EngineConfig
         from tagpr.engines import Sampling, make_engine
 
         engine = make_engine(EngineConfig(**engine_cfg), model_dir, dtype)
+        loader = WeightLoader()
         while (item := updates.get()) is not None:
             kind, update = item
             torch.cuda.synchronize()
             start = time.perf_counter()
             if kind == "bench":
-                copies = [t.clone() for _, t in TRANSPORTS.get(update.transport)().fetch(update)]
+                copies = [t.clone() for _, t in loader.fetch(update)]
                 torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
                 results.put((seconds, float(sum(t.double().sum() for t in copies))))
             else:
-                apply_update(engine, update, timeout_s=120)
+                loader.apply(engine, update, timeout_s=120)
                 torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
                 results.put((seconds, engine.generate(PROMPTS[:1], Sampling(n=8, temperature=1.0, max_tokens=128,
@@ -253,19 +254,24 @@ def _collective(state: dict[str, torch.Tensor], backend: str) -> dict:
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
 
     @ray.remote(num_gpus=1 if backend == "nccl" else 0)
-    def receive(update) -> tuple[float, float]:
-        from actors.weights import TRANSPORTS
+    class Receiver:
+        def __init__(self):
+            from actors.weights import WeightLoader
 
-        start = time.perf_counter()
-        tensors = TRANSPORTS.get(update.transport)().fetch(update)
-        return time.perf_counter() - start, float(sum(t.double().sum() for _, t in tensors))
+            self.loader = WeightLoader()  # keeps the pair group between fetches, as a rollout worker does
+
+        def receive(self, update) -> tuple[float, float]:
+            start = time.perf_counter()
+            tensors = self.loader.fetch(update)
+            return time.perf_counter() - start, float(sum(t.double().sum() for _, t in tensors))
 
     try:
         sender = CollectiveTransport(backend=backend, timeout_s=120)
+        receiver = Receiver.remote()
         update = sender.publish(state.items(), 1)
-        ray.get(receive.remote(update))  # first contact builds the pair group
+        ray.get(receiver.receive.remote(update))  # first contact builds the pair group
         update = sender.publish(state.items(), 2)
-        seconds, checksum = ray.get(receive.remote(update))
+        seconds, checksum = ray.get(receiver.receive.remote(update))
         want = float(sum(t.double().sum() for t in state.values()))
         return {"backend": backend, "mb": round(update.nbytes / 2**20, 1), "seconds": round(seconds, 3),
                 "gb_per_s": round(update.nbytes / seconds / 1e9, 2),

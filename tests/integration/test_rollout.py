@@ -229,10 +229,13 @@ def test_flat_parameters_publish_as_one_array(ray_cluster):
 
 
 class _Receiver:
-    def fetch_sums(self, update):
-        from actors.weights import TRANSPORTS
+    def __init__(self):
+        from actors.weights import WeightLoader
 
-        return {name: float(t.double().sum()) for name, t in TRANSPORTS.get(update.transport)().fetch(update)}
+        self.loader = WeightLoader()  # one per worker, as a rollout worker holds it
+
+    def fetch_sums(self, update):
+        return {name: float(t.double().sum()) for name, t in self.loader.fetch(update)}
 
 
 def _collective_roundtrip(backend: str, n: int, timeout_s: float = 60, idle_s: float = 0):
