@@ -26,9 +26,10 @@ from typing import Any
 
 from actors.checkpoints import BUFFER_SNAPSHOT, RNG, load_trainable, publish_checkpoint, read_state, save_checkpoint
 from actors.cluster import pin_cpus
+from actors.faults import crash_point
 from actors.progress import report as report_progress
-from tagpr.config import LearnerConfig, TagPRConfig
-from tagpr.rl.plateau import Plateau
+from tagpr.config import TagPRConfig
+from tagpr.rl.learner_state import LearnerState, step_metrics
 
 # not print: Ray Train patches print into its logger and also tees it to a wrapped stdout, so each
 # progress line reached the driver twice
@@ -81,20 +82,6 @@ class _Publisher:
         return time.perf_counter() - start
 
 
-def _maybe_crash(lc: LearnerConfig, point: str, step: int, rank: int, run_dir: Path) -> None:
-    """``learner.fault_crash_at_step`` / ``fault_crash_point``: the process is killed (SIGKILL, so no
-    cleanup runs) at that point of that step; a marker in the run directory makes it happen once."""
-    import os
-    import signal
-
-    marker = run_dir / f"fault-crash-step-{lc.fault_crash_at_step}"
-    if (lc.fault_crash_at_step and step == lc.fault_crash_at_step and point == lc.fault_crash_point and rank == 0
-            and not marker.exists()):
-        marker.write_text(point)
-        log.warning("fault injection: learner rank 0 killed at step %d (%s)", step, point)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 CHECKPOINTS = "checkpoints"
 
 
@@ -136,17 +123,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.run.seed + rank)
 
     start = _start_point(config)
-    state = {"step": 0, "stage_index": stage_index, "stage_step": 0, "plateau": {}}
+    state = LearnerState.start(stage_index, read_state(start) if start else None)
     snapshot = config.get("snapshot")
     if start:
-        saved = read_state(start)
-        state.update({k: saved[k] for k in ("step", "stage_index", "stage_step", "plateau")})
         if (Path(start) / BUFFER_SNAPSHOT).exists():
             snapshot = json.loads((Path(start) / BUFFER_SNAPSHOT).read_text())
         if (Path(start) / RNG).exists() and rank == 0:
             torch.set_rng_state(torch.load(Path(start) / RNG, weights_only=True))
-    if state["stage_index"] != stage_index:  # the previous stage's final checkpoint
-        state.update(stage_index=stage_index, stage_step=0, plateau={})
     model = load_trainable(config["policy"], lc.lora, start)
     tokenizer = AutoTokenizer.from_pretrained(start or config["policy"], local_files_only=True)
     strategy = STRATEGIES.get(lc.strategy)(model, lc, rl.lr, lc.weight_decay, rl.prompts_per_step, world,
@@ -161,11 +144,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     publisher = _Publisher(cfg, buffer, run_dir) if rank == 0 else None
     sink = RunMetrics(run_dir, "learner") if rank == 0 else None
-    plateau = Plateau(stage.plateau_patience, stage.plateau_delta, **state["plateau"])
+    plateau = state.plateau_detector(stage.plateau_patience, stage.plateau_delta)
 
     def publish() -> float:
         with strategy.full_model() as m:
-            return publisher.publish(m, state["step"]) if rank == 0 else 0.0
+            return publisher.publish(m, state.step) if rank == 0 else 0.0
 
     if snapshot is not None:  # rewind the buffer to these weights, and hand the weights out
         if rank == 0:
@@ -174,15 +157,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def checkpoint(metrics: dict) -> None:
         """All ranks write into a temporary folder (shared storage across nodes), rank 0 renames it."""
-        final = run_dir / CHECKPOINTS / f"step-{state['step']:06d}"
+        final = run_dir / CHECKPOINTS / f"step-{state.step:06d}"
         tmp = final.with_name(f".tmp-{final.name}")
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        save_checkpoint(strategy, tokenizer, tmp, lc.lora.enabled, config["policy"],
-                        {**state, "plateau": plateau.state(), "stage": stage.name}, rank)
-        _maybe_crash(lc, "checkpoint_write", state["step"], rank, run_dir)
+        save_checkpoint(strategy, tokenizer, tmp, lc.lora.enabled, config["policy"], state.saved(stage.name), rank)
+        crash_point(lc, "checkpoint_write", state.step, rank, run_dir)
         barrier()
         if rank == 0:
             (tmp / BUFFER_SNAPSHOT).write_text(json.dumps(ray.get(buffer.snapshot.remote())))
@@ -197,51 +179,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     strategy.train(True)
     total_steps = sum(s.steps for s in rl.stages)
-    stop = False
-    while state["stage_step"] < stage.steps and not stop:
+    last = state.stage_step >= stage.steps
+    while not last:
         t0 = time.perf_counter()
-        lr = lr_at(state["step"], total_steps, rl) * stage.lr_scale
+        lr = lr_at(state.step, total_steps, rl) * stage.lr_scale
         strategy.set_lr(lr)
         box = [_take(buffer, lc.take_timeout_s) if rank == 0 else None]
         if world > 1:
             dist.broadcast_object_list(box, src=0)
         groups, waited = box[0]
-        _maybe_crash(lc, "after_take", state["step"] + 1, rank, run_dir)
-        staleness = [state["step"] - g.policy_version for g in groups]
-        rows, metrics = rows_from_groups(groups, stage.weights, rl)
+        crash_point(lc, "after_take", state.step + 1, rank, run_dir)
+        rows, reward_stats = rows_from_groups(groups, stage.weights, rl)
         sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
         if rows:
             sums = train_step(strategy, rows, rl, lc.grad_accum, pad, rank, world, reference,
                               cfg.rollout.temperature or 1.0)
         if world > 1:
             dist.all_reduce(sums)
-        state["step"] += 1
-        state["stage_step"] += 1
-        stop = plateau.update(metrics.get("reward_mean", 0.0))
-        last = stop or state["stage_step"] >= stage.steps
-        sync_s = publish() if state["step"] % lc.sync_every == 0 or last else 0.0
-        seconds = time.perf_counter() - t0
+        stop, last = state.advance(plateau, reward_stats.get("reward_mean", 0.0), stage.steps)
+        sync_s = publish() if state.publish_due(lc.sync_every, last) else 0.0
         tokens = int(sums[-1])  # response tokens trained on, over all ranks
-        metrics.update({k: float(sums[i] / max(sums[-1], 1)) for i, k in enumerate(LOSS_STATS)})
-        metrics.update({
-            "stage": stage.name, "stage_step": state["stage_step"], "version": state["step"],
-            "trajectories": len(rows), "tokens": tokens, "step_s": seconds,
-            "trajectories_per_s": len(rows) / seconds, "tokens_per_s": tokens / seconds,
-            "learner_wait_frac": waited / seconds, "weight_sync_s": sync_s,
-            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
-            "staleness_hist": {str(s): staleness.count(s) for s in sorted(set(staleness))},
-            "lr": lr, "plateau_stop": stop, "prompts": sorted(g.prompt.key for g in groups),
-        })
+        loss_stats = {k: float(sums[i] / max(sums[-1], 1)) for i, k in enumerate(LOSS_STATS)}
+        metrics = step_metrics(state, stage.name, groups, len(rows), {**reward_stats, **loss_stats}, tokens,
+                               time.perf_counter() - t0, waited, sync_s, lr, stop)
         if rank == 0:
             buf = ray.get(buffer.stats.remote())
             metrics.update({"buffer_depth": buf["buffered"], "blocked_requests": buf["blocked_requests"],
                             "buffer_dropped": sum(buf["dropped"].values())})
-            sink.log(state["step"], metrics)
-            report_progress(f"rl {stage.name} steps", state["stage_step"], stage.steps)
-            log.info(f"rl {stage.name} step {state['stage_step']}/{stage.steps} reward {metrics['reward_mean']:.3f} "
+            sink.log(state.step, metrics)
+            report_progress(f"rl {stage.name} steps", state.stage_step, stage.steps)
+            log.info(f"rl {stage.name} step {state.stage_step}/{stage.steps} reward {metrics['reward_mean']:.3f} "
                      f"loss {metrics['pg_loss']:.4f} clip {metrics['clip_frac']:.3f} staleness "
-                     f"{metrics['staleness_mean']:.2f} wait {metrics['learner_wait_frac']:.2f} ({seconds:.1f} s/step)")
-        if last or (lc.checkpoint_every and state["stage_step"] % lc.checkpoint_every == 0):
+                     f"{metrics['staleness_mean']:.2f} wait {metrics['learner_wait_frac']:.2f} "
+                     f"({metrics['step_s']:.1f} s/step)")
+        if state.checkpoint_due(lc.checkpoint_every, last):
             checkpoint({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if rank == 0:
         sink.close()
