@@ -1,19 +1,21 @@
 """Versioned weight sync from the learner to the rollout engines.
 
-The learner ``publish``es a :class:`WeightUpdate` (version, what it carries, how to fetch it);
-each rollout worker ``fetch``es it into something ``Engine.load_weights`` or ``load_adapter``
-takes. Transports, registered by name:
+The learner ``publish``es a :class:`WeightUpdate` (version, what it carries, how to fetch it, the
+receiving transport's settings); each rollout worker's :class:`WeightLoader` fetches it, through a
+transport it builds once, into what ``Engine.load_weights`` or ``load_adapter`` takes. Transports,
+registered by name:
 
 - ``object_store`` (default, any cluster): numpy arrays in buckets of ``bucket_mb`` (512), one Ray
-  object each; receivers read them zero-copy from their node's object store. Ray frees a version
-  once no one holds its update.
+  object each, or one array for tensors that share a storage; receivers read them zero-copy from
+  their node's object store. Ray frees a version once no one holds its update.
 - ``shm`` (one node): one safetensors file per version under ``/dev/shm``; receivers map it.
-- LoRA: an adapter folder (``kind="lora"``), hot-loaded under a new adapter id, never merged.
-
 - ``collective`` (torch.distributed: NCCL on GPUs, gloo on CPUs): the publisher keeps the newest
   versions and serves each receiver over a two-rank group of its own, so workers can join and
   leave between versions; a receiver pulls the version it is told to load.
 - ``cuda_ipc`` (GPU, colocated): engines on the learner's GPU map its device buffer by IPC handle.
+
+LoRA training publishes the adapter folder instead (``kind="lora"``), hot-loaded under a new
+adapter id, never merged.
 """
 
 from __future__ import annotations
