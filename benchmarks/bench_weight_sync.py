@@ -1,7 +1,7 @@
 """Weight push through the object-store transport vs a raw object-store transfer of the same bytes.
 
 Two layouts of the same weights: separate tensors, and views into one flat buffer (what a learner
-has after ``actors.weights.flatten_parameters``); the target applies to the flat one.
+has after moving its parameters into one buffer); the target applies to the flat one.
 
 For a 10M-parameter model and a 135M one (SmolLM2-135M's shapes), to 1-3 receiver actors: the
 push is ``publish`` (tensors -> numpy buckets -> ``ray.put``) plus every receiver fetching all
@@ -29,7 +29,7 @@ REPEATS = 10
 
 
 def _views(flat: torch.Tensor, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same tensors as views into one flat buffer, as a learner keeps them after ``flatten_parameters``."""
+    """The same tensors as views into one flat buffer, as a learner with flattened parameters keeps them."""
     out, offset = {}, 0
     for name, t in state.items():
         out[name] = flat[offset:offset + t.numel()].view(t.shape)

@@ -207,8 +207,30 @@ def test_transports_roundtrip_and_lora_update(ray_cluster, tmp_path):
         publish_adapter(tmp_path, 1)
 
 
+def flatten_parameters(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Move ``module``'s parameters into one contiguous buffer per dtype, each parameter a view of it.
+
+    A learner that does this before building its optimizer publishes each version as one array per
+    dtype (``ObjectStoreTransport.publish`` sends tensors sharing a storage as one). Returns the buffers.
+    """
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p in module.parameters():
+        by_dtype.setdefault(p.dtype, []).append(p)
+    buffers = []
+    for dtype, params in by_dtype.items():
+        flat = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            flat[offset:offset + n].copy_(p.data.reshape(-1))
+            p.data = flat[offset:offset + n].view_as(p)
+            offset += n
+        buffers.append(flat)
+    return buffers
+
+
 def test_flat_parameters_publish_as_one_array(ray_cluster):
-    from actors.weights import ObjectStoreTransport, flatten_parameters
+    from actors.weights import ObjectStoreTransport
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
