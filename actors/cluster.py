@@ -3,6 +3,7 @@ and a head started with ``ray start`` that can be stopped without touching anoth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -84,9 +85,17 @@ def entry_point(name: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are chosen (ports picked one
+    at a time can repeat, and two Ray components on one port fail ``ray start``)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def pids_matching(predicate: Callable[[bytes], bool]) -> list[int]:
@@ -118,7 +127,7 @@ class LocalHead:
         import yaml
 
         self.ip = services.get_node_ip_address()
-        self.port, self.metrics_port, self.dashboard_port = free_port(), free_port(), free_port()
+        self.port, self.metrics_port, self.dashboard_port, *self._agent_ports = free_ports(7)
         self.temp_dir = tempfile.mkdtemp(prefix="tgp-", dir="/tmp")  # short: Ray's socket paths have a limit
         self.num_cpus, self.resources, self.dashboard = num_cpus, resources or {}, dashboard
         self.autoscaling_config = None
@@ -143,8 +152,9 @@ class LocalHead:
                f"--include-dashboard={str(self.dashboard).lower()}", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
                # the defaults of these collide with another Ray on the host (its agent holds 52365)
-               *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                        "runtime-env-agent-port", "ray-client-server-port"))]
+               *(f"--{flag}={port}" for flag, port in zip(("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                          "runtime-env-agent-port", "ray-client-server-port"),
+                                                         self._agent_ports))]
         # jobs submitted here run `python` from PATH: make it this interpreter
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, "PATH": path, **(env or {})}
