@@ -171,7 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command.main(argv, prefix=['chains', 'generate'])
+    return command.main(argv, prefix=["chains", "generate"])
 
 
 if __name__ == "__main__":

@@ -68,8 +68,15 @@ def print_prmu(result: dict, out) -> None:
     out.print(table)
 
 
-def _handler(p: argparse.ArgumentParser, target: str) -> None:
-    p.set_defaults(handler=target)
+def _command(parent, name: str, help_text: str, handler: str,
+             config: bool | str = True) -> argparse.ArgumentParser:
+    """A command under ``parent`` run by ``handler`` (``module:function``), taking the config
+    arguments unless ``config`` is False (``"positional"``: the config file as a positional)."""
+    p = parent.add_parser(name, help=help_text)
+    if config:
+        config_args(p, positional=config == "positional")
+    p.set_defaults(handler=handler)
+    return p
 
 
 def _subcommands(sub, name: str, help_text: str):
@@ -80,31 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagpr", description="The tagpr command line.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    show = _subcommands(sub, "config", "inspect configs").add_parser(
-        "show", help="print the fully resolved config (validates it)")
-    config_args(show)
-    _handler(show, f"{CLI}:cmd_config_show")
+    _command(_subcommands(sub, "config", "inspect configs"), "show",
+             "print the fully resolved config (validates it)", f"{CLI}:cmd_config_show")
 
     data = _subcommands(sub, "data", "data sets")
-    synth = data.add_parser("synth", help="write the synthetic LaMP-format users")
-    config_args(synth)
+    synth = _command(data, "synth", "write the synthetic LaMP-format users", f"{CLI}:cmd_data_synth")
     synth.add_argument("--out", help="output folder (default: data.root)")
     synth.add_argument("--report", action="store_true", help="score profile-reading vs user-blind baselines")
-    _handler(synth, f"{CLI}:cmd_data_synth")
-    check = data.add_parser("check", help="validate a LaMP folder's {split}_questions/outputs files")
+    check = _command(data, "check", "validate a LaMP folder's {split}_questions/outputs files",
+                     f"{CLI}:cmd_data_check", config=False)
     check.add_argument("--root", required=True, help="folder holding LaMP_k/{split}_questions.json")
     check.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7")
     check.add_argument("--split", default="dev", help="file prefix, e.g. train, dev, test (default: dev)")
     check.add_argument("--skip-invalid", action="store_true", help="count and skip bad records instead of failing")
-    _handler(check, f"{CLI}:cmd_data_check")
 
-    run = sub.add_parser("run", help="run the main job (the steps in run.steps) into a new run directory")
-    config_args(run, positional=True)
+    run = _command(sub, "run", "run the main job (the steps in run.steps) into a new run directory",
+                   "tagpr.jobs.pipeline:cmd_run", config="positional")
     run.add_argument("--steps", help="comma-separated steps to run instead of run.steps")
-    _handler(run, "tagpr.jobs.pipeline:cmd_run")
 
-    ev = sub.add_parser("eval", help="LaMP's official scores of a predictions file, or of a policy's answers")
-    config_args(ev)
+    ev = _command(sub, "eval", "LaMP's official scores of a predictions file, or of a policy's answers",
+                  f"{CLI}:cmd_eval")
     ev.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7")
     ev.add_argument("--predictions", help="predictions in the outputs shape, to score")
     ev.add_argument("--policy", help="HF policy folder: generate predictions for --questions (vLLM, else HF)")
@@ -113,75 +115,57 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write the scores here as JSON")
     ev.add_argument("--write-predictions", help="where the official predictions file goes (with --policy: "
                                                  "default beside --questions; else rewrites the scored ones)")
-    _handler(ev, f"{CLI}:cmd_eval")
 
     model = _subcommands(sub, "model", "policy models")
-    init = model.add_parser("init", help="build the embedded tiny default policy")
-    config_args(init)
+    init = _command(model, "init", "build the embedded tiny default policy", f"{CLI}:cmd_model_init")
     init.add_argument("--out", help="output folder (default: model.policy)")
     init.add_argument("--force", action="store_true", help="rebuild even if the folder holds a model")
-    _handler(init, f"{CLI}:cmd_model_init")
-    gguf = model.add_parser("import-gguf", help="convert a GGUF checkpoint into a plain HF folder")
+    gguf = _command(model, "import-gguf", "convert a GGUF checkpoint into a plain HF folder",
+                    f"{CLI}:cmd_model_import_gguf", config=False)
     gguf.add_argument("--gguf", required=True, help="path of the .gguf file")
     gguf.add_argument("--out", required=True, help="output folder")
-    _handler(gguf, f"{CLI}:cmd_model_import_gguf")
 
     prmu = _subcommands(sub, "prmu", "the personalization reward model")
-    ptrain = prmu.add_parser("train", help="train on Ray Train, then evaluate on held-out users")
-    config_args(ptrain)
+    ptrain = _command(prmu, "train", "train on Ray Train, then evaluate on held-out users",
+                      "tagpr.jobs.prmu:cmd_train")
     ptrain.add_argument("--out", help="checkpoint folder (default: <run dir>/prmu)")
-    _handler(ptrain, "tagpr.jobs.prmu:cmd_train")
-    peval = prmu.add_parser("eval", help="pairwise accuracy vs the user-blind ablation")
-    config_args(peval)
+    peval = _command(prmu, "eval", "pairwise accuracy vs the user-blind ablation", "tagpr.jobs.prmu:cmd_eval")
     peval.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
     peval.add_argument("--split", help="split to evaluate (default: data.dev_split)")
     peval.add_argument("--out", help="write the result here as JSON")
-    _handler(peval, "tagpr.jobs.prmu:cmd_eval")
 
-    cgen = _subcommands(sub, "chains", "tagged-thought chains").add_parser(
-        "generate", help="generate, label and filter chains on Ray Data (resumable)")
-    config_args(cgen)
-    _handler(cgen, "tagpr.jobs.chains:cmd_generate")
+    _command(_subcommands(sub, "chains", "tagged-thought chains"), "generate",
+             "generate, label and filter chains on Ray Data (resumable)", "tagpr.jobs.chains:cmd_generate")
 
-    sft = sub.add_parser("sft", help="SFT on the tagged chains (Ray Train), evaluated on dev before and after")
-    config_args(sft)
+    sft = _command(sub, "sft", "SFT on the tagged chains (Ray Train), evaluated on dev before and after",
+                   "tagpr.jobs.sft:cmd_train")
     sft.add_argument("--out", help="policy folder (default: <run dir>/policy)")
-    _handler(sft, "tagpr.jobs.sft:cmd_train")
 
-    rl = sub.add_parser("rl", help="multi-stage asynchronous GRPO (guided, then exploratory) from model.policy")
-    config_args(rl)
+    rl = _command(sub, "rl", "multi-stage asynchronous GRPO (guided, then exploratory) from model.policy",
+                  "tagpr.jobs.rl:cmd_train")
     rl.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory from its newest checkpoint")
-    _handler(rl, "tagpr.jobs.rl:cmd_train")
 
-    doctor = sub.add_parser("doctor", help="check versions, devices, the Ray address and token, and ports")
-    config_args(doctor)
-    _handler(doctor, f"{CLI}:cmd_doctor")
+    _command(sub, "doctor", "check versions, devices, the Ray address and token, and ports", f"{CLI}:cmd_doctor")
 
-    srollout = _subcommands(sub, "scale", "resize a running job's roles").add_parser(
-        "rollout", help="set the number of rollout workers of a running RL job")
-    config_args(srollout)
-    srollout.add_argument("n", type=int, metavar="N", help="workers wanted (clamped to rollout.min/max_workers)")
-    srollout.add_argument("--run", help="the job's run.name (default: from the config)")
-    srollout.add_argument("--address", default="auto", help="Ray address (default: auto; RAY_ADDRESS wins)")
-    srollout.add_argument("--timeout", type=float, default=120, help="seconds to wait for the job to apply it")
-    _handler(srollout, f"{CLI}:cmd_scale_rollout")
+    scale = _command(_subcommands(sub, "scale", "resize a running job's roles"), "rollout",
+                     "set the number of rollout workers of a running RL job", f"{CLI}:cmd_scale_rollout")
+    scale.add_argument("n", type=int, metavar="N", help="workers wanted (clamped to rollout.min/max_workers)")
+    scale.add_argument("--run", help="the job's run.name (default: from the config)")
+    scale.add_argument("--address", default="auto", help="Ray address (default: auto; RAY_ADDRESS wins)")
+    scale.add_argument("--timeout", type=float, default=120, help="seconds to wait for the job to apply it")
 
-    sprmu = _subcommands(sub, "serve", "services").add_parser(
-        "prmu", help="serve the PRMU reward service over HTTP (Ray Serve)")
-    config_args(sprmu)
-    sprmu.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
-    sprmu.add_argument("--host", help="bind address (default: service.host, 127.0.0.1)")
-    sprmu.add_argument("--port", type=int, help="port (default: service.port)")
-    sprmu.add_argument("--token-env", help="env var holding the bearer token (default: service.token_env)")
-    sprmu.add_argument("--detach", action="store_true", help="return after deploying (on a running cluster)")
-    _handler(sprmu, f"{CLI}:cmd_serve_prmu")
+    serve = _command(_subcommands(sub, "serve", "services"), "prmu",
+                     "serve the PRMU reward service over HTTP (Ray Serve)", f"{CLI}:cmd_serve_prmu")
+    serve.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
+    serve.add_argument("--host", help="bind address (default: service.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: service.port)")
+    serve.add_argument("--token-env", help="env var holding the bearer token (default: service.token_env)")
+    serve.add_argument("--detach", action="store_true", help="return after deploying (on a running cluster)")
 
-    tcheck = _subcommands(sub, "tags", "the tagged-thought format").add_parser(
-        "check", help="parse a response and list violated tag constraints")
-    config_args(tcheck)
-    tcheck.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7 (sets the required tags)")
-    tcheck.add_argument("file", help="response text file, or - for standard input")
-    _handler(tcheck, f"{CLI}:cmd_tags_check")
+    tags = _command(_subcommands(sub, "tags", "the tagged-thought format"), "check",
+                    "parse a response and list violated tag constraints", f"{CLI}:cmd_tags_check")
+    tags.add_argument("--task", required=True, help="LaMP_1 .. LaMP_7 (sets the required tags)")
+    tags.add_argument("file", help="response text file, or - for standard input")
     return parser
 
 

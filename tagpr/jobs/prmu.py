@@ -108,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command.main(argv, prefix=['prmu'])
+    return command.main(argv, prefix=["prmu"])
 
 
 if __name__ == "__main__":

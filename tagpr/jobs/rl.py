@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command.main(argv, prefix=['rl'])
+    return command.main(argv, prefix=["rl"])
 
 
 if __name__ == "__main__":

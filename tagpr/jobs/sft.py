@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command.main(argv, prefix=['sft'])
+    return command.main(argv, prefix=["sft"])
 
 
 if __name__ == "__main__":
