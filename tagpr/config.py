@@ -110,8 +110,9 @@ class ModelConfig(Section):
 
 class SyntheticConfig(Section):
     seed: int = 0
-    users: dict[str, int] = Field(default_factory=lambda: {"train": 48, "dev": 64},
-                                  description="users per split; dev 64 x 4 questions: 256 per task to compare on")
+    users: dict[str, int] = Field(default_factory=lambda: {"train": 192, "dev": 64},
+                                  description="users per split; dev 64 x 4 questions: 256 per task to compare on; "
+                                              "train 192: SFT on 48 users' chains memorised their content")
     questions_per_user: int = Field(4, ge=1)
     profile_size: int = Field(8, ge=2, le=500)
 
@@ -253,6 +254,8 @@ class PRMUConfig(Section):
         "score the reasoning sections with the answer; PRMU training refuses it, since its pairs are gold "
         "answers with no reasoning (a checkpoint records the value it was built with, and the scorer uses that)"))
     negatives_per_question: int = Field(3, ge=1)
+    train_users: int = Field(0, ge=0, description="train on the first N users of each task's train split (0: all); "
+                                                  "the PRMU needs fewer users than SFT, and embeds every pair's texts")
     checkpoint: str | None = None
     epochs: int = Field(30, ge=1)
     lr: float = Field(2e-3, gt=0)

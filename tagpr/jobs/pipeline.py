@@ -39,14 +39,18 @@ STEPS: Registry[Step] = Registry("pipeline step")
 
 @STEPS.register("data")
 def step_data(ctx: RunContext) -> dict[str, Any]:
-    """Synthetic LaMP-format users (kept if present), and the profile-reader vs user-blind baselines."""
+    """Synthetic LaMP-format users (kept if present and made with the same settings), and the profile-reader vs user-blind baselines."""
     from tagpr.lamp.io import split_paths
-    from tagpr.lamp.synthetic import dev_baselines, write_synthetic
+    from tagpr.lamp.synthetic import dev_baselines, stale_tasks, write_synthetic
 
     cfg = ctx.cfg
     root = Path(cfg.data.root)
     missing = [t for t in cfg.data.tasks
                if not all(p.exists() for s in cfg.data.synthetic.users for p in split_paths(root, t, s))]
+    stale = [t for t in stale_tasks(root, cfg.data.synthetic, cfg.data.tasks) if t not in missing]
+    if stale:
+        ctx.log(f"data: {', '.join(stale)} under {root} were written with other data.synthetic settings; rewriting")
+    missing += stale
     if missing:
         write_synthetic(root, cfg.data.synthetic, missing)
         ctx.log(f"data: wrote synthetic users for {', '.join(missing)} under {root}")

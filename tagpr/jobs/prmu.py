@@ -47,7 +47,7 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     d, p = cfg.data, cfg.prmu
     encoder = _encoder(cfg)
     train_pairs, users = pairs_for_tasks(d.root, d.tasks, d.train_split, encoder, p.negatives_per_question,
-                                         d.skip_invalid)
+                                         d.skip_invalid, p.train_users)
     dev_pairs, dev_users = pairs_for_tasks(d.root, d.tasks, d.dev_split, encoder, p.negatives_per_question,
                                            d.skip_invalid)
     user_index = {u: i for i, u in enumerate(users)}

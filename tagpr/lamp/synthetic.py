@@ -481,8 +481,12 @@ def generate_split(task: str, split_index: int, n_users: int, cfg: SyntheticConf
     return SynthSplit(questions, golds, users)
 
 
+SETTINGS_FILE = "synthetic.json"
+
+
 def write_synthetic(root: str | Path, cfg: SyntheticConfig, tasks: list[str]) -> dict[str, dict[str, int]]:
-    """Write ``root/LaMP_k/{split}_questions.json``, ``{split}_outputs.json`` and ``users.json``."""
+    """Write ``root/LaMP_k/{split}_questions.json``, ``{split}_outputs.json``, ``users.json`` and
+    the settings they were made with (``synthetic.json``, read by :func:`stale_tasks`)."""
     counts: dict[str, dict[str, int]] = {}
     for task in tasks:
         users: dict[str, Any] = {}
@@ -494,7 +498,23 @@ def write_synthetic(root: str | Path, cfg: SyntheticConfig, tasks: list[str]) ->
             users.update(s.users)
             counts.setdefault(task, {})[split] = len(s.questions)
         (Path(root) / task / "users.json").write_text(json.dumps(users, indent=1), encoding="utf-8")
+        (Path(root) / task / SETTINGS_FILE).write_text(cfg.model_dump_json(indent=1), encoding="utf-8")
     return counts
+
+
+def stale_tasks(root: str | Path, cfg: SyntheticConfig, tasks: list[str]) -> list[str]:
+    """Tasks whose synthetic users under ``root`` were written with other settings (or before the
+    settings were recorded), so reusing them would silently train on another data set. Folders
+    without ``users.json`` are not synthetic (a user's own LaMP files) and never stale."""
+    stale = []
+    for task in tasks:
+        base = Path(root) / task
+        if not (base / "users.json").exists():
+            continue
+        settings = base / SETTINGS_FILE
+        if not settings.exists() or SyntheticConfig.model_validate_json(settings.read_text()) != cfg:
+            stale.append(task)
+    return stale
 
 
 def baseline_report(

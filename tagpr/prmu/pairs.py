@@ -108,14 +108,20 @@ def pairs_from_split(split: LampSplit, encoder: SentenceEncoder, negatives: int 
 
 
 def pairs_for_tasks(root: str, tasks: Sequence[str], split: str, encoder: SentenceEncoder, negatives: int,
-                    skip_invalid: bool = False) -> tuple[list[Pair], list[str]]:
-    """Pairs of every task's ``split``, and the user ids seen (in order of first appearance)."""
+                    skip_invalid: bool = False, max_users: int = 0) -> tuple[list[Pair], list[str]]:
+    """Pairs of every task's ``split`` (of its first ``max_users`` users when given), and the user ids
+    seen (in order of first appearance)."""
+    from dataclasses import replace
+
     from tagpr.lamp.io import load_split
 
     pairs: list[Pair] = []
     users: dict[str, None] = {}
     for task in tasks:
         s = load_split(root, task, split, skip_invalid)
+        if max_users:
+            keep = set(list(dict.fromkeys(q.user_id for q in s.questions))[:max_users])
+            s = replace(s, questions=[q for q in s.questions if q.user_id in keep])
         pairs += pairs_from_split(s, encoder, negatives)
         users.update((q.user_id, None) for q in s.questions if q.user_id)
     return pairs, list(users)

@@ -121,6 +121,13 @@ def test_hard_negative_rules():
     assert hard_negatives(tweet, "x", "omg a", ["lol b"], [], 3) == []  # none: the caller falls back
 
 
+def test_pairs_of_the_first_users_only(data_root, encoder):
+    every, users = pairs_for_tasks(str(data_root), ["LaMP_2"], "train", encoder, 3)
+    few, first = pairs_for_tasks(str(data_root), ["LaMP_2"], "train", encoder, 3, max_users=5)
+    assert first == users[:5] and {p.chosen.user_id for p in few} == set(first)
+    assert 0 < len(few) < len(every)
+
+
 def test_training_beats_user_blind_on_held_out_users(data_root, encoder):
     cfg = PRMUConfig(epochs=25, hidden_size=64)
     train_pairs, users = pairs_for_tasks(str(data_root), ["LaMP_1", "LaMP_2"], "train", encoder, 3)

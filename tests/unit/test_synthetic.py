@@ -4,7 +4,7 @@ import pytest
 
 from tagpr.config import SyntheticConfig
 from tagpr.lamp.io import load_split
-from tagpr.lamp.synthetic import baseline_report, write_synthetic
+from tagpr.lamp.synthetic import SETTINGS_FILE, baseline_report, stale_tasks, write_synthetic
 
 ALL = [f"LaMP_{k}" for k in range(1, 8)]
 # How much better the profile reader must do than the user-blind baseline on dev, per task.
@@ -37,6 +37,18 @@ def test_deterministic_by_seed(tmp_path, synth):
     assert (tmp_path / "LaMP_2" / "dev_questions.json").read_bytes() == reference
     write_synthetic(tmp_path, cfg.model_copy(update={"seed": 4}), ["LaMP_2"])
     assert (tmp_path / "LaMP_2" / "dev_questions.json").read_bytes() != reference
+
+
+def test_data_written_with_other_settings_is_stale(tmp_path, synth):
+    _, cfg, _ = synth
+    write_synthetic(tmp_path, cfg, ["LaMP_2", "LaMP_3"])
+    assert stale_tasks(tmp_path, cfg, ALL) == []
+    more = cfg.model_copy(update={"users": {"train": 80, "dev": 20}})
+    assert stale_tasks(tmp_path, more, ALL) == ["LaMP_2", "LaMP_3"]
+    (tmp_path / "LaMP_3" / SETTINGS_FILE).unlink()  # written before settings were recorded
+    assert stale_tasks(tmp_path, cfg, ALL) == ["LaMP_3"]
+    (tmp_path / "LaMP_2" / "users.json").unlink()  # a user's own LaMP files: never rewritten
+    assert stale_tasks(tmp_path, more, ALL) == ["LaMP_3"]
 
 
 def test_train_and_dev_users_differ(synth):
