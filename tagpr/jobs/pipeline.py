@@ -39,7 +39,8 @@ STEPS: Registry[Step] = Registry("pipeline step")
 
 @STEPS.register("data")
 def step_data(ctx: RunContext) -> dict[str, Any]:
-    """Synthetic LaMP-format users (kept if present and made with the same settings), and the profile-reader vs user-blind baselines."""
+    """Synthetic LaMP-format users (kept if present and made with the same settings), and the
+    profile-reader vs user-blind baselines."""
     from tagpr.lamp.io import split_paths
     from tagpr.lamp.synthetic import dev_baselines, stale_tasks, write_synthetic
 
