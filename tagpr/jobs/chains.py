@@ -38,9 +38,10 @@ class GenerateAndLabel:
     def __call__(self, batch):
         import pandas as pd
 
-        from tagpr.chains.teachers import TeacherRequest, split_answer
+        from tagpr.chains.teachers import split_answer
+        from tagpr.lamp.io import Prompt
 
-        reqs = [TeacherRequest(r.id, r.task, r.input, tuple(json.loads(r.profile)), r.user_id or None)
+        reqs = [Prompt(r.id, r.task, r.input, tuple(json.loads(r.profile)), r.gold, r.user_id or None)
                 for r in batch.itertuples()]
         outs = self.teacher.generate(reqs, self.n)
         rows, items = [], []
@@ -69,9 +70,8 @@ def _records(cfg: TagPRConfig, split: str, done: set[str]) -> list[dict[str, Any
     for task in cfg.data.tasks:
         s = load_split(cfg.data.root, task, split, cfg.data.skip_invalid)
         for q in s.questions:
-            key = f"{task}/{q.id}"
-            if key not in done:
-                rows.append({"key": key, "id": q.id, "task": task, "input": q.input, "gold": s.golds[q.id],
+            if q.key not in done:
+                rows.append({"key": q.key, "id": q.id, "task": task, "input": q.input, "gold": q.gold,
                              "user_id": q.user_id or "", "profile": json.dumps(list(q.profile))})
     return rows
 

@@ -15,6 +15,7 @@ from actors.cluster import free_port
 from services.reward.client import HandleRewardClient, RewardClient, RewardServiceError
 from services.reward.deploy import deploy, swap_checkpoint
 from tagpr.config import load_config
+from tagpr.lamp.io import Prompt
 from tagpr.prmu import checkpoint
 from tagpr.prmu.scorer import PRMUScorer
 from tagpr.rewards import CompositeReward, RewardInput
@@ -63,6 +64,12 @@ def score_item(response, **kw):
     return {"task": "LaMP_2", "input": LAMP2_INPUT, "response": response, "profile": PROFILE, **kw}
 
 
+def reward_input(item, i=0):
+    """A JSON item of the service as the reward and its clients take it."""
+    prompt = Prompt(str(i), item["task"], item["input"], tuple(item["profile"]), item.get("gold"), item.get("user_id"))
+    return RewardInput(prompt, item["response"])
+
+
 def reward_items():
     return [
         {**score_item(TAGGED.format("sci-fi")), "gold": "sci-fi"},
@@ -85,8 +92,7 @@ def test_health_model_and_scores_match_in_process(service):
     body = r.json()
     local = PRMUScorer.load(result["checkpoint"])
     tags = CompositeReward.for_stage(cfg, "exploratory")
-    expected = local.score([tags.judge(RewardInput("LaMP_2", x["response"], "", LAMP2_INPUT, tuple(PROFILE)))
-                            for x in items])
+    expected = local.score([tags.judge(reward_input(x, i)) for i, x in enumerate(items)])
     assert body["scores"] == pytest.approx(expected, abs=1e-4) and body["model_version"] == result["version"]
 
 
@@ -98,8 +104,7 @@ def test_reward_matches_tagpr_rewards(service, stage):
     assert r.status_code == 200, r.text
     body = r.json()
     prmu = PRMUScorer.load(result["checkpoint"]) if stage == "guided" else None
-    expected = CompositeReward.for_stage(cfg, stage, prmu).score(
-        [RewardInput(x["task"], x["response"], x["gold"], x["input"], tuple(x["profile"])) for x in items])
+    expected = CompositeReward.for_stage(cfg, stage, prmu).score([reward_input(x, i) for i, x in enumerate(items)])
     assert body["stage"] == stage and len(body["results"]) == len(items)
     for got, want in zip(body["results"], expected):
         assert got["reward"] == pytest.approx(want.reward, abs=1e-4)
@@ -203,19 +208,19 @@ def test_bearer_token(service):
 def test_clients(service, serve_port):
     cfg, result, _ = service
     with RewardClient(f"http://127.0.0.1:{serve_port}") as c:
-        scores, version = c.score([score_item("sci-fi")])
+        scores, version = c.score([reward_input(score_item("sci-fi"))])
         assert len(scores) == 1 and version == result["version"]
-        outcomes = c.reward([{**score_item("<answer>sci-fi</answer>"), "gold": "sci-fi"}], stage="exploratory")
+        outcomes = c.reward([reward_input(score_item("<answer>sci-fi</answer>", gold="sci-fi"))], stage="exploratory")
         assert outcomes[0].reward == 1.0 and not outcomes[0].defaulted
         with pytest.raises(RewardServiceError) as e:
-            c.reward([{**score_item("x"), "gold": "y"}], stage="warmup")
+            c.reward([reward_input(score_item("x", gold="y"))], stage="warmup")
         assert e.value.status == 422
     dead = RewardClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01, failure_policy="default",
                         default_reward=-1.0)
-    out = dead.reward([{**score_item("x"), "gold": "y"}] * 3)
+    out = dead.reward([reward_input(score_item("x", gold="y"))] * 3)
     assert [o.reward for o in out] == [-1.0] * 3 and all(o.defaulted for o in out) and dead.failed_items == 3
     in_cluster = HandleRewardClient("reward-open")
-    got = in_cluster.reward([{**score_item("<answer>sci-fi</answer>"), "gold": "sci-fi"}], stage="exploratory")
+    got = in_cluster.reward([reward_input(score_item("<answer>sci-fi</answer>", gold="sci-fi"))], stage="exploratory")
     assert got[0].reward == 1.0
 
 
