@@ -164,7 +164,8 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
     rl_dir = Path(rl.get("run_dir", ctx.run_dir / "rl"))
     learner, rollout = (read_metrics(rl_dir / "metrics.jsonl", p) for p in ("learner", "rollout"))
     tags = ctx.results.get("chains", {}).get(cfg.data.train_split, {}).get("tag_distribution", {})
-    plots = plot_report(report, learner, rollout, tags, ctx.run_dir)
+    dist = prmu_distribution(learner)
+    plots = plot_report(report, learner, rollout, tags, dist, ctx.run_dir)
     n = {len(v) for v in ids.values()}
     r = cfg.rollout
     notes = [f"{'/'.join(map(str, sorted(n)))} dev questions per task"
@@ -175,7 +176,6 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
                 "place of the chain, with SFT's epochs, learning rate schedule and batch size."
                 if "reference" in evaluations else ""),
              "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in ctx.seconds.items()) + "."]
-    dist = prmu_distribution(learner)
     if dist:
         notes.insert(1, prmu_note(dist))
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
