@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from tagpr.config import TagPRConfig
 from tagpr.errors import TagPRError
+from tagpr.rl.result import RLResult, RLStage
 
 log = logging.getLogger("tagpr.controller")
 
@@ -75,7 +76,13 @@ class RLController:
         self.buffer = self.pool = self.control = None
         self.deployed_service = False  # the reward service this run started, and stops at its end
         self._watch_stop = threading.Event()
-        self.report: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}, "evaluations": {}}
+        # what the run's RLResult reports, filled in as the run goes
+        self.stages: dict[str, RLStage] = {}
+        self.evaluations: dict[str, dict[str, Any]] = {}
+        self.pool_error: str | None = None
+        self.buffer_stats: dict[str, Any] | None = None
+        self.pool_events: list[dict[str, Any]] | None = None
+        self.scale_decisions: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------ roles
 
@@ -171,7 +178,7 @@ class RLController:
                     last, last_wait, t_last = totals, waited, now
             except Exception as exc:  # too many failures: the learner's take timeout ends the run
                 log.error("rollout pool: %s", exc)
-                self.report["pool_error"] = str(exc)
+                self.pool_error = str(exc)
                 break
         sink.close()
 
@@ -190,14 +197,14 @@ class RLController:
         self._watch_stop.set()
         if self.buffer is not None:
             ray.get(self.buffer.stop_producers.remote())
-            self.report["buffer"] = ray.get(self.buffer.stats.remote())
+            self.buffer_stats = ray.get(self.buffer.stats.remote())
         if self.pool is not None:
-            self.report["pool_events"] = self.pool.events
+            self.pool_events = self.pool.events
             self.pool.shutdown()
         if self.buffer is not None:
             ray.kill(self.buffer)
         if self.control is not None:
-            self.report["scale_decisions"] = ray.get(self.control.status.remote())["decisions"]
+            self.scale_decisions = ray.get(self.control.status.remote())["decisions"]
             ray.kill(self.control)
         if self.deployed_service:
             from ray import serve
@@ -211,12 +218,12 @@ class RLController:
     def _evaluate(self, name: str, policy: str, known: dict | None = None) -> dict:
         """Score ``policy`` on dev (``rl.eval_limit``), or record ``known``, its scores on those questions."""
         result = known or evaluate_remote(policy, self.cfg, self.cfg.rl.eval_limit)
-        self.report["evaluations"][name] = result
+        self.evaluations[name] = result
         self.log(f"rl: dev at {name}: format {result['format_valid']:.3f} tag {result['tag_score']:.3f} "
                  f"task score {result['task_score']:.3f}")
         return result
 
-    def run(self, resume: bool = False, start_evaluation: dict | None = None) -> dict[str, Any]:
+    def run(self, resume: bool = False, start_evaluation: dict | None = None) -> RLResult:
         """Every stage (or the rest of them on ``resume``); ``start_evaluation``: the starting policy's
         dev scores on ``rl.eval_limit``'s questions where an earlier step has them (SFT's)."""
         import ray
@@ -252,12 +259,14 @@ class RLController:
                 ckpt = train_stage(cfg, i, self.buffer, policy, policy, self.run_dir, resume_from, snapshot)
                 resume_from = str(ckpt)
                 exported = export_hf(ckpt, self.run_dir / "stages" / stage.name / "policy")
-                self.report["stages"][stage.name] = {**read_state(ckpt), "seconds": round(time.perf_counter() - t0, 1),
-                                                     "policy": str(exported)}
+                self.stages[stage.name] = RLStage(**read_state(ckpt), seconds=round(time.perf_counter() - t0, 1),
+                                                  policy=str(exported))
                 if cfg.rl.eval_limit:
                     self._evaluate(stage.name, str(exported.resolve()))
         finally:
             self._stop_roles()
-            self.report["seconds"] = round(time.perf_counter() - start, 1)
-            (self.run_dir / "rl_report.json").write_text(json.dumps(self.report, indent=1, default=str))
-        return self.report
+            result = RLResult(run_dir=str(self.run_dir), stages=self.stages, evaluations=self.evaluations,
+                              pool_error=self.pool_error, buffer=self.buffer_stats, pool_events=self.pool_events,
+                              scale_decisions=self.scale_decisions, seconds=round(time.perf_counter() - start, 1))
+            (self.run_dir / "rl_report.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
+        return result

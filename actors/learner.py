@@ -123,7 +123,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.run.seed + rank)
 
     start = _start_point(config)
-    state = LearnerState.start(stage_index, read_state(start) if start else None)
+    state = LearnerState.start(stage_index, stage.plateau_patience, stage.plateau_delta,
+                               read_state(start) if start else None)
     snapshot = config.get("snapshot")
     if start:
         if (Path(start) / BUFFER_SNAPSHOT).exists():
@@ -144,7 +145,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     publisher = _Publisher(cfg, buffer, run_dir) if rank == 0 else None
     sink = RunMetrics(run_dir, "learner") if rank == 0 else None
-    plateau = state.plateau_detector(stage.plateau_patience, stage.plateau_delta)
 
     def publish() -> float:
         with strategy.full_model() as m:
@@ -196,7 +196,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                               cfg.rollout.temperature or 1.0)
         if world > 1:
             dist.all_reduce(sums)
-        stop, last = state.advance(plateau, reward_stats.get("reward_mean", 0.0), stage.steps)
+        stop, last = state.advance(reward_stats.get("reward_mean", 0.0), stage.steps)
         sync_s = publish() if state.publish_due(lc.sync_every, last) else 0.0
         tokens = int(sums[-1])  # response tokens trained on, over all ranks
         loss_stats = {k: float(sums[i] / max(sums[-1], 1)) for i, k in enumerate(LOSS_STATS)}

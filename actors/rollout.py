@@ -19,6 +19,7 @@ from typing import Any
 from actors.cluster import pin_cpus
 from actors.weights import WeightLoader, WeightUpdate
 from tagpr.config import TagPRConfig
+from tagpr.rewards import RewardInput
 from tagpr.rl.buffer import LoadWeights, Stop
 from tagpr.rl.trajectory import Group, Trajectory
 
@@ -134,7 +135,7 @@ class RolloutWorker:
         groups = []
         for ref, p, gen in zip(refs, prompts, gens):
             t0 = time.perf_counter()
-            outcomes = self.rewards.reward([p.reward_item(c.text) for c in gen.completions], stage)
+            outcomes = self.rewards.reward([RewardInput(p, c.text) for c in gen.completions], stage)
             reward_s = time.perf_counter() - t0
             trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text,
                                 o.components, self.version, self.id, self._tags(c.text), c.finish_reason,

@@ -41,7 +41,7 @@ def _job(root: Path, policy: str, staleness: int, max_tokens: int, steps: int) -
         f"rl.stages=[{{name: guided, steps: {steps}, weights: {{format_task: 1.0, tag: 0.2}}}}]",
     ])
     report = train(cfg, log=lambda _: None)
-    lines = (json.loads(x) for x in (Path(report["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+    lines = (json.loads(x) for x in (Path(report.run_dir) / "metrics.jsonl").read_text().splitlines())
     return [m for m in lines if m["prefix"] == "learner"]
 
 

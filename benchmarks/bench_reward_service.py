@@ -54,6 +54,7 @@ def _payloads(group: int) -> list[dict]:
 
 def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds: float) -> dict:
     from tagpr.config import load_config
+    from tagpr.lamp.io import Prompt
     from tagpr.prmu.features import example_from_judged
     from tagpr.prmu.scorer import PRMUScorer
     from tagpr.rewards import RewardInput, judge
@@ -69,7 +70,7 @@ def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds:
         for _ in range(batch):
             n += 1
             it = json.loads(json.dumps(payloads[n % len(payloads)]["items"][0]).replace("{i}", f"raw{n}"))
-            j = judge(tags, RewardInput(it["task"], it["response"], "", it["input"], tuple(it["profile"])))
+            j = judge(tags, RewardInput(Prompt(str(n), it["task"], it["input"], tuple(it["profile"])), it["response"]))
             examples.append(example_from_judged(j, scorer.include_reasoning))
         scorer.score_examples(examples)
 

@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         trained = sft.train(seeded, run_dir=bench_dir / f"seed-{seed}" / "sft", evaluate=False)
         seconds[f"sft seed {seed}"] = round(time.perf_counter() - t0, 1)
-        base = with_policy(seeded, trained["policy"])
-        base = base.model_copy(update={"prmu": base.prmu.model_copy(update={"checkpoint": prmu["checkpoint"]})})
+        base = with_policy(seeded, trained.policy)
+        base = base.model_copy(update={"prmu": base.prmu.model_copy(update={"checkpoint": prmu.checkpoint})})
         entry: dict[str, Any] = {"sft": evaluate_remote(base.model.policy, base, 0, sampled=False, label="SFT"),
                                  "rl": {}, "rewards": {}, "bootstrap": {}}
         print(f"seed {seed}: SFT dev task score {entry['sft']['task_score']:.3f}", flush=True)
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             variant = base.model_copy(update={"rl": base.rl.model_validate(
                 {**base.rl.model_dump(), "stages": runs[name]})})
             report = rl.train(variant, log=lambda _: None, run_dir=bench_dir / f"seed-{seed}" / name)
-            policy = report["stages"][list(report["stages"])[-1]]["policy"]
-            entry["rl"][name] = evaluate_remote(str(Path(policy).resolve()), variant, 0, sampled=False, label=name)
-            entry["rewards"][name] = _rewards(Path(report["run_dir"]))
+            entry["rl"][name] = evaluate_remote(str(Path(report.policy).resolve()), variant, 0, sampled=False,
+                                                label=name)
+            entry["rewards"][name] = _rewards(Path(report.run_dir))
             entry["bootstrap"][name] = asdict(stratified_paired_bootstrap(
                 _scores(entry["rl"][name]), _scores(entry["sft"]), seed=seed))
             seconds[f"{name} seed {seed}"] = round(time.perf_counter() - t0, 1)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(per_seed, names)
     method = rows.get("tagpr") or rows[names[-1]]
     met = bool(method["relative"] is not None and method["relative"] >= TARGET_RELATIVE and method["low"] > 0)
-    blind_gap = prmu["prmu"]["all"] - prmu["user_blind"]["all"]
+    blind_gap = prmu.prmu["all"] - prmu.user_blind["all"]
     result = {
         "name": "learning", "figure": "dev task score, TagPR RL over SFT (mean over seeds)",
         "ratio": round(1 + method["relative"], 4) if method["relative"] is not None else 0.0,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows, "seeds": seeds, "steps": {"guided": guided, "exploratory": exploratory},
             "dev_questions_per_task": {t: v["n"] for t, v in next(iter(per_seed.values()))["sft"]["tasks"].items()},
             "sft_task_score": [s["sft"]["task_score"] for s in per_seed.values()],
-            "prmu": {"prmu": prmu["prmu"], "user_blind": prmu["user_blind"], "gap": blind_gap,
+            "prmu": {"prmu": prmu.prmu, "user_blind": prmu.user_blind, "gap": blind_gap,
                      "target_gap": 0.15, "met": blind_gap >= 0.15},
             "per_seed": {k: {"sft": {"task_score": v["sft"]["task_score"], "format_valid": v["sft"]["format_valid"],
                                      "tasks": {t: {m: x for m, x in s.items() if m not in ("per_question", "example")}
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in rows.items():
         rel = f"{row['relative']:+.1%}" if row["relative"] is not None else "n/a"
         print(f"{name}: RL - SFT {row['mean_difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}] ({rel})")
-    print(f"PRMU {prmu['prmu']['all']:.3f} vs user-blind {prmu['user_blind']['all']:.3f}")
+    print(f"PRMU {prmu.prmu['all']:.3f} vs user-blind {prmu.user_blind['all']:.3f}")
     return 0 if met else 1
 
 

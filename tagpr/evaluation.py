@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig
 from tagpr.engines import Engine, Sampling, make_engine
-from tagpr.lamp.io import Question, load_split
+from tagpr.lamp.io import Prompt, load_split
 from tagpr.lamp.metrics import label_index, rating_value, rouge, score_task
 from tagpr.lamp.tasks import LampTask, get_task
 from tagpr.rewards import RewardInput, format_valid, judge, r_format
@@ -40,7 +40,7 @@ def evaluate_policy(policy: str | Engine, cfg: TagPRConfig, split: str | None = 
             engine.close()
 
 
-def select_questions(questions: Sequence[Question], limit: int, seed: int) -> list[Question]:
+def select_questions(questions: Sequence[Prompt], limit: int, seed: int) -> list[Prompt]:
     """All ``questions`` when ``limit`` is 0 or covers them, else ``limit`` of them drawn round-robin
     over users (users and each user's questions in a seeded order), so a small budget still spans
     every user rather than the first few; kept in file order. A question without a ``user_id`` is
@@ -80,7 +80,7 @@ def eval_sampling(cfg: TagPRConfig, sampled: bool) -> Sampling:
                     max_tokens=r.max_tokens, stop=tuple(r.stop), logprobs=False)
 
 
-def respond(engine: Engine, cfg: TagPRConfig, task: str, questions: Sequence[Question],
+def respond(engine: Engine, cfg: TagPRConfig, task: str, questions: Sequence[Prompt],
             sampled: bool = False) -> list[str]:
     """The policy's responses (greedy, or sampled: :func:`eval_sampling`) to ``questions`` of
     ``task``, prompted as in training."""
@@ -90,7 +90,7 @@ def respond(engine: Engine, cfg: TagPRConfig, task: str, questions: Sequence[Que
     return [g.completions[0].text for g in engine.generate(prompts, eval_sampling(cfg, sampled))]
 
 
-def predict(policy: str, cfg: TagPRConfig, task: str, questions: Sequence[Question]) -> tuple[dict[str, str], float]:
+def predict(policy: str, cfg: TagPRConfig, task: str, questions: Sequence[Prompt]) -> tuple[dict[str, str], float]:
     """LaMP predictions of ``policy`` (the answer section of each response; empty where the response
     has none) and the fraction of responses whose format is valid."""
     tags, t = TagSet(cfg.tags), get_task(task)
@@ -113,14 +113,13 @@ def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int,
         s = load_split(cfg.data.root, task, split, cfg.data.skip_invalid)
         questions = select_questions(s.questions, limit, cfg.run.seed)
         responses = respond(engine, cfg, task, questions)
-        judged = [judge(tags, RewardInput(task, r, s.golds[q.id], q.input, q.profile))
-                  for q, r in zip(questions, responses)]
+        judged = [judge(tags, RewardInput(q, r)) for q, r in zip(questions, responses)]
         f = [r_format(j) for j in judged]
         t = [j.checked.score for j in judged]
         fmt += f
         tag_scores += t
         preds = {q.id: (j.checked.answer or "") for q, j in zip(questions, judged)}
-        golds = {q.id: s.golds[q.id] for q in questions}
+        golds = {q.id: q.gold for q in questions}
         per_task[task] = {"n": len(questions), "format": sum(f) / len(f), "tag": sum(t) / len(t),
                           **score_task(s.task, preds, golds), "per_question": question_scores(s.task, preds, golds),
                           "example": responses[0] if responses else ""}

@@ -245,8 +245,9 @@ def plot_dev(report: dict[str, Any], path: Path) -> None:
 
 
 def plot_report(report: dict[str, Any], learner: list[dict], rollout: list[dict], tag_counts: dict[str, int],
-                out_dir: Path) -> list[str]:
-    """The PNGs into ``out_dir`` (the PRMU score histogram only when RL scored with it); their file names."""
+                prmu: dict[str, Any] | None, out_dir: Path) -> list[str]:
+    """The PNGs into ``out_dir``, the PRMU score histogram only when RL scored with it (``prmu``: its
+    :func:`prmu_distribution`, which the report's notes quote too); their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,12 +273,11 @@ def plot_report(report: dict[str, Any], learner: list[dict], rollout: list[dict]
     plot_dev(report, out_dir / "dev_metrics.png")
     names.append("dev_metrics.png")
 
-    dist = prmu_distribution(learner)
-    if dist:
+    if prmu:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        a1.hist(dist["raw"], bins=30)
+        a1.hist(prmu["raw"], bins=30)
         a1.set(xlabel="raw PRMU score", ylabel="responses", title="PRMU raw score")
-        a2.hist(dist["calibrated"], bins=20, range=(0, 1))
+        a2.hist(prmu["calibrated"], bins=20, range=(0, 1))
         a2.set(xlabel="R_PRMU", title="reward after `reward.prmu_transform`")
         save(fig, "prmu_scores.png")
 

@@ -18,10 +18,11 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from tagpr.config import RewardConfig, TagPRConfig
 from tagpr.errors import TagPRError
+from tagpr.lamp.io import Prompt
 from tagpr.lamp.metrics import sample_score
 from tagpr.lamp.tasks import LampTask, get_task
 from tagpr.registry import Registry
@@ -32,14 +33,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RewardInput:
-    """One response to score, with what the reward needs to know about its prompt."""
+    """A response to score and the prompt it answers."""
 
-    task: str
+    prompt: Prompt
     response: str
-    gold: str
-    input: str = ""
-    profile: tuple[Mapping[str, Any], ...] = ()
-    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,7 @@ REWARD_TERMS: Registry[type[RewardTerm]] = Registry("reward term")
 
 def judge(tags: TagSet, item: RewardInput) -> Judged:
     """Parse and check a response once; every term reads the result."""
-    task = get_task(item.task)
+    task = get_task(item.prompt.task)
     return Judged(item, task, tags.check(item.response, task.task_type))
 
 
@@ -128,8 +125,10 @@ class FormatTask(RewardTerm):
     def score(self, batch):
         out = []
         for j in batch:
+            if j.item.prompt.gold is None:
+                raise TagPRError(f"reward term 'format_task' needs a gold answer; prompt {j.item.prompt.key} has none")
             fmt = r_format(j)
-            task = sample_score(j.task, j.checked.answer, j.item.gold, self.ctx.cfg.generation_metric)
+            task = sample_score(j.task, j.checked.answer, j.item.prompt.gold, self.ctx.cfg.generation_metric)
             out.append({self.name: fmt * task, "format": fmt, "task": task})
         return out
 

@@ -48,6 +48,7 @@ from services.reward.schemas import (
     ScoreResponse,
 )
 from tagpr.config import TagPRConfig
+from tagpr.lamp.io import Prompt
 from tagpr.lamp.tasks import get_task
 from tagpr.rewards import CompositeReward, FixedScores, Judged, RewardContext, RewardInput, gated, judge
 from tagpr.tags import TagSet
@@ -339,6 +340,12 @@ class RewardIngress:
             raise ClientError(422, "invalid request", [(f"items.{i}.user_id", "unknown user: send its profile once")])
         return ()
 
+    def _input(self, item: Any, i: int, needs_profile: bool) -> RewardInput:
+        """An item of a request as the reward reads it; items carry no id, so their index in the batch is one."""
+        prompt = Prompt(str(i), item.task, item.input, self._profile(item, i, needs_profile),
+                        getattr(item, "gold", None), item.user_id)
+        return RewardInput(prompt, item.response)
+
     def _remember(self, user_id: str, profile: list[dict]) -> None:
         self.profiles[user_id] = profile
         self.profiles.move_to_end(user_id)
@@ -364,9 +371,7 @@ class RewardIngress:
         name, weights = self._stage(stage)
         needs_prmu = weights.get("prmu", 0) != 0
         self._check_limits(items, ("input", "response", "gold"))
-        inputs = [RewardInput(x.task, x.response, x.gold, x.input, self._profile(x, i, needs_prmu), x.user_id)
-                  for i, x in enumerate(items)]
-        judged = [judge(self.tags, x) for x in inputs]
+        judged = [judge(self.tags, self._input(x, i, needs_prmu)) for i, x in enumerate(items)]
         valid = gated(judged)
         scored = await self._prmu(valid) if needs_prmu and valid else Scored([], None, None)
         prmu = FixedScores(scored.scores, scored.stats)
@@ -407,8 +412,7 @@ class RewardIngress:
         """PRMU scores of a batch of (user, input, response)."""
         request.state.items = len(req.items)
         self._check_limits(req.items, ("input", "response"))
-        judged = [judge(self.tags, RewardInput(x.task, x.response, "", x.input, self._profile(x, i, True), x.user_id))
-                  for i, x in enumerate(req.items)]
+        judged = [judge(self.tags, self._input(x, i, True)) for i, x in enumerate(req.items)]
         scored = await self._prmu(judged)
         return ScoreResponse(scores=scored.scores, model_version=scored.version)
 

@@ -1,10 +1,12 @@
 """Clients of the reward service: over HTTP (httpx), or in-cluster through a Serve handle.
 
-Both return the same shapes. The HTTP client retries connection errors and 5xx answers with
-exponential backoff (honouring ``Retry-After``); client mistakes (4xx) are not retried. When a
-batch still fails, the failure policy decides: ``raise`` (default), or ``default``: every item
-of that batch gets ``default_reward`` and the failure is counted and logged, so a training run
-can ride out a reward-service outage without mistaking the default for a real score.
+All take :class:`tagpr.rewards.RewardInput` and return the same shapes; the service clients convert
+to the service's items here, at the edge (``services/reward/schemas.py``). The HTTP client retries
+connection errors and 5xx answers with exponential backoff (honouring ``Retry-After``); client
+mistakes (4xx) are not retried. When a batch still fails, the failure policy decides: ``raise``
+(default), or ``default``: every item of that batch gets ``default_reward`` and the failure is
+counted and logged, so a training run can ride out a reward-service outage without mistaking the
+default for a real score.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any, Literal, Optional, Sequence
 
 import httpx
 
-from tagpr.rewards import RewardResult
+from services.reward.schemas import RewardItem, ScoreItem
+from tagpr.rewards import RewardInput, RewardResult
 
 log = logging.getLogger("tagpr.reward.client")
 
@@ -83,15 +86,16 @@ class RewardClient:
                     exc, n, self.default_reward, self.failed_items)
         return [RewardResult(self.default_reward, defaulted=True) for _ in range(n)]
 
-    def score(self, items: Sequence[dict]) -> tuple[list[float], str]:
+    def score(self, items: Sequence[RewardInput]) -> tuple[list[float], str]:
         """Raw PRMU scores and the model version (``/v1/score``); always raises on failure."""
-        out = self._post("/v1/score", {"items": list(items)})
+        out = self._post("/v1/score", {"items": [_json(ScoreItem.from_input(x)) for x in items]})
         return out["scores"], out["model_version"]
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
+    def reward(self, items: Sequence[RewardInput], stage: Optional[str] = None) -> list[RewardResult]:
         """Composite rewards with components (``/v1/reward``), under the failure policy."""
+        payload = {"stage": stage, "items": [_json(RewardItem.from_input(x)) for x in items]}
         try:
-            out = self._post("/v1/reward", {"stage": stage, "items": list(items)})
+            out = self._post("/v1/reward", payload)
         except RewardServiceError as exc:
             return self._fallback(len(items), exc)
         return [RewardResult(r["reward"], r["components"]) for r in out["results"]]
@@ -101,6 +105,11 @@ class RewardClient:
         if resp.status_code >= 400:
             raise RewardServiceError(f"{path}: HTTP {resp.status_code}: {_body(resp)}", resp.status_code, _body(resp))
         return resp.json()
+
+
+def _json(item: ScoreItem | RewardItem) -> dict:
+    """The item's JSON body, without the fields left unset (None)."""
+    return item.model_dump(mode="json", exclude_none=True)
 
 
 def _body(resp: httpx.Response) -> Any:
@@ -118,11 +127,8 @@ class HandleRewardClient:
 
         self.handle = serve.get_deployment_handle("RewardIngress", app_name=app_name)
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
-        from services.reward.schemas import RewardItem
-
-        parsed = [RewardItem.model_validate(i) for i in items]
-        out = self.handle.compute_rewards.remote(stage, parsed).result()
+    def reward(self, items: Sequence[RewardInput], stage: Optional[str] = None) -> list[RewardResult]:
+        out = self.handle.compute_rewards.remote(stage, [RewardItem.from_input(x) for x in items]).result()
         return [RewardResult(r.reward, r.components) for r in out.results]
 
 
@@ -148,19 +154,15 @@ class LocalRewardClient:
             self._stages[stage] = CompositeReward.for_stage(self.cfg, stage, prmu)
         return self._stages[stage]
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
-        from tagpr.rewards import RewardInput
-
+    def reward(self, items: Sequence[RewardInput], stage: Optional[str] = None) -> list[RewardResult]:
         reward = self._reward_for(stage or self.cfg.rl.stages[0].name)
-        inputs = [RewardInput(i["task"], i["response"], i["gold"], i.get("input", ""), tuple(i.get("profile") or ()),
-                              i.get("user_id")) for i in items]
-        return [RewardResult(r.reward, r.components) for r in reward.score(inputs)]
+        return [RewardResult(r.reward, r.components) for r in reward.score(items)]
 
 
 class NoReward:
     """Rewards off: every sample scores 0 (throughput measurements, generation-only runs)."""
 
-    def reward(self, items: Sequence[dict], stage: Optional[str] = None) -> list[RewardResult]:
+    def reward(self, items: Sequence[RewardInput], stage: Optional[str] = None) -> list[RewardResult]:
         return [RewardResult(0.0) for _ in items]
 
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tagpr.config import TaskName
+
+if TYPE_CHECKING:
+    from tagpr.rewards import RewardInput
 
 FieldValue = Optional[Union[str, int, float]]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _item_fields(x: RewardInput) -> dict[str, Any]:
+    """The HTTP edge of a :class:`tagpr.rewards.RewardInput`: the fields an item of either route takes
+    from it (the prompt's id stays behind; a user_id only when set)."""
+    p = x.prompt
+    fields = {"task": p.task, "input": p.input, "response": x.response, "profile": [dict(i) for i in p.profile]}
+    return fields | ({"user_id": p.user_id} if p.user_id else {})
 
 
 class ScoreItem(Strict):
@@ -29,6 +40,10 @@ class ScoreItem(Strict):
         if self.profile is None and self.user_id is None:
             raise ValueError("give the user's profile, or a user_id whose profile was sent before")
         return self
+
+    @classmethod
+    def from_input(cls, x: RewardInput) -> "ScoreItem":
+        return cls(**_item_fields(x))
 
 
 class ScoreRequest(Strict):
@@ -47,6 +62,10 @@ class RewardItem(Strict):
     gold: str = Field(description="the gold output the task metric compares against")
     profile: Optional[list[dict[str, FieldValue]]] = None
     user_id: Optional[str] = Field(None, min_length=1, max_length=256)
+
+    @classmethod
+    def from_input(cls, x: RewardInput) -> "RewardItem":
+        return cls(**_item_fields(x), gold=x.prompt.gold)
 
 
 class RewardRequest(Strict):

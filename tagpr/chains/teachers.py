@@ -18,21 +18,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from tagpr.credentials import read_secret
+from tagpr.lamp.io import Prompt
 from tagpr.lamp.synthetic import Citation, MovieTagging, Rating, Styled, generator
 from tagpr.lamp.tasks import get_task
 from tagpr.registry import Registry
-
-
-@dataclass(frozen=True)
-class TeacherRequest:
-    id: str
-    task: str
-    input: str
-    profile: tuple[Mapping[str, Any], ...]
-    user_id: str | None = None
 
 
 @dataclass
@@ -65,7 +57,7 @@ class Teacher:
         """(actors, Ray resources per actor) of the chain job's pool when this teacher runs."""
         return 1, {}
 
-    def generate(self, requests: Sequence[TeacherRequest], n: int) -> list[TeacherOutput]:
+    def generate(self, requests: Sequence[Prompt], n: int) -> list[TeacherOutput]:
         raise NotImplementedError
 
 
@@ -105,7 +97,7 @@ class ProgrammaticTeacher(Teacher):
             outs.append(out)
         return outs
 
-    def write(self, req: TeacherRequest, rng: random.Random) -> str:
+    def write(self, req: Prompt, rng: random.Random) -> str:
         """Reasoning from the profile items the policy's prompt shows (the first ``max_items``), so
         SFT never teaches the policy to state what it cannot see; where those items mislead, the
         answer is wrong and the chain filter drops it."""

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 from tagpr.config import EngineConfig
 from tagpr.registry import Registry
 
-Prompt = str | Sequence[int]  # text (already chat-templated) or prompt token ids
+EngineInput = str | Sequence[int]  # a chat-templated prompt text, or its token ids
 # New policy weights: (name, tensor) pairs under the HF checkpoint's names, or an HF folder of safetensors.
 Weights = Iterable[tuple[str, Any]] | str | Path
 
@@ -54,7 +54,7 @@ class Engine:
     name: str
     tokenizer: Any  # the policy's HF tokenizer (chat template, decoding)
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[EngineInput], sampling: Sampling) -> list[Generation]:
         raise NotImplementedError
 
     def load_weights(self, weights: Weights, timeout_s: float | None = None) -> None:

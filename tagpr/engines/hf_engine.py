@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from tagpr.config import EngineConfig
-from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling, Weights
+from tagpr.engines.base import Completion, Engine, EngineInput, Generation, Sampling, Weights
 
 STOP_MARGIN = 4  # tokens: a match may start inside a token, and a window's first token may decode differently
 
@@ -39,11 +39,11 @@ class HFEngine(Engine):
         self.model = self.base  # the base, or a PeftModel around it once an adapter is loaded
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def _ids(self, p: Prompt) -> list[int]:
+    def _ids(self, p: EngineInput) -> list[int]:
         return self.tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[EngineInput], sampling: Sampling) -> list[Generation]:
         gens = [Generation(self._ids(p)) for p in prompts]
         rows = [g for g in gens for _ in range(sampling.n)]
         seed = sampling.seed if sampling.seed is not None else self.cfg.seed

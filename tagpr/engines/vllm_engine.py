@@ -18,7 +18,7 @@ import os
 from typing import Any, Sequence
 
 from tagpr.config import EngineConfig
-from tagpr.engines.base import Completion, Engine, Generation, Prompt, Sampling, Weights
+from tagpr.engines.base import Completion, Engine, EngineInput, Generation, Sampling, Weights
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class VLLMEngine(Engine):
                                    stop=list(s.stop), include_stop_str_in_output=s.include_stop, seed=s.seed,
                                    logprobs=0 if s.logprobs else None)
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[EngineInput], sampling: Sampling) -> list[Generation]:
         inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
         outs = self.llm.generate(inputs, self._params(sampling), use_tqdm=False, lora_request=self.lora)
         return [Generation(list(o.prompt_token_ids or []), [self._completion(c, sampling) for c in o.outputs])

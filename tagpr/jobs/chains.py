@@ -16,11 +16,36 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig
 from tagpr.jobs import command
+from tagpr.records import Record
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainsSplit(Record):
+    """A split's chains file after this run: the chains it holds (per task, and their tag sections), and
+    what this run kept and dropped, by reason."""
+
+    chains: int
+    kept_this_run: int
+    dropped_this_run: dict[str, int]
+    per_task: dict[str, int]
+    tag_distribution: dict[str, int]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChainsResult(Record):
+    """Per split, its :class:`ChainsSplit` (``<chains.out>/stats.json``)."""
+
+    splits: dict[str, ChainsSplit]
+
+    def to_json(self) -> dict[str, Any]:
+        return {split: s.to_json() for split, s in self.splits.items()}
 
 
 class GenerateAndLabel:
@@ -38,9 +63,10 @@ class GenerateAndLabel:
     def __call__(self, batch):
         import pandas as pd
 
-        from tagpr.chains.teachers import TeacherRequest, split_answer
+        from tagpr.chains.teachers import split_answer
+        from tagpr.lamp.io import Prompt
 
-        reqs = [TeacherRequest(r.id, r.task, r.input, tuple(json.loads(r.profile)), r.user_id or None)
+        reqs = [Prompt(r.id, r.task, r.input, tuple(json.loads(r.profile)), r.gold, r.user_id or None)
                 for r in batch.itertuples()]
         outs = self.teacher.generate(reqs, self.n)
         rows, items = [], []
@@ -69,14 +95,14 @@ def _records(cfg: TagPRConfig, split: str, done: set[str]) -> list[dict[str, Any
     for task in cfg.data.tasks:
         s = load_split(cfg.data.root, task, split, cfg.data.skip_invalid)
         for q in s.questions:
-            key = f"{task}/{q.id}"
-            if key not in done:
-                rows.append({"key": key, "id": q.id, "task": task, "input": q.input, "gold": s.golds[q.id],
+            if q.key not in done:
+                rows.append({"key": q.key, "id": q.id, "task": task, "input": q.input, "gold": q.gold,
                              "user_id": q.user_id or "", "profile": json.dumps(list(q.profile))})
     return rows
 
 
-def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict:
+def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None,
+             log: Callable[[str], None] = print) -> ChainsResult:
     import ray
 
     from actors.cluster import connect
@@ -95,7 +121,7 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None, log: Callabl
     pool_size, resources = TEACHERS.get(cfg.chains.teacher).pool(cfg)
     tags = TagSet(cfg.tags)
     connect(cfg.cluster)
-    summary: dict[str, Any] = {}
+    summary: dict[str, ChainsSplit] = {}
     for split in splits or [cfg.data.train_split, cfg.data.dev_split]:
         start = time.perf_counter()
         chains_path, done_path = out / f"{split}.jsonl", out / f"{split}.done"
@@ -124,23 +150,24 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None, log: Callabl
                     chains.flush()
                     done_file.flush()
         summary[split] = _stats(cfg, chains_path, flt, time.perf_counter() - start)
-    (out / "stats.json").write_text(json.dumps(summary, indent=1))
+    result = ChainsResult(summary)
+    (out / "stats.json").write_text(json.dumps(result.to_json(), indent=1))
     _plot(summary, out / "tag_distribution.png")
-    return summary
+    return result
 
 
-def _stats(cfg: TagPRConfig, path: Path, flt, seconds: float) -> dict[str, Any]:
+def _stats(cfg: TagPRConfig, path: Path, flt, seconds: float) -> ChainsSplit:
     from tagpr.tags import TagSet
 
     chains = [json.loads(line) for line in path.open()] if path.exists() else []
     tags = TagSet(cfg.tags)
-    return {"chains": len(chains), "kept_this_run": flt.stats.kept, "dropped_this_run": dict(flt.stats.dropped),
-            "per_task": dict(Counter(c["task"] for c in chains)),
-            "tag_distribution": dict(tags.distribution([c["response"] for c in chains])),
-            "seconds": round(seconds, 1)}
+    return ChainsSplit(chains=len(chains), kept_this_run=flt.stats.kept, dropped_this_run=dict(flt.stats.dropped),
+                       per_task=dict(Counter(c["task"] for c in chains)),
+                       tag_distribution=dict(tags.distribution([c["response"] for c in chains])),
+                       seconds=round(seconds, 1))
 
 
-def _plot(summary: dict[str, Any], path: Path) -> None:
+def _plot(summary: dict[str, ChainsSplit], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,8 +176,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / max(len(summary), 1)
     for i, (split, s) in enumerate(summary.items()):
-        names = list(s["tag_distribution"])
-        ax.bar([x + i * width for x in range(len(names))], list(s["tag_distribution"].values()), width, label=split)
+        names = list(s.tag_distribution)
+        ax.bar([x + i * width for x in range(len(names))], list(s.tag_distribution.values()), width, label=split)
         ax.set_xticks([x + width * (len(summary) - 1) / 2 for x in range(len(names))], names, rotation=30,
                       ha="right", fontsize=8)
     ax.set_ylabel("sections")
@@ -163,10 +190,10 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     out = command.console()
-    summary = generate(command.load(args), log=out.print)
-    for split, s in summary.items():
-        out.print(f"{split}: {s['chains']} chains ({s['kept_this_run']} kept this run, dropped "
-                  f"{s['dropped_this_run']}) in {s['seconds']}s")
+    result = generate(command.load(args), log=out.print)
+    for split, s in result.splits.items():
+        out.print(f"{split}: {s.chains} chains ({s.kept_this_run} kept this run, dropped "
+                  f"{s.dropped_this_run}) in {s.seconds}s")
     return 0
 
 

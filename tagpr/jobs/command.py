@@ -56,18 +56,6 @@ def print_baselines(results: dict, dev_split: str, out) -> None:
     out.print(table)
 
 
-def print_prmu(result: dict, out) -> None:
-    """The PRMU's and the user-blind model's held-out pairwise accuracy per task as a table."""
-    from rich.table import Table
-
-    table = Table(title=f"PRMU pairwise accuracy on held-out users ({result['version']})")
-    for col in ("task", "PRMU", "user-blind"):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for task in result["prmu"]:
-        table.add_row(task, f"{result['prmu'][task]:.3f}", f"{result['user_blind'][task]:.3f}")
-    out.print(table)
-
-
 def _command(parent, name: str, help_text: str, handler: str,
              config: bool | str = True) -> argparse.ArgumentParser:
     """A command under ``parent`` run by ``handler`` (``module:function``), taking the config

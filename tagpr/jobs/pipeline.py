@@ -17,11 +17,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
 from tagpr.jobs import command
+from tagpr.records import Record
 from tagpr.registry import Registry
+from tagpr.rl.result import RLStage
+
+if TYPE_CHECKING:  # the jobs load torch, so each step imports its job only when it runs
+    from tagpr.jobs.chains import ChainsResult
+    from tagpr.jobs.prmu import PRMUResult
+    from tagpr.jobs.sft import SFTResult
 
 
 @dataclass
@@ -29,16 +36,53 @@ class RunContext:
     cfg: TagPRConfig
     run_dir: Path
     log: Callable[[str], None] = print
-    results: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)  # step name -> the Record it returned
     seconds: dict[str, float] = field(default_factory=dict)  # each finished step's wall time
 
 
-Step = Callable[[RunContext], dict[str, Any]]
+Step = Callable[[RunContext], Record]
 STEPS: Registry[Step] = Registry("pipeline step")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DataResult(Record):
+    """The data step: the data root, the tasks it wrote synthetic users for, the dev baselines."""
+
+    root: str
+    written: list[str]
+    baselines: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelResult(Record):
+    """The model step: the policy folder, and whether this run built it."""
+
+    policy: str
+    built: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLStepResult(Record):
+    """The rl step: the RL job's final policy, run directory, stages and dev scores."""
+
+    policy: str
+    run_dir: str
+    stages: dict[str, RLStage]
+    evaluations: dict[str, dict[str, Any]]
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportResult(Record):
+    """The report step: ``report.md``, and the headline and per-policy summary it shows."""
+
+    report: str
+    headline: dict[str, Any] | None  # None without an RL policy and a reference to compare
+    summary: dict[str, Any]
+
+
 @STEPS.register("data")
-def step_data(ctx: RunContext) -> dict[str, Any]:
+def step_data(ctx: RunContext) -> DataResult:
     """Synthetic LaMP-format users (kept if present and made with the same settings), and the
     profile-reader vs user-blind baselines."""
     from tagpr.lamp.io import split_paths
@@ -60,35 +104,35 @@ def step_data(ctx: RunContext) -> dict[str, Any]:
     d = cfg.data
     baselines = dev_baselines(root, d.tasks, d.train_split, d.dev_split, d.skip_invalid)
     (ctx.run_dir / "baselines.json").write_text(json.dumps(baselines, indent=1))
-    return {"root": str(root), "written": missing, "baselines": baselines}
+    return DataResult(root=str(root), written=missing, baselines=baselines)
 
 
 @STEPS.register("model")
-def step_model(ctx: RunContext) -> dict[str, Any]:
+def step_model(ctx: RunContext) -> ModelResult:
     """The embedded tiny policy (built if the configured folder holds no model)."""
     from tagpr.models import build_tiny_policy
 
     path = Path(ctx.cfg.model.policy)
     if (path / "config.json").exists():
         ctx.log(f"model: reusing {path}")
-        return {"policy": str(path), "built": False}
+        return ModelResult(policy=str(path), built=False)
     build_tiny_policy(ctx.cfg.model, ctx.cfg.tags, path)
     ctx.log(f"model: built the tiny policy in {path}")
-    return {"policy": str(path), "built": True}
+    return ModelResult(policy=str(path), built=True)
 
 
 @STEPS.register("prmu")
-def step_prmu(ctx: RunContext) -> dict[str, Any]:
+def step_prmu(ctx: RunContext) -> PRMUResult:
     """Train the PRMU on Ray Train into ``<run dir>/prmu`` and evaluate it on held-out users."""
     from tagpr.jobs.prmu import train
 
     result = train(ctx.cfg, log=ctx.log, run_dir=ctx.run_dir)
-    ctx.log(f"prmu: pairwise accuracy {result['prmu']['all']:.3f} vs user-blind {result['user_blind']['all']:.3f}")
+    ctx.log(f"prmu: pairwise accuracy {result.prmu['all']:.3f} vs user-blind {result.user_blind['all']:.3f}")
     return result
 
 
 @STEPS.register("chains")
-def step_chains(ctx: RunContext) -> dict[str, Any]:
+def step_chains(ctx: RunContext) -> ChainsResult:
     """Tagged chains on Ray Data into ``chains.out`` (resumes where an earlier run stopped)."""
     from tagpr.jobs.chains import generate
 
@@ -96,7 +140,7 @@ def step_chains(ctx: RunContext) -> dict[str, Any]:
 
 
 @STEPS.register("sft")
-def step_sft(ctx: RunContext) -> dict[str, Any]:
+def step_sft(ctx: RunContext) -> SFTResult:
     """SFT on the chains (Ray Train) into ``<run dir>/policy``, evaluated on dev before and after."""
     from tagpr.jobs.sft import train
 
@@ -104,7 +148,7 @@ def step_sft(ctx: RunContext) -> dict[str, Any]:
 
 
 @STEPS.register("reference")
-def step_reference(ctx: RunContext) -> dict[str, Any]:
+def step_reference(ctx: RunContext) -> SFTResult:
     """The direct-answer reference into ``<run dir>/reference/policy``: ``model.policy`` fine-tuned with
     SFT's budget on SFT's questions answered ``<answer>{gold}</answer>`` (no reasoning), evaluated on dev
     after. It plays the paper's base model, one that can answer, against which the report's headline is
@@ -117,29 +161,28 @@ def step_reference(ctx: RunContext) -> dict[str, Any]:
 
 
 @STEPS.register("rl")
-def step_rl(ctx: RunContext) -> dict[str, Any]:
+def step_rl(ctx: RunContext) -> RLStepResult:
     """Multi-stage asynchronous GRPO into ``<run dir>/rl`` from this run's SFT policy (else
     ``model.policy``), with this run's PRMU (else ``prmu.checkpoint``) behind the reward; SFT's dev
     scores stand as RL's start where they cover the same questions."""
     from tagpr.evaluation import question_ids
     from tagpr.jobs.rl import train
 
-    sft = ctx.results.get("sft", {})
-    cfg = with_policy(ctx.cfg, sft.get("policy") or ctx.cfg.model.policy)
-    prmu = ctx.results.get("prmu", {}).get("checkpoint") or cfg.prmu.checkpoint
-    cfg = cfg.model_copy(update={"prmu": cfg.prmu.model_copy(update={"checkpoint": prmu})})
+    sft, prmu = ctx.results.get("sft"), ctx.results.get("prmu")
+    cfg = with_policy(ctx.cfg, sft.policy if sft else ctx.cfg.model.policy)
+    checkpoint = prmu.checkpoint if prmu else cfg.prmu.checkpoint
+    cfg = cfg.model_copy(update={"prmu": cfg.prmu.model_copy(update={"checkpoint": checkpoint})})
     run_dir = ctx.run_dir / "rl"
     run_dir.mkdir(exist_ok=True)
-    known = sft.get("after") if sft.get("policy") else None  # SFT's policy is where RL starts
+    known = sft.after if sft else None  # SFT's policy is where RL starts
     start = known if reusable(known, question_ids(cfg, cfg.rl.eval_limit)) else None
     report = train(cfg, log=ctx.log, run_dir=run_dir, start_evaluation=start)
-    last = list(report["stages"])[-1]
-    return {"policy": report["stages"][last]["policy"], "run_dir": str(run_dir), "stages": report["stages"],
-            "evaluations": report["evaluations"], "seconds": report["seconds"]}
+    return RLStepResult(policy=report.policy, run_dir=str(run_dir), stages=report.stages,
+                        evaluations=report.evaluations, seconds=report.seconds)
 
 
 @STEPS.register("report")
-def step_report(ctx: RunContext) -> dict[str, Any]:
+def step_report(ctx: RunContext) -> ReportResult:
     """``report.md``, ``report.json`` and PNGs: the untrained base, the direct-answer reference, SFT and
     RL policies scored on the same dev questions (all, or ``run.report_eval_limit`` per task drawn
     across users), the headline against the reference with paired-bootstrap intervals, reward and
@@ -150,12 +193,13 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
 
     cfg = ctx.cfg
     limit = cfg.run.report_eval_limit
-    sft, ref, rl = (ctx.results.get(k, {}) for k in ("sft", "reference", "rl"))
-    policies = {"base": sft.get("policy_in") or cfg.model.policy, "reference": ref.get("policy"),
-                "sft": sft.get("policy"), "rl": rl.get("policy")}
+    sft, ref, rl = (ctx.results.get(k) for k in ("sft", "reference", "rl"))
+    policies = {"base": sft.policy_in if sft else cfg.model.policy, "reference": ref.policy if ref else None,
+                "sft": sft.policy if sft else None, "rl": rl.policy if rl else None}
     # earlier steps already scored these policies; reused where they scored the same questions
-    earlier = {"base": sft.get("before"), "reference": ref.get("after"), "sft": sft.get("after"),
-               "rl": list(rl["evaluations"].values())[-1] if rl.get("evaluations") else None}
+    earlier = {"base": sft.before if sft else None, "reference": ref.after if ref else None,
+               "sft": sft.after if sft else None,
+               "rl": list(rl.evaluations.values())[-1] if rl and rl.evaluations else None}
     ids = question_ids(cfg, limit)
     evaluations = {}
     for phase, policy in policies.items():
@@ -166,10 +210,12 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
             evaluations[phase] = evaluate_policy(str(Path(policy).resolve()), cfg, limit=limit,
                                                  on_task=dev_progress(phase))
     report = build_report(evaluations, seed=cfg.run.seed)
-    rl_dir = Path(rl.get("run_dir", ctx.run_dir / "rl"))
+    rl_dir = Path(rl.run_dir) if rl else ctx.run_dir / "rl"
     learner, rollout = (read_metrics(rl_dir / "metrics.jsonl", p) for p in ("learner", "rollout"))
-    tags = ctx.results.get("chains", {}).get(cfg.data.train_split, {}).get("tag_distribution", {})
-    plots = plot_report(report, learner, rollout, tags, ctx.run_dir)
+    chains = ctx.results["chains"].splits.get(cfg.data.train_split) if "chains" in ctx.results else None
+    tags = chains.tag_distribution if chains else {}
+    dist = prmu_distribution(learner)
+    plots = plot_report(report, learner, rollout, tags, dist, ctx.run_dir)
     n = {len(v) for v in ids.values()}
     r = cfg.rollout
     notes = [f"{'/'.join(map(str, sorted(n)))} dev questions per task"
@@ -180,13 +226,12 @@ def step_report(ctx: RunContext) -> dict[str, Any]:
                 "place of the chain, with SFT's epochs, learning rate schedule and batch size."
                 if "reference" in evaluations else ""),
              "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in ctx.seconds.items()) + "."]
-    dist = prmu_distribution(learner)
     if dist:
         notes.insert(1, prmu_note(dist))
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
     (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")
-    return {"report": str(ctx.run_dir / "report.md"), "headline": report["headline"], "summary": report["summary"]}
+    return ReportResult(report=str(ctx.run_dir / "report.md"), headline=report["headline"], summary=report["summary"])
 
 
 def reusable(evaluation: dict[str, Any] | None, ids: dict[str, list[str]]) -> bool:
@@ -214,7 +259,7 @@ def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] 
                  listener: StepListener | None = None) -> RunContext:
     funcs = [(name, STEPS.get(name)) for name in steps]  # unknown names fail before any work
     ctx = RunContext(cfg, new_run_dir(cfg, "run"), log)
-    summary: dict[str, Any] = {"run_dir": str(ctx.run_dir), "steps": {}}
+    summary: dict[str, Any] = {"run_dir": str(ctx.run_dir), "steps": {}}  # summary.json
     for name, func in funcs:
         start = time.perf_counter()
         if listener:
@@ -224,7 +269,7 @@ def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] 
             listener.finish_step(name)
         ctx.results[name] = out
         ctx.seconds[name] = round(time.perf_counter() - start, 1)
-        summary["steps"][name] = {"seconds": ctx.seconds[name], **out}
+        summary["steps"][name] = {"seconds": ctx.seconds[name], **out.to_json()}
         (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return ctx
 
@@ -240,9 +285,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     with RunProgress(steps, out) as progress, BoardFollower(progress.update):
         ctx = run_pipeline(cfg, steps, log=progress.log, listener=progress)
     if "data" in ctx.results:
-        command.print_baselines(ctx.results["data"]["baselines"], cfg.data.dev_split, out)
+        command.print_baselines(ctx.results["data"].baselines, cfg.data.dev_split, out)
     if "prmu" in ctx.results:
-        command.print_prmu(ctx.results["prmu"], out)
+        from tagpr.jobs.prmu import print_scores
+
+        print_scores(ctx.results["prmu"], out)
     out.print(f"run finished in {time.perf_counter() - start:.1f}s: {ctx.run_dir}")
     return 0
 

@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +23,32 @@ from tagpr.prmu.encoder import SentenceEncoder
 from tagpr.prmu.model import PRMUNet
 from tagpr.prmu.pairs import pairs_for_tasks
 from tagpr.prmu.train import PairData, evaluate
+from tagpr.records import Record
+
+
+@dataclass(frozen=True, kw_only=True)
+class PRMUResult(Record):
+    """A trained PRMU (``prmu_eval.json``): where it is, and its and the user-blind baseline's pairwise
+    accuracy on held-out dev users, per task and ``all``."""
+
+    checkpoint: str
+    version: str
+    train_pairs: int
+    dev_pairs: int
+    seconds: float
+    prmu: dict[str, float]
+    user_blind: dict[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PRMUEval(Record):
+    """A checkpoint's and its user-blind baseline's pairwise accuracy on ``pairs`` pairs of a split."""
+
+    checkpoint: str
+    version: str
+    pairs: int
+    prmu: dict[str, float]
+    user_blind: dict[str, float]
 
 
 def _encoder(cfg: TagPRConfig) -> SentenceEncoder:
@@ -30,7 +57,7 @@ def _encoder(cfg: TagPRConfig) -> SentenceEncoder:
 
 
 def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
-          run_dir: Path | None = None) -> dict:
+          run_dir: Path | None = None) -> PRMUResult:
     """Train a PRMU and the user-blind baseline on the train split, evaluate both on held-out dev
     users, write the checkpoint (default ``<run dir>/prmu``, the baseline in its ``user_blind/``;
     a new run directory unless one is given)."""
@@ -67,9 +94,9 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     scores = evaluate(trained, _load_blind(out), dev_pairs, encoder, user_index)
     meta["metrics"]["dev_pairwise_accuracy"] = scores
     (out / checkpoint.META).write_text(json.dumps(meta, indent=1))
-    result = {"checkpoint": str(out), "version": meta["version"], "train_pairs": len(train_pairs),
-              "dev_pairs": len(dev_pairs), "seconds": round(time.perf_counter() - start, 1), **scores}
-    (run_dir / "prmu_eval.json").write_text(json.dumps(result, indent=1))
+    result = PRMUResult(checkpoint=str(out), version=meta["version"], train_pairs=len(train_pairs),
+                        dev_pairs=len(dev_pairs), seconds=round(time.perf_counter() - start, 1), **scores)
+    (run_dir / "prmu_eval.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
 
 
@@ -80,30 +107,43 @@ def _load_blind(path: str | Path) -> PRMUNet:
     return checkpoint.load(folder)[0]
 
 
-def eval_checkpoint(cfg: TagPRConfig, path: str | Path, split: str | None = None) -> dict:
+def eval_checkpoint(cfg: TagPRConfig, path: str | Path, split: str | None = None) -> PRMUEval:
     net, meta, user_index = checkpoint.load(path)
     blind = _load_blind(path)
     encoder = SentenceEncoder(meta["encoder"], meta["config"]["max_length"], allow_hub=cfg.model.allow_hub)
     d = cfg.data
     pairs, _ = pairs_for_tasks(d.root, d.tasks, split or d.dev_split, encoder,
                                cfg.prmu.negatives_per_question, d.skip_invalid)
-    return {"checkpoint": str(path), "version": meta["version"], "pairs": len(pairs),
-            **evaluate(net, blind, pairs, encoder, user_index)}
+    return PRMUEval(checkpoint=str(path), version=meta["version"], pairs=len(pairs),
+                    **evaluate(net, blind, pairs, encoder, user_index))
+
+
+def print_scores(result: PRMUResult | PRMUEval, out) -> None:
+    """The PRMU's and the user-blind model's held-out pairwise accuracy per task as a table on ``out``
+    (a rich console)."""
+    from rich.table import Table
+
+    table = Table(title=f"PRMU pairwise accuracy on held-out users ({result.version})")
+    for col in ("task", "PRMU", "user-blind"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task in result.prmu:
+        table.add_row(task, f"{result.prmu[task]:.3f}", f"{result.user_blind[task]:.3f}")
+    out.print(table)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     out = command.console()
     result = train(command.load(args), args.out, log=out.print)
-    command.print_prmu(result, out)
-    out.print(f"checkpoint {result['checkpoint']} ({result['seconds']}s)")
+    print_scores(result, out)
+    out.print(f"checkpoint {result.checkpoint} ({result.seconds}s)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     result = eval_checkpoint(command.load(args), args.checkpoint, args.split)
-    command.print_prmu(result, command.console())
+    print_scores(result, command.console())
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        Path(args.out).write_text(json.dumps(result.to_json(), indent=1))
     return 0
 
 

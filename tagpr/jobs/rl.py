@@ -14,10 +14,11 @@ from typing import Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir, write_resolved
 from tagpr.jobs import command
+from tagpr.rl.result import RLResult
 
 
 def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | None = None,
-          resume: str | Path | None = None, start_evaluation: dict | None = None) -> dict:
+          resume: str | Path | None = None, start_evaluation: dict | None = None) -> RLResult:
     """Run every stage into ``run_dir`` (a new one by default), or continue ``resume`` (a run directory);
     ``start_evaluation``: the starting policy's dev scores where already known (no second scoring)."""
     from actors.controller import RLController
@@ -37,12 +38,12 @@ def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | 
 def cmd_train(args: argparse.Namespace) -> int:
     out = command.console()
     report = train(command.load(args), log=out.print, resume=args.resume)
-    for name, stage in report["stages"].items():
-        out.print(f"stage {name}: {stage['stage_step']} steps (version {stage['step']}) in {stage['seconds']}s")
-    for name, r in report["evaluations"].items():
+    for name, stage in report.stages.items():
+        out.print(f"stage {name}: {stage.stage_step} steps (version {stage.step}) in {stage.seconds}s")
+    for name, r in report.evaluations.items():
         out.print(f"dev at {name}: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
                   f"task score {r['task_score']:.3f}")
-    out.print(f"run {report['run_dir']} ({report['seconds']}s)")
+    out.print(f"run {report.run_dir} ({report.seconds}s)")
     return 0
 
 

@@ -13,19 +13,35 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir
 from tagpr.errors import TagPRError
 from tagpr.jobs import command
+from tagpr.records import Record
 from tagpr.tags import TagSet
 
 Records = Callable[[str], list[dict[str, Any]]]  # split -> SFT records: {task, input, profile, response}
 
 
+@dataclass(frozen=True, kw_only=True)
+class SFTResult(Record):
+    """A fine-tuned policy (``<run dir>/{sft,reference}_eval.json``): the policy it started from, the
+    exported one, Ray Train's ``trainer_state.json``, and the dev scores (``evaluate_policy``'s output)
+    before and after, where they were asked for."""
+
+    policy_in: str
+    before: dict[str, Any] | None = None
+    policy: str
+    history: dict[str, Any]
+    after: dict[str, Any] | None = None
+    seconds: float
+
+
 def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
-          run_dir: Path | None = None, evaluate: bool = True) -> dict:
+          run_dir: Path | None = None, evaluate: bool = True) -> SFTResult:
     """SFT on the tagged chains in ``chains.out``, scored on dev before and after."""
     from tagpr.sft.data import read_chains
 
@@ -35,7 +51,7 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
 
 
 def train_reference(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
-                    run_dir: Path | None = None, evaluate: bool = True) -> dict:
+                    run_dir: Path | None = None, evaluate: bool = True) -> SFTResult:
     """The direct-answer reference: ``model.policy`` fine-tuned with ``sft``'s budget on
     :func:`reference_records`, scored on dev after (before is the untrained base, which SFT already
     scores). ``sft.resume_from`` belongs to SFT and is not used."""
@@ -60,7 +76,7 @@ def reference_records(cfg: TagPRConfig, split: str) -> list[dict[str, Any]]:
 
 
 def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, log: Callable[[str], None],
-         run_dir: Path | None, evaluations: Sequence[str]) -> dict:
+         run_dir: Path | None, evaluations: Sequence[str]) -> SFTResult:
     """Fine-tune ``model.policy`` on ``records`` (Ray Train, ``sft``'s settings) into ``out`` (default
     ``<run dir>/policy``); ``evaluations`` names the dev scores to add: "before" and/or "after"."""
     from transformers import AutoTokenizer
@@ -91,20 +107,20 @@ def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, 
         d = tokenize_chains(examples, tokenizer, tags, cfg.data.prompt_profile_items, s.max_length)
         data[split] = pack(d, s.max_length) if s.packing and split == cfg.data.train_split else d
         log(f"{name}: {split}: {len(d)} examples ({d.skipped_too_long} longer than {s.max_length} tokens skipped)")
-    result: dict = {"policy_in": policy}
+    before = None
     if "before" in evaluations:
-        result["before"] = evaluate_policy(policy, cfg, limit=s.eval_limit, on_task=dev_progress(f"before {name}"))
+        before = evaluate_policy(policy, cfg, limit=s.eval_limit, on_task=dev_progress(f"before {name}"))
     connect(cfg.cluster)
     ckpt = train_on_ray(s, data[cfg.data.train_split], data[cfg.data.dev_split], policy, run_dir / "ray_train",
                         cfg.run.seed)
     export_hf(ckpt, out)
-    result["policy"] = str(out)
-    result["history"] = json.loads((ckpt / "trainer_state.json").read_text())
+    history = json.loads((ckpt / "trainer_state.json").read_text())
+    after = None
     if "after" in evaluations:
-        result["after"] = evaluate_policy(str(out.resolve()), cfg, limit=s.eval_limit,
-                                          on_task=dev_progress(f"after {name}"))
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    (run_dir / f"{name}_eval.json").write_text(json.dumps(result, indent=1))
+        after = evaluate_policy(str(out.resolve()), cfg, limit=s.eval_limit, on_task=dev_progress(f"after {name}"))
+    result = SFTResult(policy_in=policy, before=before, policy=str(out), history=history, after=after,
+                       seconds=round(time.perf_counter() - start, 1))
+    (run_dir / f"{name}_eval.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
 
 
@@ -113,12 +129,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = command.console()
     result = train(command.load(args), args.out, log=out.print)
-    for when in ("before", "after"):
-        if when in result:
-            r = result[when]
+    for when, r in (("before", result.before), ("after", result.after)):
+        if r is not None:
             out.print(f"{when} SFT: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
                       + ", ".join(f"{t} {v[get_task(t).primary_metric]:.3f}" for t, v in r["tasks"].items()))
-    out.print(f"policy {result['policy']} ({result['seconds']}s)")
+    out.print(f"policy {result.policy} ({result.seconds}s)")
     return 0
 
 

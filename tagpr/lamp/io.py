@@ -13,7 +13,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,23 @@ _CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
-class Question:
+class Prompt:
+    """A user's question: the one record that data loading makes and the teacher, the rollout, the
+    reward and the learner read, so what a question carries is defined once. Services convert it
+    to and from their HTTP schemas at their edge only. ``gold`` is None where the split has no
+    outputs file."""
+
     id: str
+    task: str
     input: str
-    profile: tuple[dict[str, Any], ...]
+    profile: tuple[Mapping[str, Any], ...]
+    gold: str | None = None
     user_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """``task/id``: question ids are unique only within a task's file."""
+        return f"{self.task}/{self.id}"
 
 
 @dataclass
@@ -52,9 +64,17 @@ class LoadReport:
 class LampSplit:
     task: LampTask
     split: str
-    questions: list[Question]
-    golds: dict[str, str] | None
+    questions: list[Prompt]
     report: LoadReport
+    outputs: Path | None = None  # the outputs file the questions' golds came from
+
+    @property
+    def golds(self) -> dict[str, str] | None:
+        """Each question's id -> its gold, built from the questions on each call (in a loop, read
+        ``q.gold``); None when the split was loaded without an outputs file."""
+        if self.outputs is None:
+            return None
+        return {q.id: q.gold for q in self.questions if q.gold is not None}
 
 
 def iter_json_array(path: str | os.PathLike[str]) -> Iterator[Any]:
@@ -130,8 +150,9 @@ def _record_id(record: Any) -> str | None:
     return None
 
 
-def validate_question(task: LampTask, record: Any, file: str, index: int) -> Question:
-    """A validated ``Question``, or a ``DataError`` naming the record and the field."""
+def validate_question(task: LampTask, record: Any, file: str, index: int) -> Prompt:
+    """A validated ``Prompt`` (without its gold: that is in the outputs file), or a ``DataError``
+    naming the record and the field."""
     rid = _record_id(record)
     ref = rid if rid is not None else f"#{index}"
     if not isinstance(record, dict):
@@ -162,12 +183,12 @@ def validate_question(task: LampTask, record: Any, file: str, index: int) -> Que
     user_id = record.get("user_id")
     if user_id is not None and (isinstance(user_id, bool) or not isinstance(user_id, (str, int))):
         raise DataError(file, "must be a string or an integer", ref, "user_id")
-    return Question(rid, record["input"], tuple(profile), None if user_id is None else str(user_id))
+    return Prompt(rid, task.name, record["input"], tuple(profile), user_id=None if user_id is None else str(user_id))
 
 
 def iter_questions(
     task: LampTask | str, path: str | os.PathLike[str], report: LoadReport | None = None, skip_invalid: bool = False
-) -> Iterator[Question]:
+) -> Iterator[Prompt]:
     """Stream validated questions; with ``skip_invalid`` bad records are counted in ``report``."""
     task = get_task(task) if isinstance(task, str) else task
     report = report if report is not None else LoadReport()
@@ -237,12 +258,12 @@ def split_paths(root: str | os.PathLike[str], task: str, split: str) -> tuple[Pa
 def load_split(
     root: str | os.PathLike[str], task: str, split: str, skip_invalid: bool = False, require_golds: bool = True
 ) -> LampSplit:
-    """Questions and golds of ``root/LaMP_k/{split}_*.json``, with their ids cross-checked."""
+    """The questions of ``root/LaMP_k/{split}_*.json``, each with its gold from the outputs file (ids
+    cross-checked)."""
     lamp_task = get_task(task)
     q_path, o_path = split_paths(root, lamp_task.name, split)
     report = LoadReport()
     questions = list(iter_questions(lamp_task, q_path, report, skip_invalid))
-    golds: dict[str, str] | None = None
     if o_path.exists():
         _, all_golds = load_outputs(o_path, lamp_task)
         q_ids = {q.id for q in questions}
@@ -255,11 +276,11 @@ def load_split(
                 raise DataError(str(o_path), f"{len(missing)} question id(s) have no gold, e.g. {missing[:5]}")
             report.skipped["no gold"] += len(missing)
             report.loaded -= len(missing)
-            questions = [q for q in questions if q.id in all_golds]
-        golds = {q.id: all_golds[q.id] for q in questions}
-    elif require_golds:
+        questions = [replace(q, gold=all_golds[q.id]) for q in questions if q.id in all_golds]
+        return LampSplit(lamp_task, split, questions, report, o_path)
+    if require_golds:
         raise DataError(str(o_path), "file not found (pass require_golds=False to load questions only)")
-    return LampSplit(lamp_task, split, questions, golds, report)
+    return LampSplit(lamp_task, split, questions, report)
 
 
 def write_outputs(path: str | os.PathLike[str], task: str, outputs: Mapping[str, str]) -> Path:

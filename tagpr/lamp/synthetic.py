@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from tagpr.config import SyntheticConfig
-from tagpr.lamp.io import Question, load_split, write_outputs, write_questions
+from tagpr.lamp.io import Prompt, load_split, write_outputs, write_questions
 from tagpr.lamp.metrics import score_task
 from tagpr.lamp.tasks import LAMP2_LABELS, LampTask, get_task
 from tagpr.registry import Registry
 
-Predictor = Callable[[Question], str]
+Predictor = Callable[[Prompt], str]
 
 
 @dataclass
@@ -63,8 +63,8 @@ class Generator:
         """Rules that read the question's profile."""
         raise NotImplementedError
 
-    def user_blind(self, train: list[Question], golds: dict[str, str]) -> Predictor:
-        """A predictor that ignores the profile, fitted on the train split."""
+    def user_blind(self, train: list[Prompt]) -> Predictor:
+        """A predictor that ignores the profile, fitted on the train split's questions and golds."""
         raise NotImplementedError
 
 
@@ -144,8 +144,8 @@ class Citation(Generator):
     def profile_reader(self):
         return lambda q: self.choose(self.evidence(q.profile, q.input)[1])
 
-    def user_blind(self, train, golds):
-        majority = Counter(golds[q.id] for q in train).most_common(1)[0][0]
+    def user_blind(self, train):
+        majority = Counter(q.gold for q in train).most_common(1)[0][0]
         return lambda q: majority
 
 
@@ -202,15 +202,15 @@ class MovieTagging(Generator):
         return [t for _, t in sorted(found)] or list(LAMP2_LABELS)
 
     def profile_reader(self):
-        def predict(q: Question) -> str:
+        def predict(q: Prompt) -> str:
             counts = Counter(item["tag"] for item in q.profile)
             cands = self.candidates(q.input)
             return max(cands, key=lambda t: counts[t])
 
         return predict
 
-    def user_blind(self, train, golds):
-        freq = Counter(golds[q.id] for q in train)
+    def user_blind(self, train):
+        freq = Counter(q.gold for q in train)
         return lambda q: max(self.candidates(q.input), key=lambda t: freq[t])
 
 
@@ -265,8 +265,8 @@ class Rating(Generator):
     def profile_reader(self):
         return lambda q: str(_clip(self.sentiment(q.input) + self.bias_evidence(q.profile)[1]))
 
-    def user_blind(self, train, golds):
-        mean_bias = sum(float(golds[q.id]) - self.sentiment(q.input) for q in train) / len(train)
+    def user_blind(self, train):
+        mean_bias = sum(float(q.gold) - self.sentiment(q.input) for q in train) / len(train)
         return lambda q: str(_clip(self.sentiment(q.input) + mean_bias))
 
 
@@ -346,13 +346,13 @@ class Styled(Generator):
         return " ".join(prefix), core, " ".join(suffix)
 
     def profile_reader(self):
-        def predict(q: Question) -> str:
+        def predict(q: Prompt) -> str:
             outputs = [str(item[self.task.profile_output]).split() for item in q.profile]
             return " ".join(x for x in self.styled_answer(outputs, self.source_of(q.input)) if x)
 
         return predict
 
-    def user_blind(self, train, golds):
+    def user_blind(self, train):
         return lambda q: self.core(self.source_of(q.input))
 
 
@@ -517,16 +517,16 @@ def stale_tasks(root: str | Path, cfg: SyntheticConfig, tasks: list[str]) -> lis
     return stale
 
 
-def baseline_report(
-    task: str, train: list[Question], train_golds: dict[str, str], dev: list[Question], dev_golds: dict[str, str]
-) -> dict[str, dict[str, float]]:
-    """Official scores on ``dev`` of the profile reader and the user-blind baseline."""
+def baseline_report(task: str, train: list[Prompt], dev: list[Prompt]) -> dict[str, dict[str, float]]:
+    """Official scores on ``dev`` of the profile reader and the user-blind baseline (fitted on ``train``);
+    both splits' questions carry their golds."""
     gen = generator(task)
     out = {}
-    predictors = {"profile_reader": gen.profile_reader(), "user_blind": gen.user_blind(train, train_golds)}
+    predictors = {"profile_reader": gen.profile_reader(), "user_blind": gen.user_blind(train)}
+    golds = {q.id: q.gold for q in dev}
     for name, predictor in predictors.items():
         preds = {q.id: predictor(q) for q in dev}
-        out[name] = score_task(gen.task, preds, dev_golds)
+        out[name] = score_task(gen.task, preds, golds)
     return out
 
 
@@ -538,5 +538,5 @@ def dev_baselines(
     for task in tasks:
         train = load_split(root, task, train_split, skip_invalid)
         dev = load_split(root, task, dev_split, skip_invalid)
-        out[task] = baseline_report(task, train.questions, train.golds, dev.questions, dev.golds)
+        out[task] = baseline_report(task, train.questions, dev.questions)
     return out

@@ -52,7 +52,8 @@ def example_from_judged(j, include_reasoning: bool = False) -> PRMUExample:
     reasoning = None
     if include_reasoning and j.checked.answer is not None:
         reasoning = "\n".join(s.text for s in j.checked.parsed.sections[:-1])  # all but the answer
-    return make_example(j.task.name, j.item.profile, j.item.input, answer, j.item.user_id, reasoning)
+    p = j.item.prompt
+    return make_example(j.task.name, p.profile, p.input, answer, p.user_id, reasoning)
 
 
 @dataclass

@@ -87,7 +87,7 @@ def pairs_from_split(split: LampSplit, encoder: SentenceEncoder, negatives: int 
     if split.golds is None:
         raise ValueError(f"{split.task.name} {split.split}: pairs need golds")
     qs = split.questions
-    golds = [split.golds[q.id].strip() for q in qs]
+    golds = [q.gold.strip() for q in qs]
     emb = encoder.encode([q.input for q in qs])
     sim = emb @ emb.T
     order = torch.argsort(sim, dim=1, descending=True)

@@ -4,7 +4,7 @@ checkpoints, and what one step reports. ``actors/learner.py`` runs the loop arou
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tagpr.rl.plateau import Plateau
@@ -13,34 +13,33 @@ from tagpr.rl.plateau import Plateau
 @dataclass
 class LearnerState:
     """``step`` counts learner steps over all stages, so the weights after it are policy version
-    ``step``; ``stage_step`` counts this stage's. Saved in every checkpoint."""
+    ``step``; ``stage_step`` counts this stage's; ``plateau`` is the stage's plateau detector. Saved
+    in every checkpoint (:meth:`saved`)."""
 
     stage_index: int
+    plateau: Plateau
     step: int = 0
     stage_step: int = 0
-    plateau: dict[str, Any] = field(default_factory=dict)  # Plateau.state()
 
     @classmethod
-    def start(cls, stage_index: int, saved: Mapping[str, Any] | None = None) -> LearnerState:
-        """Stage ``stage_index``'s state from a checkpoint's: the same stage continues where it was
-        (a crash, ``--resume``); an earlier stage's final checkpoint (a stage start) keeps the step
-        count and starts this stage at 0; no checkpoint starts at 0."""
+    def start(cls, stage_index: int, patience: int, delta: float,
+              saved: Mapping[str, Any] | None = None) -> LearnerState:
+        """Stage ``stage_index``'s state (``patience``, ``delta``: its plateau settings) from a
+        checkpoint's: the same stage continues where it was, plateau detector included (a crash,
+        ``--resume``); an earlier stage's final checkpoint (a stage start) keeps the step count and
+        starts this stage at 0; no checkpoint starts at 0."""
         if saved is None:
-            return cls(stage_index)
+            return cls(stage_index, Plateau(patience, delta))
         if saved["stage_index"] != stage_index:
-            return cls(stage_index, saved["step"])
-        return cls(stage_index, saved["step"], saved["stage_step"], dict(saved["plateau"]))
+            return cls(stage_index, Plateau(patience, delta), saved["step"])
+        return cls(stage_index, Plateau(patience, delta, **saved["plateau"]), saved["step"], saved["stage_step"])
 
-    def plateau_detector(self, patience: int, delta: float) -> Plateau:
-        return Plateau(patience, delta, **self.plateau)
-
-    def advance(self, plateau: Plateau, reward_mean: float, stage_steps: int) -> tuple[bool, bool]:
+    def advance(self, reward_mean: float, stage_steps: int) -> tuple[bool, bool]:
         """Count a finished step and feed the plateau detector: (whether the plateau stops the stage,
         whether the stage ends with this step)."""
         self.step += 1
         self.stage_step += 1
-        stop = plateau.update(reward_mean)
-        self.plateau = plateau.state()
+        stop = self.plateau.update(reward_mean)
         return stop, stop or self.stage_step >= stage_steps
 
     def publish_due(self, sync_every: int, last: bool) -> bool:
@@ -52,7 +51,8 @@ class LearnerState:
         return last or bool(every and self.stage_step % every == 0)
 
     def saved(self, stage_name: str) -> dict[str, Any]:
-        return {**asdict(self), "stage": stage_name}
+        return {"stage_index": self.stage_index, "step": self.step, "stage_step": self.stage_step,
+                "plateau": self.plateau.state(), "stage": stage_name}
 
 
 def step_metrics(state: LearnerState, stage_name: str, groups: Sequence, rows: int, stats: Mapping[str, float],

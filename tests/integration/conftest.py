@@ -58,7 +58,7 @@ def answering_policy(prmu_job, tiny_policy, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(tiny_policy)
     tags = TagSet(cfg.tags)
     splits = [load_split(cfg.data.root, task, cfg.data.train_split) for task in cfg.data.tasks]
-    records = [{"task": s.task.name, "input": q.input, "profile": q.profile, "response": tags.render((), s.golds[q.id])}
+    records = [{"task": s.task.name, "input": q.input, "profile": q.profile, "response": tags.render((), q.gold)}
                for s in splits for q in s.questions]
     data = tokenize_chains(records, tokenizer, tags, 4, 1024)
     torch.manual_seed(0)

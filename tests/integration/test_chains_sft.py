@@ -33,19 +33,19 @@ def test_chains_job_writes_and_resumes(small):
     summary = generate(small, log=lambda _: None)
     out = Path(small.chains.out)
     train = [json.loads(line) for line in (out / "train.jsonl").open()]
-    assert summary["train"]["chains"] == len(train) >= 20  # 32 questions x 2 samples, duplicates dropped
-    assert sum(summary["train"]["dropped_this_run"].values()) + len(train) == 64
-    assert set(summary["train"]["per_task"]) == {"LaMP_2", "LaMP_7"}
-    assert summary["train"]["tag_distribution"]["examine_examples"] > 0
+    assert summary.splits["train"].chains == len(train) >= 20  # 32 questions x 2 samples, duplicates dropped
+    assert sum(summary.splits["train"].dropped_this_run.values()) + len(train) == 64
+    assert set(summary.splits["train"].per_task) == {"LaMP_2", "LaMP_7"}
+    assert summary.splits["train"].tag_distribution["examine_examples"] > 0
     assert (out / "stats.json").exists() and (out / "tag_distribution.png").stat().st_size > 1000
     assert len((out / "train.done").read_text().split()) == 32
     again = generate(small, log=lambda _: None)
-    assert again["train"]["kept_this_run"] == 0 and again["train"]["chains"] == len(train)
+    assert again.splits["train"].kept_this_run == 0 and again.splits["train"].chains == len(train)
     done = (out / "train.done").read_text().split()
     (out / "train.done").write_text("\n".join(done[:-4]) + "\n")  # as if stopped mid-way
     resumed = generate(small, ["train"], log=lambda _: None)
-    assert sum(resumed["train"]["dropped_this_run"].values()) + resumed["train"]["kept_this_run"] == 8
-    assert resumed["train"]["dropped_this_run"].get("duplicate", 0) >= 1
+    assert sum(resumed.splits["train"].dropped_this_run.values()) + resumed.splits["train"].kept_this_run == 8
+    assert resumed.splits["train"].dropped_this_run.get("duplicate", 0) >= 1
 
 
 def test_sft_two_workers_then_resume_and_vllm_loads(small):
@@ -54,18 +54,18 @@ def test_sft_two_workers_then_resume_and_vllm_loads(small):
 
     generate(small, log=lambda _: None)
     first = train(small, log=lambda _: None, evaluate=False)
-    assert first["history"]["epoch"] == 1 and first["history"]["dev_loss"] > 0
-    state = Path(first["policy"])
+    assert first.history["epoch"] == 1 and first.history["dev_loss"] > 0
+    state = Path(first.policy)
     assert (state / "model.safetensors").exists() and (state / "tokenizer.json").exists()
     ckpts = sorted(p for p in Path(small.run.root).glob("*-sft-*/ray_train/sft/checkpoint_*") if p.is_dir())
     resumed_cfg = small.model_copy(update={"sft": small.sft.model_copy(update={
         "epochs": 2, "resume_from": str(ckpts[-1]), "num_workers": 1})})
     second = train(resumed_cfg, log=lambda _: None, evaluate=False)
-    assert second["history"]["epoch"] == 2 and second["history"]["train_loss"] < first["history"]["train_loss"]
+    assert second.history["epoch"] == 2 and second.history["train_loss"] < first.history["train_loss"]
 
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=second["policy"], dtype="float32", enforce_eager=True, distributed_executor_backend="uni",
+    llm = LLM(model=second.policy, dtype="float32", enforce_eager=True, distributed_executor_backend="uni",
               max_model_len=1024, gpu_memory_utilization=0.5)
     out = llm.generate(["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"],
                        SamplingParams(max_tokens=8, temperature=0))[0].outputs[0]
@@ -84,15 +84,15 @@ def test_sft_deepspeed_two_workers_then_resume(small, stage):
     generate(small, log=lambda _: None)
     ds = small.sft.model_copy(update={"strategy": "deepspeed", "zero_stage": stage, "num_workers": 2})
     first = train(small.model_copy(update={"sft": ds}), log=lambda _: None, evaluate=False)
-    ckpt = Path(first["policy"]).parent / "ray_train" / "sft"
+    ckpt = Path(first.policy).parent / "ray_train" / "sft"
     ckpt = sorted(p for p in ckpt.glob("checkpoint_*") if p.is_dir())[-1]
     assert len(list((ckpt / "deepspeed" / "state").glob("*optim_states.pt"))) == 2  # one partition per rank
     resumed = ds.model_copy(update={"epochs": 2, "resume_from": str(ckpt)})
     second = train(small.model_copy(update={"sft": resumed}), log=lambda _: None, evaluate=False)
-    assert second["history"]["epoch"] == 2 and second["history"]["train_loss"] < first["history"]["train_loss"]
+    assert second.history["epoch"] == 2 and second.history["train_loss"] < first.history["train_loss"]
     base, _ = load_policy(small.model)
-    tuned, _ = load_policy(small.model, second["policy"])
-    assert not (Path(second["policy"]) / "deepspeed").exists()
+    tuned, _ = load_policy(small.model, second.policy)
+    assert not (Path(second.policy) / "deepspeed").exists()
     assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values()))
 
 
@@ -105,7 +105,7 @@ def test_sft_lora_exports_merged_model_and_adapter(small):
     cfg = small.model_copy(update={"sft": small.sft.model_copy(update={
         "num_workers": 1, "lora": small.sft.lora.model_copy(update={"enabled": True})})})
     result = train(cfg, log=lambda _: None, evaluate=False)
-    out = Path(result["policy"])
+    out = Path(result.policy)
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "model.safetensors").exists()
     model, _ = load_policy(cfg.model, str(out))
     assert not any("lora" in name for name, _ in model.named_parameters())
@@ -134,7 +134,7 @@ def test_vllm_teacher_pool_and_llm_labeler(small, tmp_path):
     finally:
         teacher.engine.close()
     summary = generate(cfg, ["dev"], log=lambda _: None)
-    dev = summary["dev"]
-    assert dev["chains"] == 0 and dev["kept_this_run"] == 0
-    assert sum(dev["dropped_this_run"].values()) == 2 * 8  # 2 users x 2 questions x 2 tasks, 2 samples each
-    assert set(dev["dropped_this_run"]) <= {"malformed", "empty"}
+    dev = summary.splits["dev"]
+    assert dev.chains == 0 and dev.kept_this_run == 0
+    assert sum(dev.dropped_this_run.values()) == 2 * 8  # 2 users x 2 questions x 2 tasks, 2 samples each
+    assert set(dev.dropped_this_run) <= {"malformed", "empty"}

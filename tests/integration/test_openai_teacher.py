@@ -48,12 +48,13 @@ def vllm_server(tmp_path_factory, cfg):
 
 
 def test_openai_teacher_talks_to_vllm_serve(vllm_server, cfg):
-    from tagpr.chains.teachers import OpenAITeacher, TeacherRequest
+    from tagpr.chains.teachers import OpenAITeacher
+    from tagpr.lamp.io import Prompt
 
     tcfg = cfg.model_copy(update={"chains": cfg.chains.model_copy(update={"openai": cfg.chains.openai.model_copy(
         update={"base_url": vllm_server, "model": "tiny", "max_tokens": 24, "concurrency": 2, "retries": 1})})})
     teacher = OpenAITeacher(tcfg)
-    reqs = [TeacherRequest(str(i), "LaMP_2", f"description: a film {i}", ({"description": "d", "tag": "comedy"},))
+    reqs = [Prompt(str(i), "LaMP_2", f"description: a film {i}", ({"description": "d", "tag": "comedy"},))
             for i in range(3)]
     outs = teacher.generate(reqs, 2)
     assert [o.id for o in outs] == ["0", "1", "2"]
@@ -63,13 +64,14 @@ def test_openai_teacher_talks_to_vllm_serve(vllm_server, cfg):
 
 
 def test_openai_teacher_counts_unreachable_and_bad_model(vllm_server, cfg):
-    from tagpr.chains.teachers import OpenAITeacher, TeacherRequest
+    from tagpr.chains.teachers import OpenAITeacher
+    from tagpr.lamp.io import Prompt
 
     def teacher(**update):
         o = cfg.chains.openai.model_copy(update={"retries": 1, "backoff_s": 0.01, **update})
         return OpenAITeacher(cfg.model_copy(update={"chains": cfg.chains.model_copy(update={"openai": o})}))
 
-    req = TeacherRequest("q", "LaMP_2", "description: x", ())
+    req = Prompt("q", "LaMP_2", "description: x", ())
     down = teacher(base_url=f"http://127.0.0.1:{free_port()}/v1").generate([req], 1)[0]
     assert down.samples == [] and down.errors["connection"] == 2
     wrong = teacher(base_url=vllm_server, model="no-such-model").generate([req], 1)[0]

@@ -15,6 +15,7 @@ from actors.cluster import free_port
 from services.reward.client import HandleRewardClient, RewardClient, RewardServiceError
 from services.reward.deploy import deploy, swap_checkpoint
 from tagpr.config import load_config
+from tagpr.lamp.io import Prompt
 from tagpr.prmu import checkpoint
 from tagpr.prmu.scorer import PRMUScorer
 from tagpr.rewards import CompositeReward, RewardInput
@@ -47,8 +48,8 @@ def service(prmu_job, serve_port, tmp_path_factory):
     secret = tmp_path_factory.mktemp("secret") / "token"  # as a mounted secret: $<token_env>_FILE
     secret.write_text("s3cret-test-token\n")
     os.environ[f"{TOKEN_ENV}_FILE"] = str(secret)
-    deploy(cfg, result["checkpoint"], token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
-    deploy(cfg, result["checkpoint"], token_env=TOKEN_ENV, name="reward-secure", route_prefix="/secure")
+    deploy(cfg, result.checkpoint, token_env="TAGPR_NO_SUCH_ENV", name="reward-open", route_prefix="/")
+    deploy(cfg, result.checkpoint, token_env=TOKEN_ENV, name="reward-secure", route_prefix="/secure")
     client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60)
     assert wait_for(lambda: client.get("/readyz").status_code == 200, 60)
     yield cfg, result, client
@@ -61,6 +62,12 @@ def service(prmu_job, serve_port, tmp_path_factory):
 
 def score_item(response, **kw):
     return {"task": "LaMP_2", "input": LAMP2_INPUT, "response": response, "profile": PROFILE, **kw}
+
+
+def reward_input(item, i=0):
+    """A JSON item of the service as the reward and its clients take it."""
+    prompt = Prompt(str(i), item["task"], item["input"], tuple(item["profile"]), item.get("gold"), item.get("user_id"))
+    return RewardInput(prompt, item["response"])
 
 
 def reward_items():
@@ -76,18 +83,17 @@ def reward_items():
 def test_health_model_and_scores_match_in_process(service):
     cfg, result, client = service
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json()["model_version"] == result["version"]
+    assert client.get("/readyz").json()["model_version"] == result.version
     info = client.get("/v1/model").json()
-    assert info["version"] == result["version"] and info["encoder"] == "minilm" and info["variant"] == "encoder"
+    assert info["version"] == result.version and info["encoder"] == "minilm" and info["variant"] == "encoder"
     items = [score_item(TAGGED.format("sci-fi")), score_item("romance")]
     r = client.post("/v1/score", json={"items": items})
     assert r.status_code == 200, r.text
     body = r.json()
-    local = PRMUScorer.load(result["checkpoint"])
+    local = PRMUScorer.load(result.checkpoint)
     tags = CompositeReward.for_stage(cfg, "exploratory")
-    expected = local.score([tags.judge(RewardInput("LaMP_2", x["response"], "", LAMP2_INPUT, tuple(PROFILE)))
-                            for x in items])
-    assert body["scores"] == pytest.approx(expected, abs=1e-4) and body["model_version"] == result["version"]
+    expected = local.score([tags.judge(reward_input(x, i)) for i, x in enumerate(items)])
+    assert body["scores"] == pytest.approx(expected, abs=1e-4) and body["model_version"] == result.version
 
 
 @pytest.mark.parametrize("stage", ["guided", "exploratory"])
@@ -97,15 +103,14 @@ def test_reward_matches_tagpr_rewards(service, stage):
     r = client.post("/v1/reward", json={"stage": stage, "items": items})
     assert r.status_code == 200, r.text
     body = r.json()
-    prmu = PRMUScorer.load(result["checkpoint"]) if stage == "guided" else None
-    expected = CompositeReward.for_stage(cfg, stage, prmu).score(
-        [RewardInput(x["task"], x["response"], x["gold"], x["input"], tuple(x["profile"])) for x in items])
+    prmu = PRMUScorer.load(result.checkpoint) if stage == "guided" else None
+    expected = CompositeReward.for_stage(cfg, stage, prmu).score([reward_input(x, i) for i, x in enumerate(items)])
     assert body["stage"] == stage and len(body["results"]) == len(items)
     for got, want in zip(body["results"], expected):
         assert got["reward"] == pytest.approx(want.reward, abs=1e-4)
         assert set(got["components"]) == set(want.components)
     assert body["results"][0]["reward"] > body["results"][1]["reward"]  # right label beats wrong one
-    assert (body["model_version"] == result["version"]) == (stage == "guided")
+    assert (body["model_version"] == result.version) == (stage == "guided")
 
 
 def test_cached_user_id(service):
@@ -203,25 +208,25 @@ def test_bearer_token(service):
 def test_clients(service, serve_port):
     cfg, result, _ = service
     with RewardClient(f"http://127.0.0.1:{serve_port}") as c:
-        scores, version = c.score([score_item("sci-fi")])
-        assert len(scores) == 1 and version == result["version"]
-        outcomes = c.reward([{**score_item("<answer>sci-fi</answer>"), "gold": "sci-fi"}], stage="exploratory")
+        scores, version = c.score([reward_input(score_item("sci-fi"))])
+        assert len(scores) == 1 and version == result.version
+        outcomes = c.reward([reward_input(score_item("<answer>sci-fi</answer>", gold="sci-fi"))], stage="exploratory")
         assert outcomes[0].reward == 1.0 and not outcomes[0].defaulted
         with pytest.raises(RewardServiceError) as e:
-            c.reward([{**score_item("x"), "gold": "y"}], stage="warmup")
+            c.reward([reward_input(score_item("x", gold="y"))], stage="warmup")
         assert e.value.status == 422
     dead = RewardClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01, failure_policy="default",
                         default_reward=-1.0)
-    out = dead.reward([{**score_item("x"), "gold": "y"}] * 3)
+    out = dead.reward([reward_input(score_item("x", gold="y"))] * 3)
     assert [o.reward for o in out] == [-1.0] * 3 and all(o.defaulted for o in out) and dead.failed_items == 3
     in_cluster = HandleRewardClient("reward-open")
-    got = in_cluster.reward([{**score_item("<answer>sci-fi</answer>"), "gold": "sci-fi"}], stage="exploratory")
+    got = in_cluster.reward([reward_input(score_item("<answer>sci-fi</answer>", gold="sci-fi"))], stage="exploratory")
     assert got[0].reward == 1.0
 
 
 def test_checkpoint_swap_under_traffic(service, tmp_path):
     cfg, result, client = service
-    net, meta, users = checkpoint.load(result["checkpoint"])
+    net, meta, users = checkpoint.load(result.checkpoint)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.01)
@@ -248,10 +253,10 @@ def test_checkpoint_swap_under_traffic(service, tmp_path):
     for t in threads:
         t.join()
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
-    assert versions[0] == result["version"] and versions[-1] == new_version
-    assert set(versions) == {result["version"], new_version}
-    swap_checkpoint(result["checkpoint"], name="reward-open")
-    assert wait_for(lambda: client.get("/v1/model").json()["version"] == result["version"], 60)
+    assert versions[0] == result.version and versions[-1] == new_version
+    assert set(versions) == {result.version, new_version}
+    swap_checkpoint(result.checkpoint, name="reward-open")
+    assert wait_for(lambda: client.get("/v1/model").json()["version"] == result.version, 60)
 
 
 def test_metrics_on_rays_endpoint_and_ingress(service, ray_cluster):

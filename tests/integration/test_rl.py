@@ -37,7 +37,7 @@ def rl_base(prmu_job, answering_policy, serve_port, tmp_path_factory):
     root = tmp_path_factory.mktemp("rl")
     overrides = [
         f"run.root={root}", f"data.root={base.data.root}", "data.tasks=[LaMP_1, LaMP_2]",
-        "data.prompt_profile_items=4", f"model.policy={answering_policy}", f"prmu.checkpoint={prmu['checkpoint']}",
+        "data.prompt_profile_items=4", f"model.policy={answering_policy}", f"prmu.checkpoint={prmu.checkpoint}",
         "rl.group_size=4", "rl.prompts_per_step=2", "rl.lr=1e-3", "rollout.max_tokens=24",
         "rollout.prompts_per_request=2", "rollout.engine.max_model_len=1024", "rollout.num_cpus=0",
         f"service.port={serve_port}", "rl.eval_limit=0",
@@ -53,10 +53,10 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, answering_p
                   "rl.stages=[{name: guided, steps: 3, weights: {format_task: 1.0, tag: 0.2, prmu: 0.3}},"
                   " {name: exploratory, steps: 2, lr_scale: 0.5, weights: {format_task: 1.0}}]")
     report = train(cfg, log=lambda _: None)
-    run_dir = Path(report["run_dir"])
+    run_dir = Path(report.run_dir)
 
-    assert list(report["stages"]) == ["guided", "exploratory"]
-    assert report["stages"]["exploratory"]["step"] == 5
+    assert list(report.stages) == ["guided", "exploratory"]
+    assert report.stages["exploratory"].step == 5
     metrics = _metrics(run_dir)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [m["stage"] for m in metrics] == ["guided"] * 3 + ["exploratory"] * 2
@@ -70,7 +70,7 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, answering_p
     assert all("reward/prmu" in m for m in metrics[:3])
     keys = [k for m in metrics for k in m["prompts"]]
     assert len(keys) == len(set(keys)) == 10  # each prompt once
-    assert report["buffer"]["steps_taken"] == 5 and report["buffer"]["version"] == 5
+    assert report.buffer["steps_taken"] == 5 and report.buffer["version"] == 5
     assert any((run_dir / "tensorboard").iterdir())
     rollout = _metrics(run_dir, "rollout")  # the pool's time split, every 10 s
     assert rollout and all(0 <= m["blocked_frac"] <= 1 and m["workers"] == 1 for m in rollout)
@@ -78,8 +78,8 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, answering_p
     before = _weights(Path(answering_policy))
     after = _weights(run_dir / "stages" / "exploratory" / "policy")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # training moved the policy
-    assert set(report["evaluations"]) == {"start", "guided", "exploratory"}
-    for e in report["evaluations"].values():
+    assert set(report.evaluations) == {"start", "guided", "exploratory"}
+    for e in report.evaluations.values():
         assert {"format_valid", "tag_score", "task_score"} <= set(e)
 
 
@@ -104,7 +104,7 @@ def test_an_interrupted_run_resumes_at_the_exact_step(rl_base):
     assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3, 4]
     keys = [k for keys in _prompts_by_step(run_dir).values() for k in keys]
     assert len(keys) == len(set(keys)) == 4 * 2
-    assert report["stages"]["guided"]["step"] == 4
+    assert report.stages["guided"].step == 4
 
 
 def test_a_lora_learner_publishes_only_the_adapter(rl_base, answering_policy):
@@ -114,14 +114,14 @@ def test_a_lora_learner_publishes_only_the_adapter(rl_base, answering_policy):
                   "learner.lora.enabled=true", "learner.lora.r=4",
                   "rl.stages=[{name: guided, steps: 2, weights: {format_task: 1.0, tag: 0.2, prmu: 0.3}}]")
     report = train(cfg, log=lambda _: None)
-    run_dir = Path(report["run_dir"])
+    run_dir = Path(report.run_dir)
     assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == ["v1", "v2"]
     assert not list((run_dir / "adapters").glob("*/model.safetensors"))  # adapters only, never merged
     policy = run_dir / "stages" / "guided" / "policy"
     assert (policy / "adapter" / "adapter_config.json").exists()
     before, after = _weights(Path(answering_policy)), _weights(policy)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the merged export moved
-    assert report["buffer"]["version"] == 2
+    assert report.buffer["version"] == 2
 
 
 def test_the_autoscaler_grows_the_pool_while_the_learner_waits(rl_base):
@@ -134,11 +134,11 @@ def test_the_autoscaler_grows_the_pool_while_the_learner_waits(rl_base):
                   "rollout.autoscale={enabled: true, grow_above: 0.05, shrink_above: 0.99, window_s: 10, "
                   "cooldown_s: 0}", "rl.stages=[{name: guided, steps: 14, weights: {format_task: 1.0, tag: 0.2}}]")
     report = train(cfg, log=lambda _: None)
-    auto = [d for d in report["scale_decisions"] if d["source"] == "auto"]
-    assert auto, report["scale_decisions"]
+    auto = [d for d in report.scale_decisions if d["source"] == "auto"]
+    assert auto, report.scale_decisions
     assert (auto[0]["from"], auto[0]["to"]) == (1, 2) and "learner waited" in auto[0]["reason"]
-    assert any(e["event"] == "add" for e in report["pool_events"][1:])  # a second worker joined mid-run
-    scaled = [m for m in _metrics(Path(report["run_dir"]), "rollout") if m.get("scale_source") == "auto"]
+    assert any(e["event"] == "add" for e in report.pool_events[1:])  # a second worker joined mid-run
+    scaled = [m for m in _metrics(Path(report.run_dir), "rollout") if m.get("scale_source") == "auto"]
     assert scaled and scaled[0]["scale_to"] == 2
-    keys = [k for m in _metrics(Path(report["run_dir"])) for k in m["prompts"]]
+    keys = [k for m in _metrics(Path(report.run_dir)) for k in m["prompts"]]
     assert len(keys) == len(set(keys)) == 14 * 2

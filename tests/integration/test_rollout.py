@@ -306,7 +306,7 @@ def test_worker_scores_each_group_through_the_reward_service(prmu_job, serve_por
     from services.reward.deploy import deploy
 
     base, result = prmu_job
-    deploy(base, result["checkpoint"], token_env="TAGPR_NO_SUCH_ENV", name="reward-rollout", route_prefix="/rollout")
+    deploy(base, result.checkpoint, token_env="TAGPR_NO_SUCH_ENV", name="reward-rollout", route_prefix="/rollout")
     url = f"http://127.0.0.1:{serve_port}/rollout"
     assert wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 90)
     cfg = base.model_copy(update={

@@ -74,10 +74,10 @@ def test_a_rollout_worker_killed_mid_batch_is_replaced_and_its_prompts_requeued(
     fault = AtStep(tmp_path / "runs", 2, kill_while_generating)
     report = rl("rl.max_staleness=1", stages(6))
     held, _ = fault.result()
-    assert_each_prompt_trained_once(Path(report["run_dir"]), 6, PER_STEP)
-    (replaced,) = [e for e in report["pool_events"] if e["event"] == "replace"]
+    assert_each_prompt_trained_once(Path(report.run_dir), 6, PER_STEP)
+    (replaced,) = [e for e in report.pool_events if e["event"] == "replace"]
     assert replaced["worker"] in held and replaced["requeued"]  # it died holding prompts; they went back
-    assert len(report["pool_events"]) == 2  # the first worker, then its replacement
+    assert len(report.pool_events) == 2  # the first worker, then its replacement
     print(f"rollout worker kill: {len(replaced['requeued'])} prompt(s) re-queued, 6 steps, 0 lost, 0 twice")
 
 
@@ -87,9 +87,9 @@ def test_a_learner_worker_killed_is_retried_from_the_last_checkpoint(rl, tmp_pat
     fault = AtStep(tmp_path / "runs", 3, lambda _run_dir: kill_one("ray::RayTrainWorker"))
     report = rl(*SYNC, stages(5), "learner.max_failures=1")
     fault.result()
-    log = assert_each_prompt_trained_once(Path(report["run_dir"]), 5, PER_STEP)
+    log = assert_each_prompt_trained_once(Path(report.run_dir), 5, PER_STEP)
     assert [m["step"] for m in log] == [1, 2, 3, 3, 4, 5]
-    assert report["stages"]["guided"]["step"] == 5
+    assert report.stages["guided"].step == 5
 
 
 def test_a_learner_killed_while_writing_a_checkpoint_restarts_from_the_previous_one(rl, tmp_path):
@@ -111,7 +111,7 @@ def test_a_learner_killed_while_writing_a_checkpoint_restarts_from_the_previous_
     report = rl(*SYNC, stages(5), "learner.max_failures=1", "learner.fault_crash_at_step=4",
                 "learner.fault_crash_point=checkpoint_write")
     newest_at_kill, torn = fault.result()
-    run_dir = Path(report["run_dir"])
+    run_dir = Path(report.run_dir)
     assert newest_at_kill == "step-000002"
     assert "model.safetensors" in torn and "buffer.json" not in torn  # cut off mid-write
     log = assert_each_prompt_trained_once(run_dir, 5, PER_STEP)
@@ -177,10 +177,10 @@ def test_reward_service_replicas_killed_during_a_run(rl, service, tmp_path):
     report = rl("rl.max_staleness=1", stages(7, prmu=True), "rollout.reward_via=http", f"rollout.reward_url={service}",
                 "rollout.reward_retries=6")
     victims = [k.result() for k in kills]
-    log = assert_each_prompt_trained_once(Path(report["run_dir"]), 7, PER_STEP)
+    log = assert_each_prompt_trained_once(Path(report.run_dir), 7, PER_STEP)
     assert all("reward/prmu" in m for m in log)  # every step weighed the service's PRMU term
-    assert "reward unavailable" not in report["buffer"]["dropped"]
-    assert [e["event"] for e in report["pool_events"]] == ["add"]  # the retries rode it out
+    assert "reward unavailable" not in report.buffer["dropped"]
+    assert [e["event"] for e in report.pool_events] == ["add"]  # the retries rode it out
     assert "PRMUScorer" in victims[0] and "RewardIngress" in victims[1]
 
 
@@ -213,11 +213,11 @@ def test_a_slow_then_unreachable_reward_service_during_a_run(rl, service, tmp_pa
             f.result()
     finally:
         proxy.close()
-    assert_each_prompt_trained_once(Path(report["run_dir"]), 6, PER_STEP)
-    replaced = [e for e in report["pool_events"] if e["event"] == "replace"]
+    assert_each_prompt_trained_once(Path(report.run_dir), 6, PER_STEP)
+    replaced = [e for e in report.pool_events if e["event"] == "replace"]
     if policy == "default":
-        assert report["buffer"]["dropped"].get("reward unavailable", 0) > 0 and not replaced
+        assert report.buffer["dropped"].get("reward unavailable", 0) > 0 and not replaced
     else:
-        assert "reward unavailable" not in report["buffer"]["dropped"] and replaced
-    print(f"slow/unreachable ({policy}): {report['buffer']['dropped'].get('reward unavailable', 0)} group(s) "
+        assert "reward unavailable" not in report.buffer["dropped"] and replaced
+    print(f"slow/unreachable ({policy}): {report.buffer['dropped'].get('reward unavailable', 0)} group(s) "
           f"re-queued unscored, {len(replaced)} worker(s) replaced, 6 steps, 0 lost, 0 twice")

@@ -13,6 +13,8 @@ import pytest
 
 from actors.cluster import free_port
 from services.reward.client import RewardClient, RewardServiceError
+from tagpr.lamp.io import Prompt
+from tagpr.rewards import RewardInput
 from tests.reliability.conftest import deploy_untrained, serve_replicas
 from tests.reliability.faultproxy import FaultProxy
 
@@ -27,8 +29,7 @@ def service(serve_port, tmp_path_factory):
 
     deploy_untrained("faults", ["service.min_replicas=2", "service.max_replicas=2", "prmu.include_reasoning=true"],
                      tmp_path_factory.mktemp("faults"), "TAGPR_FAULTS_NO_TOKEN")
-    items = [[{**it, "response": it["response"].replace("{i}", str(k)), "gold": _answer(it["response"])}
-              for it in p["items"]] for k, p in enumerate(_payloads(4)[:8])]
+    items = [[_input(it, k, j) for j, it in enumerate(p["items"])] for k, p in enumerate(_payloads(4)[:8])]
     url = f"http://127.0.0.1:{serve_port}/faults"
     with RewardClient(url) as client:
         expected = [[o.reward for o in client.reward(batch, "guided")] for batch in items]
@@ -36,8 +37,11 @@ def service(serve_port, tmp_path_factory):
     serve.delete("faults")
 
 
-def _answer(response: str) -> str:
-    return response.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
+def _input(item: dict, k: int, j: int) -> RewardInput:
+    """The benchmark's JSON item ``j`` of batch ``k`` as the client takes it, its answer the gold."""
+    response = item["response"].replace("{i}", str(k))
+    gold = response.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
+    return RewardInput(Prompt(f"{k}-{j}", item["task"], item["input"], tuple(item["profile"]), gold), response)
 
 
 def _scorer_replicas() -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 
 from tagpr.chains.filter import ChainFilter
 from tagpr.chains.labelers import EmbeddingLabeler, LLMLabeler, lead, merge_runs, split_steps
-from tagpr.chains.teachers import ChatReply, ChatTeacher, ProgrammaticTeacher, TeacherRequest, split_answer
+from tagpr.chains.teachers import ChatReply, ChatTeacher, ProgrammaticTeacher, split_answer
 from tagpr.config import ChainsConfig, SyntheticConfig
 from tagpr.errors import TagPRError
 from tagpr.lamp.io import load_split
@@ -31,7 +31,7 @@ def root(tmp_path_factory):
 
 def requests(root, task, split="train"):
     s = load_split(root, task, split)
-    return s, [TeacherRequest(q.id, task, q.input, q.profile, q.user_id) for q in s.questions]
+    return s, s.questions
 
 
 @pytest.mark.parametrize("task", ALL)
@@ -56,7 +56,7 @@ def test_mistakes_and_unknown_users(root):
     reader = generator("LaMP_2").profile_reader()
     outs = ProgrammaticTeacher(str(root), mistake_rate=1.0).generate(reqs, 1)
     assert all(split_answer(o.samples[0])[1] != reader(q) for q, o in zip(s.questions, outs))
-    stranger = TeacherRequest("x", "LaMP_2", reqs[0].input, reqs[0].profile, "nobody")
+    stranger = replace(reqs[0], id="x", user_id="nobody")
     out = ProgrammaticTeacher(str(root)).generate([stranger], 1)[0]
     assert out.samples == [] and out.errors["unknown user"] == 1
 
@@ -68,7 +68,7 @@ def test_the_filter_drops_answers_without_the_users_style(root, tagset, task):
     flt = ChainFilter(tagset, ChainsConfig().min_score)
     for q in s.questions:
         generic = generator(task).core(generator(task).source_of(q.input))
-        assert sample_score(get_task(task), generic, s.golds[q.id]) < flt.min_score["generation"]
+        assert sample_score(get_task(task), generic, q.gold) < flt.min_score["generation"]
 
 
 def test_split_and_merge():
@@ -88,7 +88,7 @@ def test_embedding_labeler_yields_valid_tagged_chains(root, tagset):
         s, reqs = requests(root, task)
         outs = ProgrammaticTeacher(str(root), mistake_rate=0.0).generate(reqs, 1)
         tagged = labeler.label([split_answer(o.samples[0]) for o in outs])
-        flt.keep({"task": task, "response": t, "gold": s.golds[r.id]} for t, r in zip(tagged, reqs))
+        flt.keep({"task": task, "response": t, "gold": r.gold} for t, r in zip(tagged, reqs))
         total += len(reqs)
     assert not [why for why in flt.stats.dropped if why != "low score"], flt.stats  # every chain labels validly
     assert flt.stats.kept >= 0.8 * total, flt.stats

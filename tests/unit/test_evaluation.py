@@ -16,14 +16,14 @@ from tagpr.evaluation import (
     question_scores,
     select_questions,
 )
-from tagpr.lamp.io import Question, load_split
+from tagpr.lamp.io import Prompt, load_split
 from tagpr.lamp.metrics import score_task
 from tagpr.lamp.synthetic import write_synthetic
 from tagpr.lamp.tasks import get_task
 
 
 def questions(users, per_user):
-    return [Question(f"u{u}q{k}", "x", (), f"u{u}") for u in range(users) for k in range(per_user)]
+    return [Prompt(f"u{u}q{k}", "LaMP_2", "x", (), user_id=f"u{u}") for u in range(users) for k in range(per_user)]
 
 
 def test_a_limit_spreads_over_every_user_deterministically():
@@ -49,7 +49,7 @@ def test_no_limit_or_a_limit_past_the_end_is_every_question():
 
 
 def test_questions_without_a_user_are_a_seeded_sample():
-    qs = [Question(f"q{i}", "x", ()) for i in range(20)]
+    qs = [Prompt(f"q{i}", "LaMP_2", "x", ()) for i in range(20)]
     chosen = select_questions(qs, 5, seed=0)
     assert len({q.id for q in chosen}) == 5 and chosen != qs[:5]
 

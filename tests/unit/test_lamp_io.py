@@ -13,8 +13,16 @@ ALL = [f"LaMP_{k}" for k in range(1, 8)]
 @pytest.mark.parametrize("task", ALL)
 def test_fixtures_load_for_every_task(fixtures_dir, task):
     split = load_split(fixtures_dir, task, "dev")
-    assert split.task.name == task and split.questions and set(split.golds) == {q.id for q in split.questions}
+    _, golds = load_outputs(fixtures_dir / task / "dev_outputs.json")
+    assert split.task.name == task and split.questions and split.golds == golds
+    assert all(q.task == task and q.gold == golds[q.id] and q.key == f"{task}/{q.id}" for q in split.questions)
     assert split.report.loaded == len(split.questions) and not split.report.skipped
+
+
+def test_split_without_outputs_has_no_golds(tmp_path):
+    split = load_split(write_task(tmp_path, [q(0, user_id=7)]), "LaMP_2", "dev", require_golds=False)
+    assert split.golds is None and [(x.id, x.task, x.gold, x.user_id) for x in split.questions] == [
+        ("0", "LaMP_2", None, "7")]
 
 
 def test_registry_has_the_seven_tasks():

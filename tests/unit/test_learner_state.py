@@ -4,43 +4,43 @@ the plateau stop, and what a step reports."""
 import pytest
 
 from tagpr.rl.learner_state import LearnerState, step_metrics
+from tagpr.rl.plateau import Plateau
 from tagpr.rl.trajectory import Group, PromptRef
 
 
 def test_a_stage_starts_fresh_continues_its_own_checkpoint_and_follows_the_previous_stage():
-    assert LearnerState.start(0, None) == LearnerState(0)
+    assert LearnerState.start(0, 2, 0.01) == LearnerState(0, Plateau(2, 0.01))
     mid = {"stage_index": 1, "step": 7, "stage_step": 3, "plateau": {"best": 0.5, "since": 1}, "stage": "x"}
-    assert LearnerState.start(1, mid) == LearnerState(1, 7, 3, {"best": 0.5, "since": 1})  # a crash, --resume
-    assert LearnerState.start(2, mid) == LearnerState(2, 7)  # the previous stage's final checkpoint
+    assert LearnerState.start(1, 2, 0.01, mid) == LearnerState(1, Plateau(2, 0.01, 0.5, 1), 7, 3)  # a crash, --resume
+    assert LearnerState.start(2, 2, 0.01, mid) == LearnerState(2, Plateau(2, 0.01), 7)  # the previous stage's end
 
 
 def test_advance_counts_steps_publishes_and_checkpoints_on_cadence_and_ends_the_stage():
-    state = LearnerState(0)
-    plateau = state.plateau_detector(patience=0, delta=0.0)
+    state = LearnerState.start(0, patience=0, delta=0.0)
     ends, published, checkpointed = [], [], []
     for _ in range(5):
-        stop, last = state.advance(plateau, 0.5, stage_steps=5)
+        stop, last = state.advance(0.5, stage_steps=5)
         ends.append(last)
         published.append(state.publish_due(sync_every=2, last=last))
         checkpointed.append(state.checkpoint_due(every=3, last=last))
     assert (state.step, state.stage_step) == (5, 5) and ends == [False] * 4 + [True]
     assert published == [False, True, False, True, True]  # every 2nd step, and the stage's last
     assert checkpointed == [False, False, True, False, True]
-    assert not LearnerState(0, stage_step=1).checkpoint_due(every=0, last=False)
+    assert not LearnerState(0, Plateau(0, 0.0), stage_step=1).checkpoint_due(every=0, last=False)
 
 
 def test_a_plateau_ends_the_stage_early_and_its_state_is_saved():
-    state = LearnerState(0)
-    plateau = state.plateau_detector(patience=2, delta=0.01)
-    results = [state.advance(plateau, r, stage_steps=100) for r in (0.5, 0.5, 0.505)]
+    state = LearnerState.start(0, patience=2, delta=0.01)
+    results = [state.advance(r, stage_steps=100) for r in (0.5, 0.5, 0.505)]
     assert results == [(False, False), (False, False), (True, True)]
     saved = state.saved("guided")
-    assert saved["plateau"] == {"best": 0.5, "since": 2} and saved["stage"] == "guided"
-    assert LearnerState.start(0, saved).plateau_detector(2, 0.01).since == 2
+    assert saved == {"stage_index": 0, "step": 3, "stage_step": 3, "plateau": {"best": 0.5, "since": 2},
+                     "stage": "guided"}
+    assert LearnerState.start(0, 2, 0.01, saved) == state
 
 
 def test_step_metrics_report_staleness_of_what_the_step_consumed():
-    state = LearnerState(0, step=4, stage_step=4)  # after the step: it trained on versions 3 and 2
+    state = LearnerState(0, Plateau(0, 0.0), step=4, stage_step=4)  # after the step: it trained on versions 3 and 2
     groups = [Group(PromptRef(0, "b"), [], 3, "w"), Group(PromptRef(0, "a"), [], 2, "w")]
     m = step_metrics(state, "guided", groups, rows=16, stats={"reward_mean": 0.4}, tokens=800, seconds=4.0,
                      waited=1.0, sync_s=0.2, lr=1e-5, plateau_stop=False)
@@ -67,10 +67,9 @@ def test_fault_injection_is_inert_unless_configured(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("every", [1, 4])
 def test_publish_every_step_or_every_kth(every):
-    state = LearnerState(0)
-    plateau = state.plateau_detector(0, 0.0)
+    state = LearnerState.start(0, 0, 0.0)
     due = []
     for _ in range(8):
-        _, last = state.advance(plateau, 0.0, stage_steps=8)
+        _, last = state.advance(0.0, stage_steps=8)
         due.append(state.publish_due(every, last))
     assert sum(due) == 8 // every

@@ -24,7 +24,7 @@ def test_data_step_writes_run_dir_and_reuses_data(tmp_path):
     assert summary["steps"]["data"]["written"] == ["LaMP_3", "LaMP_7"]
     assert set(json.loads((ctx.run_dir / "baselines.json").read_text())) == {"LaMP_3", "LaMP_7"}
     again = run_pipeline(cfg, ["data"], log=logs.append)
-    assert again.results["data"]["written"] == [] and "reusing" in logs[-1]
+    assert again.results["data"].written == [] and "reusing" in logs[-1]
 
 
 def test_unknown_step_fails_before_any_work(tmp_path):
@@ -109,9 +109,16 @@ def test_the_reference_step_is_registered():
     assert STEPS.get("reference").__name__ == "step_reference"
 
 
+def sft_result(policy, before=None, after=None):
+    from tagpr.jobs.sft import SFTResult
+
+    return SFTResult(policy_in="base", before=before, policy=policy, history={}, after=after, seconds=0.0)
+
+
 def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_reference(report_ctx, monkeypatch):
     import tagpr.evaluation
     from tagpr.evaluation import question_ids
+    from tagpr.jobs.pipeline import RLStepResult
 
     def no_generation(*args, **kwargs):
         raise AssertionError("the report scored a policy again")
@@ -120,14 +127,14 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
     ctx = report_ctx
     ids = question_ids(ctx.cfg, 8)
     assert all(len(q) == 8 for q in ids.values())
-    ctx.results = {"sft": {"policy_in": "base", "before": fake_evaluation(ids, 0.0), "policy": "sft",
-                           "after": fake_evaluation(ids, 0.5)},
-                   "reference": {"policy": "ref", "after": fake_evaluation(ids, 0.4)},
-                   "rl": {"policy": "rl", "evaluations": {"start": fake_evaluation(ids, 0.5),
-                                                          "exploratory": fake_evaluation(ids, 0.6)}}}
+    ctx.results = {"sft": sft_result("sft", fake_evaluation(ids, 0.0), fake_evaluation(ids, 0.5)),
+                   "reference": sft_result("ref", after=fake_evaluation(ids, 0.4)),
+                   "rl": RLStepResult(policy="rl", run_dir=str(ctx.run_dir / "rl"), stages={}, seconds=0.0,
+                                      evaluations={"start": fake_evaluation(ids, 0.5),
+                                                   "exploratory": fake_evaluation(ids, 0.6)})}
     out = step_report(ctx)
-    assert out["headline"]["label"] == "RL vs direct-answer reference"
-    assert out["headline"]["average"] == pytest.approx((0.5 + 0.8 / 2.4) / 2)  # accuracy 0.4 -> 0.6, MAE 2.4 -> 1.6
+    assert out.headline["label"] == "RL vs direct-answer reference"
+    assert out.headline["average"] == pytest.approx((0.5 + 0.8 / 2.4) / 2)  # accuracy 0.4 -> 0.6, MAE 2.4 -> 1.6
     report = json.loads((ctx.run_dir / "report.json").read_text())
     assert report["phases"] == ["base", "reference", "sft", "rl"]
     assert report["comparisons"]["rl_vs_reference"]["task_score"]["estimate"] == pytest.approx(0.2)
@@ -154,12 +161,11 @@ def test_the_report_scores_again_what_was_scored_on_other_questions(report_ctx, 
     del unsampled["sampled_format_valid"]
     assert reusable(fake_evaluation(ids, 0.4), ids) and not reusable(unsampled, ids)
     assert not reusable(fake_evaluation(other, 0.4), ids) and not reusable(None, ids)
-    ctx.results = {"sft": {"policy_in": "base", "before": fake_evaluation(ids, 0.0), "policy": "sft",
-                           "after": fake_evaluation(other, 0.5)},
-                   "reference": {"policy": "ref", "after": unsampled}}
+    ctx.results = {"sft": sft_result("sft", fake_evaluation(ids, 0.0), fake_evaluation(other, 0.5)),
+                   "reference": sft_result("ref", after=unsampled)}
     out = step_report(ctx)
     assert scored == [("ref", 8), ("sft", 8)]
-    assert out["headline"] is None and "add the `reference` step" not in (ctx.run_dir / "report.md").read_text()
+    assert out.headline is None and "add the `reference` step" not in (ctx.run_dir / "report.md").read_text()
 
 
 def test_reference_records_are_sfts_examples_with_only_the_gold_answer(report_ctx, tmp_path):
@@ -184,19 +190,22 @@ def test_rl_starts_from_sfts_scores_when_they_cover_its_questions(report_ctx, mo
     import tagpr.jobs.rl
     from tagpr.evaluation import question_ids
     from tagpr.jobs.pipeline import step_rl
+    from tagpr.rl.result import RLResult, RLStage
 
     given = []
 
     def train(cfg, log, run_dir, start_evaluation=None):
         given.append(start_evaluation)
-        return {"stages": {"guided": {"policy": "rl"}}, "evaluations": {}, "seconds": 0.0}
+        stage = RLStage(stage_index=0, step=2, stage_step=2, plateau={"best": 0.5, "since": 0}, stage="guided",
+                        lora=False, base="sft", seconds=1.0, policy="rl")
+        return RLResult(run_dir=str(run_dir), stages={"guided": stage}, evaluations={}, seconds=0.0)
 
     monkeypatch.setattr(tagpr.jobs.rl, "train", train)
     ctx = report_ctx
     ctx.cfg = ctx.cfg.model_copy(update={"rl": ctx.cfg.rl.model_copy(update={"eval_limit": 8})})
     after = fake_evaluation(question_ids(ctx.cfg, 8), 0.5)
-    ctx.results = {"sft": {"policy": "sft", "after": after}}
-    step_rl(ctx)
-    ctx.results = {"sft": {"policy": "sft", "after": fake_evaluation(question_ids(ctx.cfg, 4), 0.5)}}
+    ctx.results = {"sft": sft_result("sft", after=after)}
+    assert step_rl(ctx).policy == "rl"
+    ctx.results = {"sft": sft_result("sft", after=fake_evaluation(question_ids(ctx.cfg, 4), 0.5))}
     step_rl(ctx)
     assert given == [after, None]

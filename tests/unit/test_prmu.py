@@ -7,7 +7,7 @@ import torch
 
 from tagpr.config import PRMUConfig, SyntheticConfig, load_config
 from tagpr.errors import TagPRError
-from tagpr.lamp.io import load_split
+from tagpr.lamp.io import Prompt, load_split
 from tagpr.lamp.synthetic import MovieTagging, write_synthetic
 from tagpr.lamp.tasks import LAMP2_LABELS, get_task
 from tagpr.prmu import checkpoint
@@ -74,7 +74,7 @@ def test_lamp1_answer_is_the_reference_title():
 
 def _pairs_with_golds(root, task, encoder, negatives=3):
     split = load_split(root, task, "train")
-    gold = {(q.user_id, q.input): split.golds[q.id] for q in split.questions}
+    gold = {(q.user_id, q.input): q.gold for q in split.questions}
     pairs = pairs_from_split(split, encoder, negatives)
     for p in pairs:  # every pair: the user's gold against another answer, same user, profile and input
         assert p.chosen.input == p.rejected.input and p.chosen.answer != p.rejected.answer
@@ -105,7 +105,7 @@ def test_hard_negatives_are_other_answers_to_the_same_input(data_root, encoder):
     hard = [p for p in pairs if p.hard]
     assert hard and len(hard) < len(pairs)  # tweets another user also paraphrased, and a fallback for the rest
     for p in pairs:  # hard: another user's gold for the same tweet, i.e. the same content in another style
-        same = {"text: " + split.golds[q.id] for q in split.questions
+        same = {"text: " + q.gold for q in split.questions
                 if q.input == p.chosen.input and q.user_id != p.chosen.user_id}
         assert (p.rejected.answer in same) if p.hard else not same
 
@@ -214,9 +214,9 @@ def test_scorer_reads_the_parsed_answer(tmp_path, encoder):
     checkpoint.save(checkpoint.build_net(cfg, encoder.dim, 0), tmp_path, cfg, "minilm", encoder.dim, {})
     scorer = PRMUScorer.load(tmp_path)
     tags = TagSet(load_config().tags)
-    profile = ({"description": "d", "tag": "comedy"},)
-    tagged = judge(tags, RewardInput("LaMP_2", "<summarize>x</summarize><answer>comedy</answer>", "", "q", profile))
-    plain = judge(tags, RewardInput("LaMP_2", "comedy", "", "q", profile))
+    prompt = Prompt("1", "LaMP_2", "q", ({"description": "d", "tag": "comedy"},))
+    tagged = judge(tags, RewardInput(prompt, "<summarize>x</summarize><answer>comedy</answer>"))
+    plain = judge(tags, RewardInput(prompt, "comedy"))
     a, b = scorer.score([tagged, plain])
     assert a == pytest.approx(b, abs=1e-6)
 

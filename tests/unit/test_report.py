@@ -152,7 +152,7 @@ def test_prmu_score_distribution_is_summarised_and_plotted(tmp_path):
     assert dist["saturated_frac"] == pytest.approx(2 / 40)  # 0.5 +- 20/40 = 1.0 and 0.0
     assert "40 RL responses" in prmu_note(dist)
     report = build_report({p: constant(0.5, 0.5) for p in ("sft", "rl")}, resamples=50)
-    names = plot_report(report, learner, [], {"examine_examples": 3}, tmp_path)
+    names = plot_report(report, learner, [], {"examine_examples": 3}, dist, tmp_path)
     assert "prmu_scores.png" in names and (tmp_path / "prmu_scores.png").stat().st_size > 0
     assert prmu_distribution(learner[-1:]) is None
-    assert "prmu_scores.png" not in plot_report(report, learner[-1:], [], {}, tmp_path)
+    assert "prmu_scores.png" not in plot_report(report, learner[-1:], [], {}, None, tmp_path)

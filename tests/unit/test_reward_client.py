@@ -11,18 +11,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from services.reward.client import RewardClient, RewardServiceError
+from tagpr.lamp.io import Prompt
+from tagpr.rewards import RewardInput
 
 OK = {"stage": "guided", "results": [{"reward": 0.5, "components": {"format": 1.0}}], "model_version": "v"}
 
 
 @pytest.fixture
 def scripted():
-    """A server answering POSTs with the queued (status, body, headers); records request count."""
-    state = {"queue": [], "calls": 0, "auth": []}
+    """A server answering POSTs with the queued (status, body, headers); records requests."""
+    state = {"queue": [], "calls": 0, "auth": [], "bodies": []}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
+            state["bodies"].append(json.loads(self.rfile.read(int(self.headers.get("content-length", 0)))))
             state["calls"] += 1
             state["auth"].append(self.headers.get("authorization"))
             status, body, headers = state["queue"].pop(0) if state["queue"] else (200, OK, {})
@@ -45,7 +47,16 @@ def scripted():
     server.shutdown()
 
 
-ITEM = {"task": "LaMP_2", "input": "x", "response": "y", "gold": "z"}
+ITEM = RewardInput(Prompt("1", "LaMP_2", "x", (), "z"), "y")
+
+
+def test_items_are_sent_in_the_services_shape(scripted):
+    profile = ({"description": "d", "tag": "comedy"},)
+    with RewardClient(scripted["url"]) as c:
+        c.reward([ITEM, RewardInput(Prompt("2", "LaMP_2", "x", profile, "z", "u7"), "y")], "guided")
+    sent = {"task": "LaMP_2", "input": "x", "response": "y", "gold": "z"}
+    assert scripted["bodies"] == [{"stage": "guided", "items": [
+        {**sent, "profile": []}, {**sent, "profile": [dict(profile[0])], "user_id": "u7"}]}]
 
 
 def test_retries_5xx_then_succeeds(scripted):

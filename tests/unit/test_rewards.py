@@ -3,6 +3,7 @@ import math
 import pytest
 
 from tagpr.errors import TagPRError
+from tagpr.lamp.io import Prompt
 from tagpr.rewards import REWARD_TERMS, CompositeReward, RewardContext, RewardInput, RewardTerm, calibrate, weighted
 from tagpr.tags import TagSet
 
@@ -14,7 +15,7 @@ TAGGED = (
 
 
 def item(answer, gold="comedy", task="LaMP_2", response=None):
-    return RewardInput(task=task, response=response or TAGGED.format(answer), gold=gold)
+    return RewardInput(Prompt("q", task, "", (), gold), response or TAGGED.format(answer))
 
 
 class LengthScorer:
