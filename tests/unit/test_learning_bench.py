@@ -34,3 +34,11 @@ def test_summary_is_the_mean_paired_difference_with_a_seed_interval(tmp_path):
                           "dev_questions_per_task": {"LaMP_1": 256, "LaMP_2": 256}}}
     plot(result, tmp_path / "learning.png")
     assert (tmp_path / "learning.png").stat().st_size > 10_000
+
+
+def test_prmu_agreement_counts_pairs_whose_task_scores_and_prmu_rewards_both_differ():
+    from benchmarks.prmu_agreement import agreement
+
+    assert agreement([0.0, 1.0, 0.5], [0.1, 0.9, 0.5]) == (3, 3)
+    assert agreement([0.0, 1.0, 0.5], [0.9, 0.1, 0.5]) == (0, 3)
+    assert agreement([0.0, 0.0, 1.0], [0.2, 0.9, 0.9]) == (1, 1)  # a tie on either side is not compared
