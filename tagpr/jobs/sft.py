@@ -23,7 +23,7 @@ from tagpr.jobs import command
 from tagpr.records import Record
 from tagpr.tags import TagSet
 
-Records = Callable[[str], list[dict[str, Any]]]  # split -> SFT records: {task, input, profile, response}
+ExampleSource = Callable[[str], list[dict[str, Any]]]  # split -> SFT examples: {task, input, profile, response}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +75,7 @@ def reference_records(cfg: TagPRConfig, split: str) -> list[dict[str, Any]]:
             for c in read_chains(path)]
 
 
-def _fit(cfg: TagPRConfig, records: Records, name: str, out: str | Path | None, log: Callable[[str], None],
+def _fit(cfg: TagPRConfig, records: ExampleSource, name: str, out: str | Path | None, log: Callable[[str], None],
          run_dir: Path | None, evaluations: Sequence[str]) -> SFTResult:
     """Fine-tune ``model.policy`` on ``records`` (Ray Train, ``sft``'s settings) into ``out`` (default
     ``<run dir>/policy``); ``evaluations`` names the dev scores to add: "before" and/or "after"."""
