@@ -23,7 +23,7 @@ from tagpr.config import TagPRConfig, new_run_dir
 from tagpr.jobs import command
 from tagpr.records import Record
 from tagpr.registry import Registry
-from tagpr.rl.result import RLStage
+from tagpr.rl.result import RLResult
 
 if TYPE_CHECKING:  # the jobs load torch, so each step imports its job only when it runs
     from tagpr.jobs.chains import ChainsResult
@@ -59,17 +59,6 @@ class ModelResult(Record):
 
     policy: str
     built: bool
-
-
-@dataclass(frozen=True, kw_only=True)
-class RLStepResult(Record):
-    """The rl step: the RL job's final policy, run directory, stages and dev scores."""
-
-    policy: str
-    run_dir: str
-    stages: dict[str, RLStage]
-    evaluations: dict[str, dict[str, Any]]
-    seconds: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,7 +150,7 @@ def step_reference(ctx: RunContext) -> SFTResult:
 
 
 @STEPS.register("rl")
-def step_rl(ctx: RunContext) -> RLStepResult:
+def step_rl(ctx: RunContext) -> RLResult:
     """Multi-stage asynchronous GRPO into ``<run dir>/rl`` from this run's SFT policy (else
     ``model.policy``), with this run's PRMU (else ``prmu.checkpoint``) behind the reward; SFT's dev
     scores stand as RL's start where they cover the same questions."""
@@ -176,9 +165,7 @@ def step_rl(ctx: RunContext) -> RLStepResult:
     run_dir.mkdir(exist_ok=True)
     known = sft.after if sft else None  # SFT's policy is where RL starts
     start = known if reusable(known, question_ids(cfg, cfg.rl.eval_limit)) else None
-    report = train(cfg, log=ctx.log, run_dir=run_dir, start_evaluation=start)
-    return RLStepResult(policy=report.policy, run_dir=str(run_dir), stages=report.stages,
-                        evaluations=report.evaluations, seconds=report.seconds)
+    return train(cfg, log=ctx.log, run_dir=run_dir, start_evaluation=start)
 
 
 @STEPS.register("report")
@@ -270,7 +257,7 @@ def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] 
         ctx.results[name] = out
         ctx.seconds[name] = round(time.perf_counter() - start, 1)
         summary["steps"][name] = {"seconds": ctx.seconds[name], **out.to_json()}
-        (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return ctx
 
 

@@ -118,7 +118,7 @@ def sft_result(policy, before=None, after=None):
 def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_reference(report_ctx, monkeypatch):
     import tagpr.evaluation
     from tagpr.evaluation import question_ids
-    from tagpr.jobs.pipeline import RLStepResult
+    from tagpr.rl.result import RLResult, RLStage
 
     def no_generation(*args, **kwargs):
         raise AssertionError("the report scored a policy again")
@@ -129,9 +129,12 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
     assert all(len(q) == 8 for q in ids.values())
     ctx.results = {"sft": sft_result("sft", fake_evaluation(ids, 0.0), fake_evaluation(ids, 0.5)),
                    "reference": sft_result("ref", after=fake_evaluation(ids, 0.4)),
-                   "rl": RLStepResult(policy="rl", run_dir=str(ctx.run_dir / "rl"), stages={}, seconds=0.0,
-                                      evaluations={"start": fake_evaluation(ids, 0.5),
-                                                   "exploratory": fake_evaluation(ids, 0.6)})}
+                   "rl": RLResult(run_dir=str(ctx.run_dir / "rl"), seconds=0.0,
+                                  stages={"exploratory": RLStage(stage_index=1, step=12, stage_step=4, plateau={},
+                                                                 stage="exploratory", lora=False, base="sft",
+                                                                 seconds=0.0, policy="rl")},
+                                  evaluations={"start": fake_evaluation(ids, 0.5),
+                                               "exploratory": fake_evaluation(ids, 0.6)})}
     out = step_report(ctx)
     assert out.headline["label"] == "RL vs direct-answer reference"
     assert out.headline["average"] == pytest.approx((0.5 + 0.8 / 2.4) / 2)  # accuracy 0.4 -> 0.6, MAE 2.4 -> 1.6
