@@ -11,6 +11,7 @@ DeepSpeed run needs the same number of workers as the run that saved it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -43,6 +44,9 @@ class TrainStrategy:
         # Ray sizes torch's thread pool from the worker's logical CPUs, which may exceed the cores this
         # process may run on; more threads than cores only contend
         torch.set_num_threads(max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)))))
+        if cfg.precision == "bf16" and self.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            logging.getLogger(__name__).warning(
+                "precision bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and slower than fp32")
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def forward(self, **batch):

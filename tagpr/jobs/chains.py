@@ -4,6 +4,9 @@
 
 Per split, ``<chains.out>/{split}.jsonl`` holds the kept chains and ``{split}.done`` the ids
 already processed (kept or dropped), so a rerun skips them: the job resumes where it stopped.
+``{split}.source`` fingerprints what the chains were made from (the split's LaMP files, the tag set,
+the prompt's profile items and the chains settings); when it differs, the split starts over, since
+ids alone would resume stale chains of rewritten data.
 Teacher and labeler run inside a pool of Ray Data actors (one actor, or ``chains.vllm.num_engines``
 engine actors with their CPUs/GPUs for the ``vllm`` teacher); the filter runs on the driver
 because de-duplication is global.
@@ -12,6 +15,7 @@ because de-duplication is global.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -101,6 +105,35 @@ def _records(cfg: TagPRConfig, split: str, done: set[str]) -> list[dict[str, Any
     return rows
 
 
+def source_fingerprint(cfg: TagPRConfig, split: str) -> str:
+    """What a split's chains depend on, hashed: its questions and outputs files for every task, the
+    tag set, the profile items a prompt shows, and the chains settings that shape a chain."""
+    from tagpr.lamp.io import split_paths
+
+    h = hashlib.sha256()
+    for task in cfg.data.tasks:
+        for path in split_paths(cfg.data.root, task, split):
+            h.update(path.name.encode())
+            h.update(path.read_bytes() if path.exists() else b"")
+    settings = cfg.chains.model_dump(mode="json", exclude={"out", "batch_size"})
+    h.update(json.dumps([settings, cfg.tags.model_dump(mode="json"), cfg.data.prompt_profile_items,
+                         cfg.reward.generation_metric], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _restart_if_stale(out: Path, split: str, fingerprint: str, log: Callable[[str], None]) -> None:
+    """Drop a split's chains and done ids when they were made from other sources (or predate the
+    fingerprint), and record the current one."""
+    files = [out / f"{split}.jsonl", out / f"{split}.done"]
+    source = out / f"{split}.source"
+    stale = source.read_text().strip() != fingerprint if source.exists() else any(f.exists() for f in files)
+    if stale:
+        log(f"chains {split}: the data or chains settings changed since {out} was written; starting over")
+        for f in files:
+            f.unlink(missing_ok=True)
+    source.write_text(fingerprint + "\n")
+
+
 def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None,
              log: Callable[[str], None] = print) -> ChainsResult:
     import ray
@@ -124,6 +157,7 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None,
     summary: dict[str, ChainsSplit] = {}
     for split in splits or [cfg.data.train_split, cfg.data.dev_split]:
         start = time.perf_counter()
+        _restart_if_stale(out, split, source_fingerprint(cfg, split), log)
         chains_path, done_path = out / f"{split}.jsonl", out / f"{split}.done"
         done = set(done_path.read_text().split()) if done_path.exists() else set()
         flt = ChainFilter(tags, cfg.chains.min_score, cfg.reward.generation_metric)

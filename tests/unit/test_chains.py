@@ -165,3 +165,32 @@ def test_llm_labeler_parses_tags_and_drops_bad_replies(tagset):
 def test_llm_labeler_needs_a_chat_teacher(tagset, root):
     with pytest.raises(TagPRError, match="chat teacher"):
         LLMLabeler(tagset, ProgrammaticTeacher(str(root)))
+
+
+def test_chains_start_over_when_their_sources_change(cfg, tmp_path):
+    from tagpr.jobs.chains import _restart_if_stale, source_fingerprint
+
+    data = tmp_path / "lamp"
+    write_synthetic(data, SyntheticConfig(seed=2, users={"train": 4, "dev": 2}, questions_per_user=2), ALL)
+    c = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data)})})
+    first = source_fingerprint(c, "train")
+    assert first == source_fingerprint(c, "train") and first != source_fingerprint(c, "dev")
+    fewer_items = c.model_copy(update={"data": c.data.model_copy(update={"prompt_profile_items": 1})})
+    assert source_fingerprint(fewer_items, "train") != first
+
+    out, log = tmp_path / "chains", []
+    out.mkdir()
+    _restart_if_stale(out, "train", first, log.append)
+    assert log == [] and (out / "train.source").read_text().strip() == first
+    (out / "train.jsonl").write_text("{}\n")
+    (out / "train.done").write_text("LaMP_1/1\n")
+    _restart_if_stale(out, "train", first, log.append)  # same sources: resume
+    assert (out / "train.done").exists() and log == []
+
+    write_synthetic(data, SyntheticConfig(seed=3, users={"train": 4, "dev": 2}, questions_per_user=2), ALL)
+    _restart_if_stale(out, "train", source_fingerprint(c, "train"), log.append)
+    assert not (out / "train.jsonl").exists() and not (out / "train.done").exists() and "starting over" in log[0]
+
+    (out / "dev.done").write_text("LaMP_1/1\n")  # written before fingerprints existed
+    _restart_if_stale(out, "dev", source_fingerprint(c, "dev"), log.append)
+    assert not (out / "dev.done").exists()
