@@ -1,7 +1,9 @@
 """From groups to the learner's tensors: stage rewards, advantages, and padded policy batches.
 
 Prompts are left-padded and responses right-padded, so every response starts at the same column
-and the logits that scored it are one slice, ``logits[:, P - 1 : P - 1 + T]``, for the whole batch.
+and the logits that scored it are the last ``T + 1`` positions but one, for the whole batch: the
+model is asked for those positions only (``logits_to_keep``), so the LM head and the log-softmax
+never run over the profile-heavy prompt.
 """
 
 from __future__ import annotations
@@ -104,13 +106,15 @@ class PolicyBatch:
                                                self.advantages)), self.prompt_width,
                            move(self.old_logprobs), move(self.ref_logprobs))
 
-    def model_inputs(self) -> dict[str, Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+    def model_inputs(self) -> dict[str, Tensor | int]:
+        """Keyword arguments for an HF causal LM: logits only from position ``P - 1`` on."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids,
+                "logits_to_keep": self.response_ids.shape[1] + 1}
 
     def response_logits(self, logits: Tensor) -> Tensor:
-        """The logits that predicted each response token: ``(B, T, V)``."""
-        p, t = self.prompt_width, self.response_ids.shape[1]
-        return logits[:, p - 1:p - 1 + t]
+        """The logits that predicted each response token, ``(B, T, V)``, from the model's output on
+        :meth:`model_inputs` (whose last position predicts past the response)."""
+        return logits[:, :self.response_ids.shape[1]]
 
 
 def collate(rows: Sequence[Row], pad_id: int) -> PolicyBatch:

@@ -112,6 +112,18 @@ def test_padded_batch_scores_each_response_as_the_model_does_alone(model):
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_the_model_computes_logits_only_where_the_loss_reads_them(model):
+    rows = [Row(traj([5, 6, 7, 1, 2], [8, 9]), 1.0), Row(traj([5], [8, 9, 10]), -1.0)]
+    b = collate(rows, pad_id=0)
+    inputs = b.model_inputs()
+    with torch.no_grad():
+        kept = model(**inputs).logits
+        full = model(**{k: v for k, v in inputs.items() if k != "logits_to_keep"}).logits
+    assert kept.shape[1] == 4 and full.shape[1] == 8  # T + 1 of P + T positions
+    p, t = b.prompt_width, b.response_ids.shape[1]
+    torch.testing.assert_close(b.response_logits(kept), full[:, p - 1:p - 1 + t], atol=1e-6, rtol=1e-6)
+
+
 def test_collate_refuses_trajectories_without_every_rollout_logprob():
     with pytest.raises(ValueError, match="rollout logprobs"):
         collate([Row(traj([1], [2, 3], logprobs=[-1.0]), 1.0)], 0)
