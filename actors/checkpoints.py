@@ -49,10 +49,14 @@ def load_trainable(policy: str, lora: LoraConfig, resume_from: str | Path | None
 
 
 def save_checkpoint(strategy, tokenizer, out: Path, lora: bool, base: str, state: dict, rank: int) -> None:
-    """Every rank enters (ZeRO-3 gathers the shards); rank 0 writes the model, tokenizer and state."""
+    """Every rank enters (ZeRO-3 gathers the shards); rank 0 writes the model (the policy inside the
+    RL learner's :class:`ResponseLM`), tokenizer and state."""
+    from tagpr.rl.forward import ResponseLM
+
     with strategy.full_model() as model:
         if rank == 0:
-            model.save_pretrained(out / "adapter" if lora else out, safe_serialization=True)
+            policy = model.lm if isinstance(model, ResponseLM) else model
+            policy.save_pretrained(out / "adapter" if lora else out, safe_serialization=True)
     strategy.save_state(out, rank)
     if rank == 0:
         tokenizer.save_pretrained(out)

@@ -110,6 +110,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from actors.metrics import RunMetrics
     from actors.train_strategy import STRATEGIES
     from tagpr.rl.batch import rows_from_groups
+    from tagpr.rl.forward import ResponseLM, response_lm
     from tagpr.rl.learn import LOSS_STATS, train_step
     from tagpr.schedule import lr_at
 
@@ -131,7 +132,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             snapshot = json.loads((Path(start) / BUFFER_SNAPSHOT).read_text())
         if (Path(start) / RNG).exists() and rank == 0:
             torch.set_rng_state(torch.load(Path(start) / RNG, weights_only=True))
-    model = load_trainable(config["policy"], lc.lora, start)
+    model = response_lm(load_trainable(config["policy"], lc.lora, start), lc.shared_prefix)
     tokenizer = AutoTokenizer.from_pretrained(start or config["policy"], local_files_only=True)
     strategy = STRATEGIES.get(lc.strategy)(model, lc, rl.lr, lc.weight_decay, rl.prompts_per_step, world,
                                            lc.grad_accum)
@@ -139,16 +140,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.load_state(Path(start))
     reference = None
     if rl.kl_coef > 0:  # the policy the RL run started from, frozen
-        reference = AutoModelForCausalLM.from_pretrained(config["reference"], dtype=torch.float32,
-                                                         local_files_only=True).eval().requires_grad_(False)
-        reference.to(strategy.device)
+        reference = ResponseLM(AutoModelForCausalLM.from_pretrained(
+            config["reference"], dtype=torch.float32, local_files_only=True), model.shared_prefix)
+        reference.eval().requires_grad_(False).to(strategy.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     publisher = _Publisher(cfg, buffer, run_dir) if rank == 0 else None
     sink = RunMetrics(run_dir, "learner") if rank == 0 else None
 
     def publish() -> float:
         with strategy.full_model() as m:
-            return publisher.publish(m, state.step) if rank == 0 else 0.0
+            return publisher.publish(m.lm, state.step) if rank == 0 else 0.0
 
     if snapshot is not None:  # rewind the buffer to these weights, and hand the weights out
         if rank == 0:

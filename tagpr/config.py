@@ -448,6 +448,9 @@ class LearnerConfig(TrainStrategyConfig):
         "after_take", description="where in that step: right after taking its groups, or halfway through writing "
                                   "its checkpoint (model and optimizer written, not yet published)")
     cpu_affinity: CpuList | None = Field(None, description=CPU_AFFINITY_HELP)
+    shared_prefix: Literal["auto", "on", "off"] = Field("auto", description=(
+        "run each distinct prompt of a micro-batch once and its responses on its key/value cache "
+        "(tagpr.rl.forward); auto: when a probe at start shows this model gives the per-sequence logits that way"))
     lora: LoraConfig = LoraConfig()
 
 

@@ -1,22 +1,21 @@
 """From groups to the learner's tensors: stage rewards, advantages, and padded policy batches.
 
-Prompts are left-padded and responses right-padded, so every response starts at the same column
-and the logits that scored it are the last ``T + 1`` positions but one, for the whole batch: the
-model is asked for those positions only (``logits_to_keep``), so the LM head and the log-softmax
-never run over the profile-heavy prompt.
+A batch keeps each distinct prompt once (left-padded) with the index of the prompt every response
+continues, and the responses right-padded: :class:`tagpr.rl.forward.ResponseLM` runs the policy on
+it either per sequence or with each prompt's key/value cache shared by its responses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
 from tagpr.config import RLConfig
 from tagpr.rewards import weighted
-from tagpr.rl.trajectory import Group, Trajectory
+from tagpr.rl.trajectory import Group, PromptRef, Trajectory
 
 
 def stage_reward(traj: Trajectory, weights: Mapping[str, float]) -> float:
@@ -73,67 +72,70 @@ def rows_from_groups(groups: Sequence[Group], weights: Mapping[str, float], cfg:
     return rows, stats
 
 
+def by_prompt(rows: Sequence[Row]) -> list[list[Row]]:
+    """The rows grouped by prompt (a GRPO group each), in first-seen order."""
+    groups: dict[PromptRef, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(r.traj.prompt, []).append(r)
+    return list(groups.values())
+
+
 def shard(rows: Sequence[Row], rank: int, world: int, micro_batches: int) -> list[list[Row]]:
-    """This rank's rows in exactly ``micro_batches`` chunks, none empty.
+    """This rank's rows in exactly ``micro_batches`` chunks, none empty; a prompt's rows stay in one
+    chunk (groups dealt in turn to ranks, then to chunks), so they share its prefix.
 
     Every rank must run the same number of forward/backward passes (each one all-reduces), so a
     rank short of rows gets a zero-weight copy of a real row instead of an empty chunk.
     """
     if not rows:
         raise ValueError("no rows to shard")
-    mine = list(rows[rank::world])
-    chunks = [mine[i::micro_batches] for i in range(micro_batches)]
+    mine = by_prompt(rows)[rank::world]
+    chunks = [[r for g in mine[i::micro_batches] for r in g] for i in range(micro_batches)]
     return [c or [Row(rows[0].traj, 0.0, 0.0)] for c in chunks]
 
 
 @dataclass
 class PolicyBatch:
-    input_ids: Tensor  # (B, P + T)
-    attention_mask: Tensor  # (B, P + T)
-    position_ids: Tensor  # (B, P + T)
-    response_ids: Tensor  # (B, T)
-    response_mask: Tensor  # (B, T), 0 on padding and on zero-weight rows
+    prompt_ids: Tensor  # (U, P): the distinct prompts, left-padded
+    prompt_mask: Tensor  # (U, P)
+    prompt_index: Tensor  # (B,): the prompt each response continues
+    response_ids: Tensor  # (B, T), right-padded
+    response_attention: Tensor  # (B, T), 1 on every response token
+    response_mask: Tensor  # (B, T), the loss mask: 0 on padding and on zero-weight rows
     rollout_logprobs: Tensor  # (B, T)
     advantages: Tensor  # (B,)
-    prompt_width: int  # P
     old_logprobs: Tensor | None = None  # (B, T), when the rows carry them
     ref_logprobs: Tensor | None = None  # (B, T)
 
     def to(self, device) -> PolicyBatch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PolicyBatch(*(move(t) for t in (self.input_ids, self.attention_mask, self.position_ids,
-                                               self.response_ids, self.response_mask, self.rollout_logprobs,
-                                               self.advantages)), self.prompt_width,
-                           move(self.old_logprobs), move(self.ref_logprobs))
+        return PolicyBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                              for f in fields(self)})
 
-    def model_inputs(self) -> dict[str, Tensor | int]:
-        """Keyword arguments for an HF causal LM: logits only from position ``P - 1`` on."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids,
-                "logits_to_keep": self.response_ids.shape[1] + 1}
-
-    def response_logits(self, logits: Tensor) -> Tensor:
-        """The logits that predicted each response token, ``(B, T, V)``, from the model's output on
-        :meth:`model_inputs` (whose last position predicts past the response)."""
-        return logits[:, :self.response_ids.shape[1]]
+    def model_inputs(self) -> dict[str, Tensor]:
+        """Keyword arguments of :class:`tagpr.rl.forward.ResponseLM`."""
+        return {"prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask, "prompt_index": self.prompt_index,
+                "response_ids": self.response_ids, "response_attention": self.response_attention}
 
 
 def collate(rows: Sequence[Row], pad_id: int) -> PolicyBatch:
-    p = max(len(r.traj.prompt_token_ids) for r in rows)
+    prompts: dict[tuple[int, ...], int] = {}
+    index = [prompts.setdefault(tuple(r.traj.prompt_token_ids), len(prompts)) for r in rows]
+    p = max(map(len, prompts))
     t = max(1, max(len(r.traj.token_ids) for r in rows))
-    ids, attn, resp, rmask, rlp = [], [], [], [], []
+    prompt_ids = torch.tensor([[pad_id] * (p - len(x)) + list(x) for x in prompts])
+    prompt_mask = torch.tensor([[0] * (p - len(x)) + [1] * len(x) for x in prompts])
+    resp, rattn, rmask, rlp = [], [], [], []
     for r in rows:
-        prompt, out = r.traj.prompt_token_ids, r.traj.token_ids
+        out = r.traj.token_ids
         if len(r.traj.logprobs) != len(out):  # TIS needs the sampler's logprob of every token
             raise ValueError(f"{r.traj.prompt.key}: {len(r.traj.logprobs)} rollout logprobs for {len(out)} tokens")
-        lpad, rpad = p - len(prompt), t - len(out)
-        ids.append([pad_id] * lpad + prompt + out + [pad_id] * rpad)
-        attn.append([0] * lpad + [1] * (len(prompt) + len(out)) + [0] * rpad)
-        resp.append(out + [pad_id] * rpad)
+        rpad = t - len(out)
+        resp.append(list(out) + [pad_id] * rpad)
+        rattn.append([1] * len(out) + [0] * rpad)
         rmask.append([float(r.weight > 0)] * len(out) + [0.0] * rpad)
         rlp.append(list(r.traj.logprobs) + [0.0] * rpad)
-    attention = torch.tensor(attn)
-    return PolicyBatch(torch.tensor(ids), attention, (attention.cumsum(-1) - 1).clamp(min=0), torch.tensor(resp),
-                       torch.tensor(rmask), torch.tensor(rlp), torch.tensor([r.advantage for r in rows]), p,
+    return PolicyBatch(prompt_ids, prompt_mask, torch.tensor(index), torch.tensor(resp), torch.tensor(rattn),
+                       torch.tensor(rmask), torch.tensor(rlp), torch.tensor([r.advantage for r in rows]),
                        _per_token(rows, "old_logprobs", t), _per_token(rows, "ref_logprobs", t))
 
 

@@ -19,7 +19,7 @@ import torch
 
 from tagpr.algos import LossInputs, policy_loss, token_logprobs, token_logprobs_and_entropy
 from tagpr.config import RLConfig
-from tagpr.rl.batch import PolicyBatch, Row, collate, shard
+from tagpr.rl.batch import PolicyBatch, Row, by_prompt, collate, shard
 
 # per-token loss statistics; ranks and micro-batches combine them weighted by tokens
 LOSS_STATS = ("pg_loss", "kl", "clip_frac", "ratio_mean", "is_weight_mean", "is_capped_frac", "entropy")
@@ -36,14 +36,17 @@ class RLStepper(Protocol):
 
 
 def mini_batches(rows: Sequence[Row], n: int) -> list[list[Row]]:
-    """The step's rows in ``n`` interleaved mini-batches (fewer when there are fewer rows), the same
-    on every rank: each is one optimizer update."""
-    n = max(1, min(n, len(rows)))
-    return [list(rows[i::n]) for i in range(n)]
+    """The step's rows in ``n`` mini-batches of whole groups, groups dealt in turn (fewer
+    mini-batches when there are fewer groups), the same on every rank: each is one optimizer
+    update. Whole groups keep a prompt's samples together, so its prefix is shared by all of them."""
+    groups = by_prompt(rows)
+    n = max(1, min(n, len(groups)))
+    return [[r for g in groups[i::n] for r in g] for i in range(n)]
 
 
 def _response_logits(model, b: PolicyBatch, temperature: float) -> torch.Tensor:
-    logits = b.response_logits(model(**b.model_inputs()).logits)
+    """``model``: a :class:`tagpr.rl.forward.ResponseLM`, or a stepper's forward over one."""
+    logits = model(**b.model_inputs())
     return logits / temperature if temperature != 1.0 else logits
 
 

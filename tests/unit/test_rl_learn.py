@@ -9,6 +9,7 @@ import torch
 
 from tagpr.config import RLConfig
 from tagpr.rl.batch import Row, collate, informative, rows_from_groups, shard, stage_reward
+from tagpr.rl.forward import ResponseLM, probe_shared_prefix, response_lm
 from tagpr.rl.learn import LOSS_STATS, mini_batches, train_step
 from tagpr.rl.plateau import Plateau
 from tagpr.rl.trajectory import Group, PromptRef, Trajectory
@@ -40,12 +41,13 @@ class SGD:
 
     device = torch.device("cpu")
 
-    def __init__(self, module, lr=0.0):
+    def __init__(self, module, lr=0.0, shared_prefix=False):
         self.module, self.opt = module, torch.optim.SGD(module.parameters(), lr=lr)
+        self.scorer = ResponseLM(module, shared_prefix)
         self.grads = None
 
     def forward(self, **batch):
-        return self.module(**batch)
+        return self.scorer(**batch)
 
     def backward(self, loss):
         loss.backward()
@@ -98,30 +100,22 @@ def test_shard_gives_every_rank_the_same_number_of_nonempty_chunks():
     assert sum(r.weight == 0 for c in chunks for part in c for r in part) == 1
 
 
-def test_padded_batch_scores_each_response_as_the_model_does_alone(model):
-    rows = [Row(traj([5, 6, 7], [8, 9]), 1.0), Row(traj([5], [8, 9, 10]), -1.0)]
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_padded_batch_scores_each_response_as_the_model_does_alone(model, shared_prefix):
+    rows = [Row(traj([5, 6, 7], [8, 9]), 1.0), Row(traj([5], [8, 9, 10]), -1.0), Row(traj([5, 6, 7], [4]), 0.5),
+            Row(traj([5], [11, 12]), 0.5)]
     b = collate(rows, pad_id=0)
-    assert b.prompt_width == 3 and b.response_ids.tolist() == [[8, 9, 0], [8, 9, 10]]
-    assert b.response_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert b.prompt_ids.tolist() == [[5, 6, 7], [0, 0, 5]] and b.prompt_index.tolist() == [0, 1, 0, 1]
+    assert b.response_ids.tolist() == [[8, 9, 0], [8, 9, 10], [4, 0, 0], [11, 12, 0]]
+    assert b.response_mask.tolist()[:2] == [[1, 1, 0], [1, 1, 1]]
     with torch.no_grad():
-        logits = b.response_logits(model(**b.model_inputs()).logits)
+        logits = ResponseLM(model, shared_prefix)(**b.model_inputs())
+    assert logits.shape[:2] == (4, 3)  # logits only at the response positions
     lp = torch.log_softmax(logits, -1).gather(-1, b.response_ids[..., None])[..., 0]
     for i, r in enumerate(rows):
         n = len(r.traj.token_ids)
         torch.testing.assert_close(lp[i, :n], logprobs_alone(model, r.traj.prompt_token_ids, r.traj.token_ids),
                                    atol=1e-5, rtol=1e-5)
-
-
-def test_the_model_computes_logits_only_where_the_loss_reads_them(model):
-    rows = [Row(traj([5, 6, 7, 1, 2], [8, 9]), 1.0), Row(traj([5], [8, 9, 10]), -1.0)]
-    b = collate(rows, pad_id=0)
-    inputs = b.model_inputs()
-    with torch.no_grad():
-        kept = model(**inputs).logits
-        full = model(**{k: v for k, v in inputs.items() if k != "logits_to_keep"}).logits
-    assert kept.shape[1] == 4 and full.shape[1] == 8  # T + 1 of P + T positions
-    p, t = b.prompt_width, b.response_ids.shape[1]
-    torch.testing.assert_close(b.response_logits(kept), full[:, p - 1:p - 1 + t], atol=1e-6, rtol=1e-6)
 
 
 def test_collate_refuses_trajectories_without_every_rollout_logprob():
@@ -150,6 +144,68 @@ def test_a_step_raises_the_logprob_of_positive_samples_and_lowers_negative_ones(
     stats = dict(zip(LOSS_STATS, (sums[:-1] / sums[-1]).tolist()))
     assert stats["ratio_mean"] == pytest.approx(1.0) and stats["clip_frac"] == 0.0
     assert stats["is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+GROUPED = SPECS + [([1, 2, 3], [7], -1.0), ([1, 2, 3], [4, 6, 9], 0.5), ([2, 2, 2, 2], [5], 1.0)]
+
+
+def test_shared_prefix_gives_the_per_sequence_loss_and_gradients(model):
+    """Groups sharing prompts, mixed prompt and response lengths; GRPO with clip, TIS and KL active."""
+    import copy
+
+    rows = on_policy_rows(model, GROUPED)
+    for r in rows:  # off-policy sampler logprobs (TIS) and a reference that is not the policy (KL)
+        r.traj.logprobs = [x - 0.3 for x in r.traj.logprobs]
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+
+    class Recorder(SGD):
+        def __init__(self, module, lr, shared_prefix):
+            super().__init__(module, lr, shared_prefix)
+            self.updates = []
+
+        def optimizer_step(self):
+            super().optimizer_step()
+            self.updates.append(self.grads)
+
+    runs = {}
+    for shared in (False, True):
+        stepper = Recorder(copy.deepcopy(model), 1.0, shared)
+        sums = train_step(stepper, [Row(r.traj, r.advantage) for r in rows], RLConfig(kl_coef=0.1, mini_batches=2),
+                          grad_accum=1, pad_id=0, reference=ResponseLM(reference, shared))
+        runs[shared] = (stepper.updates, sums)
+    (per_seq, sums_a), (shared, sums_b) = runs[False], runs[True]
+    stats = dict(zip(LOSS_STATS, (sums_a[:-1] / sums_a[-1]).tolist()))
+    assert len(per_seq) == 2 and stats["clip_frac"] > 0 and stats["kl"] > 0 and stats["is_weight_mean"] != 1.0
+    torch.testing.assert_close(sums_b, sums_a, atol=1e-6, rtol=1e-5)
+    for a, b in zip(per_seq, shared):  # fp32, relative 1e-5 on each parameter's gradient
+        for name, g in a.items():
+            assert (b[name] - g).norm() <= 1e-5 * g.norm(), name
+
+
+def test_the_probe_turns_shared_prefix_on_where_the_model_agrees(model):
+    ok, why = probe_shared_prefix(model)
+    assert ok, why
+    assert response_lm(model, "auto").shared_prefix and not response_lm(model, "off").shared_prefix
+
+    class NoCache(torch.nn.Module):  # a model that cannot take a cache: the probe says so
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def get_input_embeddings(self):
+            return self.lm.get_input_embeddings()
+
+        def forward(self, past_key_values=None, **kw):
+            if past_key_values is not None:
+                raise TypeError("no cache here")
+            return self.lm(**kw)
+
+    ok, why = probe_shared_prefix(NoCache(model))
+    assert not ok and "no cache here" in why
+    assert not response_lm(NoCache(model), "auto").shared_prefix
 
 
 def test_the_gradient_does_not_depend_on_micro_batches_or_ranks(model):
@@ -250,14 +306,62 @@ def test_rollout_time_split_per_worker_second():
 
 
 def test_a_batch_moves_whole_to_the_stepper_device():
+    from dataclasses import fields
+
     from actors.train_strategy import to_device
 
     b = collate([Row(traj([1, 2], [3, 4]), 1.0), Row(traj([5], [6]), -1.0)], 0)
     moved = b.to(torch.device("meta"))
-    fields = ("input_ids", "attention_mask", "position_ids", "response_ids", "response_mask", "rollout_logprobs",
-              "advantages")
-    assert all(getattr(moved, f).device.type == "meta" and getattr(moved, f).shape == getattr(b, f).shape
-               for f in fields)
-    assert moved.prompt_width == b.prompt_width
+    for f in fields(b):
+        value = getattr(b, f.name)
+        assert value is None or (getattr(moved, f.name).device.type == "meta"
+                                 and getattr(moved, f.name).shape == value.shape), f.name
     inputs = to_device({**b.model_inputs(), "return_dict": True}, torch.device("meta"))
-    assert inputs["input_ids"].device.type == "meta" and inputs["return_dict"] is True
+    assert inputs["prompt_ids"].device.type == "meta" and inputs["return_dict"] is True
+
+def _random_lm(arch, **shape):
+    import transformers
+
+    torch.manual_seed(0)
+    return getattr(transformers, f"{arch}ForCausalLM")(getattr(transformers, f"{arch}Config")(**shape))
+
+
+def _lora(lm):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                         task_type="CAUSAL_LM", init_lora_weights=False))
+
+
+TINY_QWEN2 = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64)
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                    tie_word_embeddings=True)
+
+
+def _same_gradients_both_ways(lm, vocab):
+    g = torch.Generator().manual_seed(3)
+    ids = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731
+    prompts = [ids(9), ids(5), ids(12)]
+    rows = [Row(traj(prompts[i % 3], ids(n), [-2.0] * n, key=str(i)), a)
+            for i, (n, a) in enumerate([(4, 1.0), (2, -1.0), (6, 0.5), (1, -0.5), (5, 1.0), (3, -1.0)])]
+    grads = []
+    for shared in (False, True):
+        stepper = SGD(lm, shared_prefix=shared)
+        train_step(stepper, rows, RLConfig(), grad_accum=1, pad_id=0)
+        grads.append(stepper.grads)
+    assert grads[0], "no trainable gradients"
+    for name, want in grads[0].items():
+        assert (grads[1][name] - want).norm() <= 1e-5 * want.norm(), name
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_shared_prefix_gradients_on_the_policy_architecture(lora):
+    lm = _random_lm("Qwen2", **TINY_QWEN2)
+    _same_gradients_both_ways(_lora(lm) if lora else lm, TINY_QWEN2["vocab_size"])
+
+
+@pytest.mark.slow
+def test_shared_prefix_gradients_at_smollm2_135m_shape():
+    _same_gradients_both_ways(_random_lm("Llama", **SMOLLM2_135M), SMOLLM2_135M["vocab_size"])
