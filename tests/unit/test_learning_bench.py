@@ -42,3 +42,13 @@ def test_prmu_agreement_counts_pairs_whose_task_scores_and_prmu_rewards_both_dif
     assert agreement([0.0, 1.0, 0.5], [0.1, 0.9, 0.5]) == (3, 3)
     assert agreement([0.0, 1.0, 0.5], [0.9, 0.1, 0.5]) == (0, 3)
     assert agreement([0.0, 0.0, 1.0], [0.2, 0.9, 0.9]) == (1, 1)  # a tie on either side is not compared
+
+
+def test_input_share_counts_the_answers_own_words_found_in_the_input():
+    from benchmarks.input_copy import input_share
+
+    profile = ['{"title": "Breaking news: markets fall"}']
+    assert input_share("Breaking news: wage rise approved", "The council approved a wage rise", profile) == 1.0
+    assert input_share("Breaking news: stadium plan", "The council approved a wage rise", profile) == 0.0
+    assert input_share("Breaking news: wage plan", "a wage rise", profile) == 0.5
+    assert input_share("Breaking news", "anything", profile) == 0.0  # nothing of its own
