@@ -105,10 +105,12 @@ def _rl_rows(model, tokenizer, device: torch.device, prompts: list[str], n: int)
 
 
 class _Stepper:
-    """The RL stepper protocol over a plain module and AdamW, on a chosen device."""
+    """The RL stepper protocol over a policy (scored as the learner scores it) and AdamW, on a chosen device."""
 
     def __init__(self, module, device: torch.device):
-        self.module, self.device = module.to(device), device
+        from tagpr.rl.forward import response_lm
+
+        self.module, self.device = response_lm(module.to(device), "auto"), device
         self.opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
 
     def forward(self, **batch):
@@ -124,6 +126,7 @@ class _Stepper:
 
 def _rl(model, tokenizer, device: torch.device) -> dict:
     from tagpr.config import RLConfig
+    from tagpr.rl.forward import ResponseLM
     from tagpr.rl.learn import LOSS_STATS, train_step
 
     cfg = RLConfig(kl_coef=0.05)
@@ -134,7 +137,7 @@ def _rl(model, tokenizer, device: torch.device) -> dict:
     for dev in (device, torch.device("cpu")):
         m = copy.deepcopy(model).to(dev).float()
         rows = rows or _rl_rows(m, tokenizer, dev, prompts, 8)
-        reference = copy.deepcopy(m).eval().requires_grad_(False)
+        reference = ResponseLM(copy.deepcopy(m).eval().requires_grad_(False), shared_prefix=False)
         before = [p.detach().clone() for p in m.parameters()]
         start = time.perf_counter()
         sums = train_step(_Stepper(m, dev), rows, cfg, grad_accum=2, pad_id=tokenizer.pad_token_id,
