@@ -12,33 +12,13 @@ run is its own process (imports and all), in the order eager, compiled, compiled
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.bench_rollout import GROUP, PER_REQUEST, PROMPTS, _cfg
+from benchmarks.bench_rollout import GROUP, PROMPTS, _cfg, raw_generation
 
 
 def _mode(cfg, eager: bool) -> dict:
-    from tagpr.engines import Sampling, make_engine
-    from tagpr.rl.data import load_prompts
-    from tagpr.sft.data import prompt_text
-    from tagpr.tags import TagSet
-
-    engine_cfg = cfg.rollout.engine.model_copy(update={"enforce_eager": eager})
-    start = time.perf_counter()
-    engine = make_engine(engine_cfg, cfg.model.policy, cfg.model.dtype)
-    tags, prompts = TagSet(cfg.tags), list(load_prompts(cfg).values())
-    texts = [prompt_text(engine.tokenizer, tags, p.task, p.input, p.profile, cfg.data.prompt_profile_items)
-             for p in prompts]
-    sampling = Sampling(n=GROUP, temperature=1.0, max_tokens=cfg.rollout.max_tokens)
-    engine.generate(texts[:2], sampling)
-    startup = time.perf_counter() - start
-    start, tokens = time.perf_counter(), 0
-    for i in range(0, len(texts), PER_REQUEST):
-        for g in engine.generate(texts[i:i + PER_REQUEST], sampling):
-            tokens += sum(len(c.token_ids) for c in g.completions)
-    seconds = time.perf_counter() - start
-    engine.close()
+    startup, tokens, seconds = raw_generation(cfg, cfg.rollout.engine.model_copy(update={"enforce_eager": eager}))
     return {"startup_s": round(startup, 1), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
 
 

@@ -30,25 +30,29 @@ def _cfg(root: Path, policy: Path, reward_via: str):
     ])
 
 
-def _raw(cfg) -> tuple[int, float]:
+def raw_generation(cfg, engine_cfg=None) -> tuple[float, int, float]:
+    """The raw engine (``engine_cfg``, default the config's) on every prompt of ``cfg``: seconds from
+    constructing it through its warm-up batch, then tokens generated and seconds taken."""
     from tagpr.engines import Sampling, make_engine
     from tagpr.rl.data import load_prompts
     from tagpr.sft.data import prompt_text
     from tagpr.tags import TagSet
 
-    engine = make_engine(cfg.rollout.engine, cfg.model.policy, cfg.model.dtype)
+    start = time.perf_counter()
+    engine = make_engine(engine_cfg or cfg.rollout.engine, cfg.model.policy, cfg.model.dtype)
     tags, prompts = TagSet(cfg.tags), list(load_prompts(cfg).values())
     texts = [prompt_text(engine.tokenizer, tags, p.task, p.input, p.profile, cfg.data.prompt_profile_items)
              for p in prompts]
     sampling = Sampling(n=GROUP, temperature=1.0, max_tokens=MAX_TOKENS)  # as the worker samples: no seed
     engine.generate(texts[:2], sampling)  # warm-up, as the worker's first batch is not timed either
+    startup = time.perf_counter() - start
     start, tokens = time.perf_counter(), 0
     for i in range(0, len(texts), PER_REQUEST):
         for g in engine.generate(texts[i:i + PER_REQUEST], sampling):
             tokens += sum(len(c.token_ids) for c in g.completions)
     seconds = time.perf_counter() - start
     engine.close()
-    return tokens, seconds
+    return startup, tokens, seconds
 
 
 def _worker(cfg) -> tuple[int, float]:
@@ -95,7 +99,7 @@ def run() -> dict:
             base = _cfg(root, root / "policy", "none")
             write_synthetic(base.data.root, base.data.synthetic, base.data.tasks)
             build_tiny_policy(base.model, base.tags, root / "policy")
-            raw_tokens, raw_s = _raw(base)
+            _, raw_tokens, raw_s = raw_generation(base)
             off_tokens, off_s = _worker(base)
             on_tokens, on_s = _worker(_cfg(root, root / "policy", "local"))
     finally:

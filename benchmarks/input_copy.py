@@ -14,14 +14,13 @@ JSON in ``benchmarks/results/input_copy.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import re
 import statistics
 import sys
 from collections.abc import Iterable
 
-from benchmarks.run import RESULTS, machine
+from benchmarks.run import record
 
 GENERATION = ("LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7")
 
@@ -67,11 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tasks[task]['policy']:.2f}, gold {tasks[task]['gold']:.2f}", flush=True)
     finally:
         engine.close()
-    result = {"name": "input_copy", "figure": "share of a generation answer's own words found in the input",
-              "details": {"tasks": tasks, "policy": args.policy, "config": args.config, "limit": args.limit},
-              "machine": machine(), "date": dt.date.today().isoformat()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "input_copy.json").write_text(json.dumps(result, indent=1))
+    record("input_copy", "share of a generation answer's own words found in the input",
+           {"tasks": tasks, "policy": args.policy, "config": args.config, "limit": args.limit})
     return 0
 
 

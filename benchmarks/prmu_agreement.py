@@ -14,14 +14,12 @@ JSON in ``benchmarks/results/prmu_agreement.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import random
 import statistics
 import sys
 from itertools import combinations
 
-from benchmarks.run import RESULTS, machine
+from benchmarks.run import record
 
 
 def agreement(task_scores: list[float], prmu_scores: list[float]) -> tuple[int, int]:
@@ -82,13 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"within-group correlation {tasks[task]['mean_correlation'] or 0:.3f}", flush=True)
     finally:
         engine.close()
-    result = {"name": "prmu_agreement", "figure": "pairs of a group's samples the PRMU orders as the task does",
-              "details": {"tasks": tasks, "policy": args.policy, "prmu": args.prmu, "config": args.config,
-                          "questions": args.questions, "group": args.group,
-                          "temperature": cfg.rollout.temperature},
-              "machine": machine(), "date": dt.date.today().isoformat()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "prmu_agreement.json").write_text(json.dumps(result, indent=1))
+    record("prmu_agreement", "pairs of a group's samples the PRMU orders as the task does",
+           {"tasks": tasks, "policy": args.policy, "prmu": args.prmu, "config": args.config,
+            "questions": args.questions, "group": args.group, "temperature": cfg.rollout.temperature})
     return 0
 
 

@@ -33,6 +33,16 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def record(name: str, figure: str, details: dict) -> Path:
+    """Write a measurement that is not a ``make bench`` ratio (no target) to ``results/<name>.json``."""
+    result = {"name": name, "figure": figure, "details": details, "machine": machine(),
+              "date": dt.date.today().isoformat()}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return path
+
+
 def _update_readme(table: str) -> None:
     """Replace the table between the README's bench markers with the current summary."""
     readme = HERE.parent / "README.md"
