@@ -77,11 +77,22 @@ def summarize(per_seed: dict[str, dict[str, Any]], names: list[str]) -> dict[str
     return out
 
 
+def _steps(text: str) -> tuple[int, int]:
+    try:
+        guided, exploratory = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GUIDED,EXPLORATORY step counts, got {text!r}") from None
+    if guided < 1 or exploratory < 0:
+        raise argparse.ArgumentTypeError(f"need at least one guided step and no negative count, got {text!r}")
+    return guided, exploratory
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", default="8,4", help="guided,exploratory learner steps of the method")
+    parser.add_argument("--steps", type=_steps, default=None,
+                        help="guided,exploratory learner steps of the method (default: the config's two stages)")
     parser.add_argument("--variants", default="", help="comma-separated subset of the RL variants")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -95,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
-    guided, exploratory = (int(x) for x in args.steps.split(","))
+    cfg = load_config(args.config, ["rollout.reward_via=local", "rl.eval_limit=0", *args.overrides])
+    if not args.steps and len(cfg.rl.stages) != 2:
+        parser.error(f"{args.config} has {len(cfg.rl.stages)} RL stages, not guided and exploratory: pass --steps")
+    guided, exploratory = args.steps or (stage.steps for stage in cfg.rl.stages)
     runs = variants(guided, exploratory)
     names = [n for n in runs if not args.variants or n in args.variants.split(",")]
-    cfg = load_config(args.config, ["rollout.reward_via=local", "rl.eval_limit=0", *args.overrides])
     connect(cfg.cluster)
     shared = run_pipeline(cfg, ["data", "model", "prmu", "chains"])
     prmu = shared.results["prmu"]
