@@ -109,9 +109,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from actors.metrics import RunMetrics
     from actors.train_strategy import STRATEGIES
-    from tagpr.rl.batch import rows_from_groups
+    from tagpr.rl.batch import MicroBatching, rows_from_groups
     from tagpr.rl.forward import ResponseLM, response_lm
-    from tagpr.rl.learn import LOSS_STATS, train_step
+    from tagpr.rl.learn import LOSS_STATS, mini_batches, train_step
     from tagpr.schedule import lr_at
 
     ctx = ray.train.get_context()
@@ -138,6 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                            lc.grad_accum)
     if start:
         strategy.load_state(Path(start))
+    micro = MicroBatching(lc.grad_accum, lc.max_tokens_per_micro_batch, model.shared_prefix)
     reference = None
     if rl.kl_coef > 0:  # the policy the RL run started from, frozen
         reference = ResponseLM(AutoModelForCausalLM.from_pretrained(
@@ -193,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rows, reward_stats = rows_from_groups(groups, stage.weights, rl)
         sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
         if rows:
-            sums = train_step(strategy, rows, rl, lc.grad_accum, pad, rank, world, reference,
+            sums = train_step(strategy, rows, rl, micro, pad, rank, world, reference,
                               cfg.rollout.temperature or 1.0)
         if world > 1:
             dist.all_reduce(sums)
@@ -203,6 +204,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_stats = {k: float(sums[i] / max(sums[-1], 1)) for i, k in enumerate(LOSS_STATS)}
         metrics = step_metrics(state, stage.name, groups, len(rows), {**reward_stats, **loss_stats}, tokens,
                                time.perf_counter() - t0, waited, sync_s, lr, stop)
+        # forward/backward passes per rank this step, what max_tokens_per_micro_batch varies
+        metrics["micro_batches"] = rl.ppo_epochs * sum(len(micro.split(m, rank, world))
+                                                       for m in mini_batches(rows, rl.mini_batches)) if rows else 0
         if rank == 0:
             buf = ray.get(buffer.stats.remote())
             metrics.update({"buffer_depth": buf["buffered"], "blocked_requests": buf["blocked_requests"],

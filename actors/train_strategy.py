@@ -2,7 +2,8 @@
 
 The SFT trainer and the RL learner write one loop against this interface: ``forward(**batch)``
 (batches built on the CPU; the strategy moves them to its ``device``, the worker's GPU when it has one),
-``backward(loss)`` per micro-batch then ``optimizer_step()`` (or ``step(loss)`` for both),
+``backward(loss, last)`` per micro-batch (``last`` on an update's final one) then ``optimizer_step()``
+(or ``step(loss)`` for both),
 ``full_model()`` (all ranks enter; under ZeRO-3 it gathers the shards), and
 ``save_state``/``load_state`` of the optimizer (and DeepSpeed's partitions) for resume. A resumed
 DeepSpeed run needs the same number of workers as the run that saved it.
@@ -52,12 +53,13 @@ class TrainStrategy:
     def forward(self, **batch):
         raise NotImplementedError
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate one micro-batch's gradients (unscaled: the loss carries its own normalizer)."""
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        """Accumulate one micro-batch's gradients (unscaled: the loss carries its own normalizer);
+        ``last``: the update's final micro-batch, however many it has."""
         raise NotImplementedError
 
     def optimizer_step(self) -> None:
-        """After ``grad_accum`` backwards: clip, step, zero the gradients."""
+        """After the update's last backward: clip, step, zero the gradients."""
         raise NotImplementedError
 
     def step(self, loss: torch.Tensor) -> None:
@@ -110,7 +112,7 @@ class DDPStrategy(TrainStrategy):
         with self._autocast():
             return self.module(**to_device(batch, self.device))
 
-    def backward(self, loss):
+    def backward(self, loss, last=True):
         loss.backward()
 
     def optimizer_step(self):
@@ -152,14 +154,17 @@ class DeepSpeedStrategy(TrainStrategy):
     def forward(self, **batch):
         return self.engine(**to_device(batch, self.device))
 
-    def backward(self, loss):
-        # DeepSpeed wants step() after every backward and updates at the accumulation boundary
+    def backward(self, loss, last=True):
+        # the boundary is set per micro-batch, not counted from gradient_accumulation_steps, so an
+        # update may have any number of micro-batches; DeepSpeed wants step() after every backward
+        # and reduces and updates at the boundary
+        self.engine.set_gradient_accumulation_boundary(last)
         self.engine.backward(loss, scale_wrt_gas=False)
         self.engine.step()
 
     def optimizer_step(self):
         if not self.engine.was_step_applied():
-            raise RuntimeError(f"optimizer_step after a backward count that is not a multiple of {self.grad_accum}")
+            raise RuntimeError("optimizer_step before the update's last backward")
 
     def train(self, mode=True):
         self.engine.train(mode)

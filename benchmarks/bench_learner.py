@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 PROMPTS, GROUP, STEPS, THREADS = 8, 8, 3, 2
+BUDGET = 2048  # learner.max_tokens_per_micro_batch of the bounded path: about two groups' positions
+# path -> (shared prefix, max_tokens_per_micro_batch; 0: the whole update in one micro-batch)
+PATHS = {"per_sequence": (False, 0), "shared": (True, 0), "shared_token_budget": (True, BUDGET)}
 
 
 def _setup(root: Path) -> Path:
@@ -63,7 +66,7 @@ def _measure(policy: str, rows_path: str, mode: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from tagpr.config import load_config
-    from tagpr.rl.batch import Row
+    from tagpr.rl.batch import MicroBatching, Row
     from tagpr.rl.forward import ResponseLM
     from tagpr.rl.learn import train_step
     from tagpr.rl.trajectory import PromptRef, Trajectory
@@ -71,8 +74,10 @@ def _measure(policy: str, rows_path: str, mode: str) -> dict:
     torch.set_num_threads(THREADS)
     rl = load_config("configs/demo.yaml").rl
     lm = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
-    reference = ResponseLM(copy.deepcopy(lm).eval().requires_grad_(False), mode == "shared")
-    scorer = ResponseLM(lm, mode == "shared")
+    shared, budget = PATHS[mode]
+    micro = MicroBatching(max_tokens=budget, shared_prefix=shared)
+    reference = ResponseLM(copy.deepcopy(lm).eval().requires_grad_(False), shared)
+    scorer = ResponseLM(lm, shared)
     opt = torch.optim.AdamW(lm.parameters(), lr=rl.lr)
 
     class Stepper:
@@ -80,7 +85,7 @@ def _measure(policy: str, rows_path: str, mode: str) -> dict:
         forward = scorer.__call__
 
         @staticmethod
-        def backward(loss):
+        def backward(loss, last=True):
             loss.backward()
 
         @staticmethod
@@ -99,10 +104,10 @@ def _measure(policy: str, rows_path: str, mode: str) -> dict:
     with torch.no_grad():
         scorer(**_one(rows()[:1]))  # allocator warm-up outside the peak
     base = rss()
-    train_step(Stepper, rows(), rl, grad_accum=1, pad_id=0, reference=reference)  # warm-up
+    train_step(Stepper, rows(), rl, micro, pad_id=0, reference=reference)  # warm-up
     start = time.perf_counter()
     for _ in range(STEPS):
-        train_step(Stepper, rows(), rl, grad_accum=1, pad_id=0, reference=reference)
+        train_step(Stepper, rows(), rl, micro, pad_id=0, reference=reference)
     seconds = time.perf_counter() - start
     return {"tokens_per_s": tokens * STEPS / seconds, "step_s": seconds / STEPS, "peak_step_mib": rss() - base,
             "loaded_mib": base}
@@ -120,7 +125,7 @@ def run() -> list[dict]:
         policy = _setup(root)
         spec = json.loads((root / "rows.json").read_text())
         out = {}
-        for mode in ("per_sequence", "shared"):
+        for mode in PATHS:
             proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_learner", str(policy),
                                    str(root / "rows.json"), mode], capture_output=True, text=True, check=True)
             out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -131,12 +136,19 @@ def run() -> list[dict]:
              "model": "embedded tiny policy (Qwen2, 4 layers, hidden 256)", "paths": out}
     speed = out["shared"]["tokens_per_s"] / out["per_sequence"]["tokens_per_s"]
     memory = out["shared"]["peak_step_mib"] / max(out["per_sequence"]["peak_step_mib"], 1e-9)
+    bounded = out["shared_token_budget"]["peak_step_mib"] / max(out["shared"]["peak_step_mib"], 1e-9)
     return [
         {"name": "learner_shared_prefix", "figure": "learner completion tokens/s, shared prefix / per sequence",
          "ratio": round(speed, 3), "target": ">= 3", "details": shape},
         {"name": "learner_shared_prefix_memory",
          "figure": "learner step peak memory above the loaded model, shared prefix / per sequence",
          "ratio": round(memory, 3), "target": "<= 0.4", "details": shape},
+        {"name": "learner_token_budget_memory",
+         "figure": f"learner step peak memory, shared prefix with max_tokens_per_micro_batch {BUDGET} / the whole "
+                   "update in one micro-batch",
+         "ratio": round(bounded, 3), "target": "< 1",
+         "details": {**shape, "budget": BUDGET, "tokens_per_s_vs_unbounded": round(
+             out["shared_token_budget"]["tokens_per_s"] / out["shared"]["tokens_per_s"], 3)}},
     ]
 
 
@@ -149,8 +161,9 @@ def plot(result: dict, path: Path) -> None:
     paths = result["details"]["paths"]
     key, label = (("tokens_per_s", "completion tokens/s") if result["name"] == "learner_shared_prefix"
                   else ("peak_step_mib", "peak step memory above the model (MiB)"))
+    colors = {"per_sequence": "grey", "shared": "tab:blue", "shared_token_budget": "tab:green"}
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(list(paths), [paths[p][key] for p in paths], color=["grey", "tab:blue"])
+    ax.bar(list(paths), [paths[p][key] for p in paths], color=[colors[p] for p in paths])
     ax.set_ylabel(label)
     d = result["details"]
     ax.set_title(f"{d['prompts']} prompts x G={d['group']}, prompt {d['prompt_tokens_mean']:.0f} / "

@@ -116,7 +116,7 @@ class _Stepper:
     def forward(self, **batch):
         return self.module(**batch)
 
-    def backward(self, loss):
+    def backward(self, loss, last=True):
         loss.backward()
 
     def optimizer_step(self):
@@ -126,6 +126,7 @@ class _Stepper:
 
 def _rl(model, tokenizer, device: torch.device) -> dict:
     from tagpr.config import RLConfig
+    from tagpr.rl.batch import MicroBatching
     from tagpr.rl.forward import ResponseLM
     from tagpr.rl.learn import LOSS_STATS, train_step
 
@@ -140,7 +141,7 @@ def _rl(model, tokenizer, device: torch.device) -> dict:
         reference = ResponseLM(copy.deepcopy(m).eval().requires_grad_(False), shared_prefix=False)
         before = [p.detach().clone() for p in m.parameters()]
         start = time.perf_counter()
-        sums = train_step(_Stepper(m, dev), rows, cfg, grad_accum=2, pad_id=tokenizer.pad_token_id,
+        sums = train_step(_Stepper(m, dev), rows, cfg, MicroBatching(grad_accum=2), pad_id=tokenizer.pad_token_id,
                           reference=reference)
         _sync(dev)
         moved = max(float((p.detach() - b).abs().max()) for p, b in zip(m.parameters(), before))

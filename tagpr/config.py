@@ -434,6 +434,10 @@ class RolloutConfig(Section):
 
 class LearnerConfig(TrainStrategyConfig):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, per worker")
+    max_tokens_per_micro_batch: int = Field(0, ge=0, description=(
+        "split each optimizer step into as many micro-batches as keep each within this many padded "
+        "positions (prompts and responses), so memory is bounded whatever the prompt lengths; 0: split "
+        "into grad_accum micro-batches"))
     weight_decay: float = Field(0.0, ge=0)
     sync_every: int = Field(1, ge=1, description="publish weights every k optimizer steps")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: at each stage's end only)")
@@ -452,6 +456,12 @@ class LearnerConfig(TrainStrategyConfig):
         "run each distinct prompt of a micro-batch once and its responses on its key/value cache "
         "(tagpr.rl.forward); auto: when a probe at start shows this model gives the per-sequence logits that way"))
     lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _one_split(self) -> LearnerConfig:
+        if self.grad_accum > 1 and self.max_tokens_per_micro_batch:
+            raise ValueError("set grad_accum or max_tokens_per_micro_batch, not both")
+        return self
 
 
 class ServiceLimits(Section):

@@ -94,6 +94,54 @@ def shard(rows: Sequence[Row], rank: int, world: int, micro_batches: int) -> lis
     return [c or [Row(rows[0].traj, 0.0, 0.0)] for c in chunks]
 
 
+def padded_positions(rows: Sequence[Row], shared_prefix: bool) -> int:
+    """Positions a forward pass over ``rows`` holds once collated: each distinct prompt once at the
+    longest prompt's length plus every response at the longest response's (shared prefix), or every
+    row as the longest prompt followed by the longest response (per sequence)."""
+    prompts = {tuple(r.traj.prompt_token_ids) for r in rows}
+    longest_prompt = max(map(len, prompts))
+    longest_response = max(1, max(len(r.traj.token_ids) for r in rows))
+    if shared_prefix:
+        return len(prompts) * longest_prompt + len(rows) * longest_response
+    return len(rows) * (longest_prompt + longest_response)
+
+
+def pack_by_positions(groups: Sequence[Sequence[Row]], max_positions: int, shared_prefix: bool) -> list[list[Row]]:
+    """Consecutive chunks of the groups' rows, each within ``max_positions`` (:func:`padded_positions`):
+    a group is split only where it does not fit whole, and a row over the budget alone is a chunk of
+    its own."""
+    chunks: list[list[Row]] = []
+    current: list[Row] = []
+    for row in (r for g in groups for r in g):
+        if current and padded_positions([*current, row], shared_prefix) > max_positions:
+            chunks.append(current)
+            current = []
+        current.append(row)
+    return chunks + [current] if current else chunks
+
+
+@dataclass(frozen=True)
+class MicroBatching:
+    """How a rank splits an update's rows into forward/backward passes: ``grad_accum`` chunks of
+    whole groups, or, with ``max_tokens`` set, as many chunks as keep each within that many padded
+    positions whatever the prompt lengths, so memory stays bounded. Every rank runs the same number
+    of passes (each backward all-reduces): a rank with fewer chunks gets zero-weight fillers."""
+
+    grad_accum: int = 1
+    max_tokens: int = 0
+    shared_prefix: bool = True
+
+    def split(self, rows: Sequence[Row], rank: int, world: int) -> list[list[Row]]:
+        if not self.max_tokens:
+            return shard(rows, rank, world, self.grad_accum)
+        if not rows:
+            raise ValueError("no rows to shard")
+        groups = by_prompt(rows)
+        per_rank = [pack_by_positions(groups[r::world], self.max_tokens, self.shared_prefix) for r in range(world)]
+        mine = per_rank[rank]
+        return mine + [[Row(rows[0].traj, 0.0, 0.0)] for _ in range(max(map(len, per_rank)) - len(mine))]
+
+
 @dataclass
 class PolicyBatch:
     prompt_ids: Tensor  # (U, P): the distinct prompts, left-padded

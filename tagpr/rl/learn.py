@@ -19,7 +19,7 @@ import torch
 
 from tagpr.algos import LossInputs, policy_loss, token_logprobs, token_logprobs_and_entropy
 from tagpr.config import RLConfig
-from tagpr.rl.batch import PolicyBatch, Row, by_prompt, collate, shard
+from tagpr.rl.batch import MicroBatching, PolicyBatch, Row, by_prompt, collate
 
 # per-token loss statistics; ranks and micro-batches combine them weighted by tokens
 LOSS_STATS = ("pg_loss", "kl", "clip_frac", "ratio_mean", "is_weight_mean", "is_capped_frac", "entropy")
@@ -30,7 +30,7 @@ class RLStepper(Protocol):
 
     def forward(self, **batch): ...
 
-    def backward(self, loss: torch.Tensor) -> None: ...
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None: ...
 
     def optimizer_step(self) -> None: ...
 
@@ -55,12 +55,12 @@ def _response_logprobs(model, b: PolicyBatch, temperature: float) -> torch.Tenso
 
 
 @torch.no_grad()
-def score_rows(stepper: RLStepper, minis: Sequence[Sequence[Row]], grad_accum: int, pad_id: int, rank: int,
+def score_rows(stepper: RLStepper, minis: Sequence[Sequence[Row]], micro: MicroBatching, pad_id: int, rank: int,
                world: int, old: bool, reference: torch.nn.Module | None, temperature: float = 1.0) -> None:
     """Set ``old_logprobs`` (the policy before the step's first update) and ``ref_logprobs`` on the
     rows this rank trains on, in the chunks it will train them in (every rank runs the same passes)."""
     for mini in minis:
-        for chunk in shard(mini, rank, world, grad_accum):
+        for chunk in micro.split(mini, rank, world):
             b = collate(chunk, pad_id).to(stepper.device)
             old_lp = _response_logprobs(stepper.forward, b, temperature) if old else None
             ref_lp = _response_logprobs(reference, b, temperature) if reference is not None else None
@@ -72,11 +72,11 @@ def score_rows(stepper: RLStepper, minis: Sequence[Sequence[Row]], grad_accum: i
                     row.ref_logprobs = ref_lp[i, :n].cpu()
 
 
-def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accum: int, pad_id: int,
+def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, micro: MicroBatching, pad_id: int,
                rank: int = 0, world: int = 1, reference: torch.nn.Module | None = None,
                temperature: float = 1.0) -> torch.Tensor:
     """Train on this rank's shard of ``rows`` (every rank passes the same rows): ``cfg.ppo_epochs`` x
-    ``cfg.mini_batches`` optimizer updates of ``grad_accum`` micro-batches each. Returns
+    ``cfg.mini_batches`` optimizer updates, each over the micro-batches ``micro`` splits it into. Returns
     ``[sum of stat * tokens for LOSS_STATS..., tokens]`` (float64) over every update, to be summed
     over ranks and divided by the last entry.
 
@@ -87,12 +87,13 @@ def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accu
     minis = mini_batches(rows, cfg.mini_batches)
     several = cfg.ppo_epochs * len(minis) > 1
     if several or reference is not None:
-        score_rows(stepper, minis, grad_accum, pad_id, rank, world, several, reference, temperature)
+        score_rows(stepper, minis, micro, pad_id, rank, world, several, reference, temperature)
     sums = torch.zeros(len(LOSS_STATS) + 1, dtype=torch.float64)
     for _ in range(cfg.ppo_epochs):
         for mini in minis:
             tokens = sum(len(r.traj.token_ids) for r in mini if r.weight > 0)
-            for chunk in shard(mini, rank, world, grad_accum):
+            chunks = micro.split(mini, rank, world)
+            for i, chunk in enumerate(chunks):
                 b = collate(chunk, pad_id).to(stepper.device)
                 logprobs, entropy = token_logprobs_and_entropy(_response_logits(stepper.forward, b, temperature),
                                                                b.response_ids)
@@ -100,7 +101,7 @@ def train_step(stepper: RLStepper, rows: Sequence[Row], cfg: RLConfig, grad_accu
                                    rollout_logprobs=b.rollout_logprobs, ref_logprobs=b.ref_logprobs,
                                    entropy=entropy)
                 loss, st = policy_loss(batch, cfg, token_normalizer=max(tokens, 1))
-                stepper.backward(loss * world)
+                stepper.backward(loss * world, last=i == len(chunks) - 1)
                 sums += torch.tensor([st.get(k, 0.0) * st["tokens"] for k in LOSS_STATS] + [st["tokens"]],
                                      dtype=torch.float64)
             stepper.optimizer_step()

@@ -48,8 +48,10 @@ def rl_base(prmu_job, answering_policy, serve_port, tmp_path_factory):
 def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, answering_policy):
     from tagpr.jobs.rl import train
 
+    # a token budget below any prompt: every response is a micro-batch of its own, so each update has
+    # as many as its rows and DeepSpeed's accumulation boundary comes from the learner, not a count
     cfg = rl_base("rl.max_staleness=1", "rollout.reward_via=http", "learner.strategy=deepspeed",
-                  "learner.zero_stage=2", "rl.eval_limit=2",
+                  "learner.zero_stage=2", "rl.eval_limit=2", "learner.max_tokens_per_micro_batch=64",
                   "rl.stages=[{name: guided, steps: 3, weights: {format_task: 1.0, tag: 0.2, prmu: 0.3}},"
                   " {name: exploratory, steps: 2, lr_scale: 0.5, weights: {format_task: 1.0}}]")
     report = train(cfg, log=lambda _: None)
@@ -64,6 +66,7 @@ def test_async_rl_runs_both_stages_with_a_deepspeed_learner(rl_base, answering_p
     assert all(m["staleness_max"] <= 1 for m in metrics)  # bounded asynchrony
     for m in metrics:  # groups whose samples all score the same are not trained on
         assert m["trajectories"] == 4 * m["groups_kept"] and 0 <= m["learner_wait_frac"] <= 1
+        assert m["micro_batches"] >= (4 if m["trajectories"] else 0)  # a group's 4 responses, one pass each
         assert {"pg_loss", "clip_frac", "entropy", "is_weight_mean", "reward_mean", "weight_sync_s"} <= set(m)
     assert sum(m["tokens"] for m in metrics) > 0
     # the guided stage's reward has a PRMU term from the service, the exploratory one does not weigh it

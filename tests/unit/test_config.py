@@ -111,6 +111,13 @@ def test_bad_override_names_set(override, key, reason):
     assert e.value.source == "--set" and e.value.key == key and reason in e.value.reason
 
 
+def test_a_learner_splits_its_steps_one_way():
+    assert load_config(None, ["learner.max_tokens_per_micro_batch=4096"]).learner.max_tokens_per_micro_batch == 4096
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["learner.grad_accum=2", "learner.max_tokens_per_micro_batch=4096"])
+    assert e.value.key == "learner" and "not both" in e.value.reason
+
+
 def test_resolved_config_round_trips(tmp_path, cfg):
     cfg2 = load_config(None, ["run.root=" + str(tmp_path), "rl.group_size=3"])
     run_dir = new_run_dir(cfg2, "test")

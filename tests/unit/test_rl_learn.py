@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from tagpr.config import RLConfig
-from tagpr.rl.batch import Row, collate, informative, rows_from_groups, shard, stage_reward
+from tagpr.rl.batch import (
+    MicroBatching,
+    Row,
+    collate,
+    informative,
+    pack_by_positions,
+    padded_positions,
+    rows_from_groups,
+    shard,
+    stage_reward,
+)
 from tagpr.rl.forward import ResponseLM, probe_shared_prefix, response_lm
 from tagpr.rl.learn import LOSS_STATS, mini_batches, train_step
 from tagpr.rl.plateau import Plateau
@@ -49,7 +59,7 @@ class SGD:
     def forward(self, **batch):
         return self.scorer(**batch)
 
-    def backward(self, loss):
+    def backward(self, loss, last=True):
         loss.backward()
 
     def optimizer_step(self):
@@ -100,6 +110,32 @@ def test_shard_gives_every_rank_the_same_number_of_nonempty_chunks():
     assert sum(r.weight == 0 for c in chunks for part in c for r in part) == 1
 
 
+def test_padded_positions_count_a_shared_prompt_once():
+    rows = [Row(traj([1, 2, 3], [4, 5], key="a"), 1.0), Row(traj([1, 2, 3], [6], key="a"), 1.0),
+            Row(traj([7], [8, 9, 10], key="b"), 1.0)]
+    assert padded_positions(rows, shared_prefix=True) == 2 * 3 + 3 * 3  # two prompts, three responses
+    assert padded_positions(rows, shared_prefix=False) == 3 * (3 + 3)
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_token_micro_batches_keep_within_the_budget_and_ranks_in_step(shared_prefix):
+    groups = [[Row(traj([1] * plen, [2] * (1 + i), key=f"g{g}"), 1.0) for i in range(4)]
+              for g, plen in enumerate([30, 3, 12, 5, 40])]
+    rows = [r for g in groups for r in g]
+    budget = 60
+    micro = MicroBatching(max_tokens=budget, shared_prefix=shared_prefix)
+    per_rank = [micro.split(rows, rank, 2) for rank in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) > 2  # the same number of passes on every rank
+    real = [r for chunks in per_rank for c in chunks for r in c if r.weight > 0]
+    assert sorted(map(id, real)) == sorted(map(id, rows))  # every row once
+    for chunks in per_rank:
+        for c in chunks:
+            assert len(c) == 1 or padded_positions(c, shared_prefix) <= budget
+    # alone, a group that fits stays in one chunk; one row over the budget is a chunk of its own
+    assert pack_by_positions([groups[1]], budget, shared_prefix) == [groups[1]]
+    assert pack_by_positions([groups[4][:1]], 10, shared_prefix) == [groups[4][:1]]
+
+
 @pytest.mark.parametrize("shared_prefix", [False, True])
 def test_padded_batch_scores_each_response_as_the_model_does_alone(model, shared_prefix):
     rows = [Row(traj([5, 6, 7], [8, 9]), 1.0), Row(traj([5], [8, 9, 10]), -1.0), Row(traj([5, 6, 7], [4]), 0.5),
@@ -137,7 +173,7 @@ def test_a_step_raises_the_logprob_of_positive_samples_and_lowers_negative_ones(
     m = copy.deepcopy(model)
     rows = on_policy_rows(m, SPECS[:2])
     before = [logprobs_alone(m, r.traj.prompt_token_ids, r.traj.token_ids).sum() for r in rows]
-    sums = train_step(SGD(m, lr=0.5), rows, RLConfig(), grad_accum=1, pad_id=0)
+    sums = train_step(SGD(m, lr=0.5), rows, RLConfig(), MicroBatching(), pad_id=0)
     after = [logprobs_alone(m, r.traj.prompt_token_ids, r.traj.token_ids).sum() for r in rows]
     assert after[0] > before[0] and after[1] < before[1]
     assert sums[-1] == 5  # tokens
@@ -174,7 +210,7 @@ def test_shared_prefix_gives_the_per_sequence_loss_and_gradients(model):
     for shared in (False, True):
         stepper = Recorder(copy.deepcopy(model), 1.0, shared)
         sums = train_step(stepper, [Row(r.traj, r.advantage) for r in rows], RLConfig(kl_coef=0.1, mini_batches=2),
-                          grad_accum=1, pad_id=0, reference=ResponseLM(reference, shared))
+                          MicroBatching(), pad_id=0, reference=ResponseLM(reference, shared))
         runs[shared] = (stepper.updates, sums)
     (per_seq, sums_a), (shared, sums_b) = runs[False], runs[True]
     stats = dict(zip(LOSS_STATS, (sums_a[:-1] / sums_a[-1]).tolist()))
@@ -211,16 +247,22 @@ def test_the_probe_turns_shared_prefix_on_where_the_model_agrees(model):
 def test_the_gradient_does_not_depend_on_micro_batches_or_ranks(model):
     rows = on_policy_rows(model, SPECS)
     whole = SGD(model)
-    train_step(whole, rows, RLConfig(), grad_accum=1, pad_id=0)
+    train_step(whole, rows, RLConfig(), MicroBatching(), pad_id=0)
     accum = SGD(model)
-    train_step(accum, rows, RLConfig(), grad_accum=3, pad_id=0)
+    train_step(accum, rows, RLConfig(), MicroBatching(grad_accum=3), pad_id=0)
+    by_tokens = SGD(model)  # as many micro-batches as keep each within 8 padded positions
+    train_step(by_tokens, rows, RLConfig(), MicroBatching(max_tokens=8, shared_prefix=False), pad_id=0)
     ranks = [SGD(model) for _ in range(2)]
     for rank, s in enumerate(ranks):
-        train_step(s, rows, RLConfig(), grad_accum=2, pad_id=0, rank=rank, world=2)
+        train_step(s, rows, RLConfig(), MicroBatching(grad_accum=2), pad_id=0, rank=rank, world=2)
+    token_ranks = [SGD(model) for _ in range(2)]  # one chunk on rank 0 (and a filler), two on rank 1
+    for rank, s in enumerate(token_ranks):
+        train_step(s, rows, RLConfig(), MicroBatching(max_tokens=10), pad_id=0, rank=rank, world=2)
     for name, g in whole.grads.items():
         torch.testing.assert_close(accum.grads[name], g, atol=1e-6, rtol=1e-4)
-        averaged = (ranks[0].grads[name] + ranks[1].grads[name]) / 2  # what DDP's all-reduce does
-        torch.testing.assert_close(averaged, g, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(by_tokens.grads[name], g, atol=1e-6, rtol=1e-4)
+        for pair in (ranks, token_ranks):  # what DDP's all-reduce does
+            torch.testing.assert_close((pair[0].grads[name] + pair[1].grads[name]) / 2, g, atol=1e-6, rtol=1e-4)
 
 
 def test_the_first_mini_batch_update_is_the_one_update_gradient_and_the_clip_acts_after_it(model):
@@ -229,7 +271,7 @@ def test_the_first_mini_batch_update_is_the_one_update_gradient_and_the_clip_act
     rows = on_policy_rows(model, SPECS)
     minis = mini_batches(rows, 2)
     one = SGD(copy.deepcopy(model))
-    train_step(one, minis[0], RLConfig(), grad_accum=1, pad_id=0)
+    train_step(one, minis[0], RLConfig(), MicroBatching(), pad_id=0)
 
     class Recorder(SGD):
         def __init__(self, module, lr):
@@ -242,7 +284,7 @@ def test_the_first_mini_batch_update_is_the_one_update_gradient_and_the_clip_act
 
     several = Recorder(copy.deepcopy(model), lr=2.0)
     sums = train_step(several, [Row(r.traj, r.advantage) for r in rows], RLConfig(mini_batches=2, ppo_epochs=2),
-                      grad_accum=2, pad_id=0)
+                      MicroBatching(grad_accum=2), pad_id=0)
     assert len(several.updates) == 4  # 2 epochs x 2 mini-batches
     for name, g in one.grads.items():
         torch.testing.assert_close(several.updates[0][name], g, atol=1e-6, rtol=1e-4)
@@ -256,7 +298,7 @@ def test_old_logprobs_are_the_policy_before_the_step(model):
 
     m = copy.deepcopy(model)
     rows = [Row(r.traj, r.advantage) for r in on_policy_rows(m, SPECS)]
-    train_step(SGD(m, lr=1.0), rows, RLConfig(mini_batches=2), grad_accum=1, pad_id=0)
+    train_step(SGD(m, lr=1.0), rows, RLConfig(mini_batches=2), MicroBatching(), pad_id=0)
     for r in rows:  # computed before the first update, so equal to the sampler's logprobs here
         torch.testing.assert_close(r.old_logprobs, torch.tensor(r.traj.logprobs), atol=1e-5, rtol=1e-5)
 
@@ -268,7 +310,7 @@ def test_the_learner_scores_at_the_rollout_temperature(model):
             for i, (p, t, a) in enumerate(SPECS)]
 
     def weight(temperature):
-        sums = train_step(SGD(model), rows, RLConfig(), grad_accum=1, pad_id=0, temperature=temperature)
+        sums = train_step(SGD(model), rows, RLConfig(), MicroBatching(), pad_id=0, temperature=temperature)
         return dict(zip(LOSS_STATS, (sums[:-1] / sums[-1]).tolist()))["is_weight_mean"]
 
     assert weight(0.5) == pytest.approx(1.0, abs=1e-5)
@@ -349,7 +391,7 @@ def _same_gradients_both_ways(lm, vocab):
     grads = []
     for shared in (False, True):
         stepper = SGD(lm, shared_prefix=shared)
-        train_step(stepper, rows, RLConfig(), grad_accum=1, pad_id=0)
+        train_step(stepper, rows, RLConfig(), MicroBatching(), pad_id=0)
         grads.append(stepper.grads)
     assert grads[0], "no trainable gradients"
     for name, want in grads[0].items():
