@@ -1,14 +1,22 @@
-"""Does the policy write a generation answer from its input, as the gold does?
+"""Does the policy write a generation answer from its input, in the user's style, as the gold does?
 
 On LaMP_4-7 the gold (a headline, a title, a subject line, a tweet) restates the input's content in
-the user's style. For a policy, per generation task: greedy answers to the dev questions the demo
-scores (``--limit`` per task, drawn across users), and the share of each answer's words that occur
-in the input, counting only words the user's profile does not hold (so the user's own prefixes and
-stock phrases are left out); the same share for the gold beside it. A policy far below the gold
-writes its content from memory, where the ROUGE differences within a GRPO group are chance overlaps.
-JSON in ``benchmarks/results/input_copy.json``.
+the user's style. For each policy, per generation task: greedy answers to the dev questions the demo
+scores (``--limit`` per task, drawn across users), and
 
-    python -m benchmarks.input_copy --policy runs/<demo run>/policy
+- ``input``: the share of each answer's words that occur in the input, counting only words the
+  user's profile does not hold (so the user's own prefixes and stock phrases are left out); the same
+  share for the gold beside it. A policy far below the gold writes its content from memory, where
+  the ROUGE differences within a GRPO group are chance overlaps;
+- ``style``: where the data is synthetic (``users.json`` holds each user's prefix and suffix), the
+  share of answers that start with the user's prefix and end with the user's suffix: the
+  personalization a policy can lose while its content stays chance.
+
+Several ``--policy NAME=PATH`` compare on the same questions (SFT against RL). JSON in
+``benchmarks/results/input_copy.json``.
+
+    python -m benchmarks.input_copy --policy sft=runs/<demo run>/policy \
+        --policy rl=runs/<demo run>/rl/stages/exploratory/policy
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import re
 import statistics
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from benchmarks.run import record
 
@@ -35,9 +44,24 @@ def input_share(answer: str, source: str, profile_texts: Iterable[str]) -> float
     return len(own & words(source)) / len(own) if own else 0.0
 
 
+def styled(answer: str, user: dict | None) -> float | None:
+    """1.0 when ``answer`` starts with the user's prefix and ends with the user's suffix (None
+    without the user's latent style)."""
+    if user is None:
+        return None
+    return float(answer.startswith(user.get("prefix", "")) and answer.endswith(user.get("suffix", "")))
+
+
+def _policy(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", required=True)
+    parser.add_argument("--policy", type=_policy, action="append", required=True, help="NAME=PATH, repeatable")
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--limit", type=int, default=32, help="dev questions per task (0: all)")
     args = parser.parse_args(argv)
@@ -50,24 +74,33 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config)
     answer_tag = TagSet(cfg.tags).answer_tag
-    engine = make_engine(cfg.rollout.engine, args.policy, cfg.model.dtype)
-    tasks = {}
-    try:
-        for task in (t for t in cfg.data.tasks if t in GENERATION):
-            questions = select_questions(load_split(cfg.data.root, task, cfg.data.dev_split).questions,
-                                         args.limit, cfg.run.seed)
-            answers = [(parse(text).texts(answer_tag) or [""])[-1] for text in respond(engine, cfg, task, questions)]
-            profile = lambda q: [json.dumps(item) for item in q.profile]  # noqa: E731
-            policy = [input_share(a, q.input, profile(q)) for a, q in zip(answers, questions)]
-            gold = [input_share(q.gold, q.input, profile(q)) for q in questions]
-            tasks[task] = {"n": len(questions), "policy": statistics.mean(policy), "gold": statistics.mean(gold),
-                           "examples": [{"gold": q.gold, "answer": a} for q, a in zip(questions[:3], answers)]}
-            print(f"{task}: answer words outside the profile found in the input: policy "
-                  f"{tasks[task]['policy']:.2f}, gold {tasks[task]['gold']:.2f}", flush=True)
-    finally:
-        engine.close()
-    record("input_copy", "share of a generation answer's own words found in the input",
-           {"tasks": tasks, "policy": args.policy, "config": args.config, "limit": args.limit})
+    tasks = {t: {} for t in cfg.data.tasks if t in GENERATION}
+    for name, path in args.policy:
+        engine = make_engine(cfg.rollout.engine, path, cfg.model.dtype)
+        try:
+            for task, entry in tasks.items():
+                questions = select_questions(load_split(cfg.data.root, task, cfg.data.dev_split).questions,
+                                             args.limit, cfg.run.seed)
+                users_file = Path(cfg.data.root) / task / "users.json"
+                users = json.loads(users_file.read_text()) if users_file.exists() else {}
+                answers = [(parse(text).texts(answer_tag) or [""])[-1]
+                           for text in respond(engine, cfg, task, questions)]
+                profile = lambda q: [json.dumps(item) for item in q.profile]  # noqa: E731
+                style = [styled(a, users.get(q.user_id)) for a, q in zip(answers, questions)]
+                entry.setdefault("n", len(questions))
+                entry.setdefault("gold", {"input": statistics.mean(input_share(q.gold, q.input, profile(q))
+                                                                   for q in questions)})
+                entry[name] = {"input": statistics.mean(input_share(a, q.input, profile(q))
+                                                        for a, q in zip(answers, questions)),
+                               "style": statistics.mean(style) if None not in style else None,
+                               "examples": [{"gold": q.gold, "answer": a} for q, a in zip(questions[:3], answers)]}
+                kept = "" if entry[name]["style"] is None else f", user's prefix and suffix {entry[name]['style']:.2f}"
+                print(f"{task} {name}: answer words outside the profile found in the input {entry[name]['input']:.2f} "
+                      f"(gold {entry['gold']['input']:.2f}){kept}", flush=True)
+        finally:
+            engine.close()
+    record("input_copy", "share of a generation answer's own words found in the input; share in the user's style",
+           {"tasks": tasks, "policies": dict(args.policy), "config": args.config, "limit": args.limit})
     return 0
 
 

@@ -52,3 +52,13 @@ def test_input_share_counts_the_answers_own_words_found_in_the_input():
     assert input_share("Breaking news: stadium plan", "The council approved a wage rise", profile) == 0.0
     assert input_share("Breaking news: wage plan", "a wage rise", profile) == 0.5
     assert input_share("Breaking news", "anything", profile) == 0.0  # nothing of its own
+
+
+def test_styled_needs_the_users_prefix_and_suffix():
+    from benchmarks.input_copy import styled
+
+    user = {"prefix": "Quick ask:", "suffix": "by Friday please"}
+    assert styled("Quick ask: Sign the hiring plan by Friday please", user) == 1.0
+    assert styled("Urgent: Sign the hiring plan by Friday please", user) == 0.0
+    assert styled("Quick ask: Sign the hiring plan thanks in advance", user) == 0.0
+    assert styled("anything", None) is None  # no latent style outside the synthetic data
