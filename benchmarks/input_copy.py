@@ -56,6 +56,8 @@ def _policy(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    if name in ("gold", "n"):  # keys the result already uses per task
+        raise argparse.ArgumentTypeError(f"the policy name {name!r} is taken; pick another")
     return name, path
 
 
