@@ -191,6 +191,13 @@ class RLController:
             self.log(f"rl: rollout pool {previous} -> {new} ({source}: {reason})")
             sink.log(step, {"scale_from": previous, "scale_to": new, "scale_source": source})
 
+    def _pool_totals(self) -> dict[str, float] | None:
+        """The pool's summed time and work counters; None while a worker cannot answer (being replaced)."""
+        try:
+            return rollout_totals(self.pool.health())
+        except Exception:
+            return None
+
     def _stop_roles(self) -> None:
         import ray
 
@@ -254,13 +261,20 @@ class RLController:
             for i in range(start_stage, len(cfg.rl.stages)):
                 stage = cfg.rl.stages[i]
                 ray.get(self.buffer.set_stage.remote(stage.name))
-                t0 = time.perf_counter()
+                t0, before = time.perf_counter(), self._pool_totals()
                 snapshot = self.initial_snapshot if resume_from is None else None
                 ckpt = train_stage(cfg, i, self.buffer, policy, policy, self.run_dir, resume_from, snapshot)
+                seconds, after = time.perf_counter() - t0, self._pool_totals()
+                split = (rollout_fractions(before, after, seconds, self.pool.size)
+                         if before is not None and after is not None else None)
                 resume_from = str(ckpt)
                 exported = export_hf(ckpt, self.run_dir / "stages" / stage.name / "policy")
-                self.stages[stage.name] = RLStage(**read_state(ckpt), seconds=round(time.perf_counter() - t0, 1),
-                                                  policy=str(exported))
+                self.stages[stage.name] = RLStage(**read_state(ckpt), seconds=round(seconds, 1), policy=str(exported),
+                                                  rollout={k: round(v, 4) for k, v in split.items()} if split else None)
+                if split:
+                    self.log(f"rl: stage {stage.name}: rollout workers generating {split['gen_frac']:.0%} of the "
+                             f"time, waiting for rewards {split['reward_frac']:.0%}, loading weights "
+                             f"{split['sync_frac']:.0%}")
                 if cfg.rl.eval_limit:
                     self._evaluate(stage.name, str(exported.resolve()))
         finally:

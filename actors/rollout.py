@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from actors.cluster import pin_cpus
@@ -52,6 +53,8 @@ class RolloutWorker:
         pin_cpus(cfg.rollout.cpu_affinity, "rollout.cpu_affinity")
         self.engine = make_engine(cfg.rollout.engine, policy, cfg.model.dtype)
         self.rewards = make_reward_client(cfg, cfg.rollout.reward_via)
+        self._reward_calls = (ThreadPoolExecutor(cfg.rollout.prompts_per_request, thread_name_prefix="reward")
+                              if getattr(self.rewards, "concurrent_calls", False) else None)
         self.prompts = load_prompts(cfg)
         self.tags = TagSet(cfg.tags)
         r = cfg.rollout
@@ -125,26 +128,29 @@ class RolloutWorker:
         return len(groups)
 
     def generate(self, refs, stage: str) -> list[Group]:
-        """G samples for each prompt and their rewards, one reward call per group. A group whose
-        rewards the failure policy filled in (``defaulted``) is marked not ``scored``: it is not
-        trained on, and its prompt goes back to the queue."""
+        """G samples for each prompt and their rewards, one reward call per group (the PRMU term is
+        normalised within a group), the calls in flight together where the client allows it. A group
+        whose rewards the failure policy filled in (``defaulted``) is marked not ``scored``: it is
+        not trained on, and its prompt goes back to the queue."""
         prompts = [self.prompts[r.id] for r in refs]
         start = time.perf_counter()
         gens = self.engine.generate([self.prompt_tokens(r.id) for r in refs], self.sampling)
         gen_s = time.perf_counter() - start
+        start = time.perf_counter()
+        calls = [[RewardInput(p, c.text) for c in gen.completions] for p, gen in zip(prompts, gens)]
+        score = functools.partial(self.rewards.reward, stage=stage)
+        scored = list(self._reward_calls.map(score, calls)) if self._reward_calls else [score(c) for c in calls]
+        reward_s = time.perf_counter() - start
         groups = []
-        for ref, p, gen in zip(refs, prompts, gens):
-            t0 = time.perf_counter()
-            outcomes = self.rewards.reward([RewardInput(p, c.text) for c in gen.completions], stage)
-            reward_s = time.perf_counter() - t0
+        for ref, gen, outcomes in zip(refs, gens, scored):
             trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text,
                                 o.components, self.version, self.id, self._tags(c.text), c.finish_reason,
-                                {"gen_s": gen_s / len(gens), "reward_s": reward_s})
+                                {"gen_s": gen_s / len(gens), "reward_s": reward_s / len(gens)})
                      for c, o in zip(gen.completions, outcomes)]
             groups.append(Group(ref, trajs, self.version, self.id, scored=not any(o.defaulted for o in outcomes)))
-            self.counters["reward_s"] += reward_s
             self.counters["tokens"] += sum(len(c.token_ids) for c in gen.completions)
         self.counters["gen_s"] += gen_s
+        self.counters["reward_s"] += reward_s
         self.counters["batches"] += 1
         self.counters["groups"] += len(groups)
         return groups

@@ -13,14 +13,17 @@ from typing import Any
 
 
 class RunProgress:
-    """Context manager around a rich ``Progress``; ``log`` prints above the bars."""
+    """Context manager around a rich ``Progress``; ``log`` prints above the bars. ``redirect_output``:
+    this process's Python-level prints also go above the bars (when the libraries' lines are on the
+    console); otherwise they stay where ``sys.stdout`` points (``tagpr.console.LogCapture``'s file)."""
 
-    def __init__(self, steps: list[str], console: Any):
+    def __init__(self, steps: list[str], console: Any, redirect_output: bool = True):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console, self.steps = console, steps
         self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False,
+                                  redirect_stdout=redirect_output, redirect_stderr=redirect_output)
         self._pipeline = self._progress.add_task("pipeline", total=len(steps))
         self._unit = None
         self._step_start = 0.0

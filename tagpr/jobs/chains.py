@@ -223,11 +223,12 @@ def _plot(summary: dict[str, ChainsSplit], path: Path) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    out = command.console()
-    result = generate(command.load(args), log=out.print)
-    for split, s in result.splits.items():
-        out.print(f"{split}: {s.chains} chains ({s.kept_this_run} kept this run, dropped "
-                  f"{s.dropped_this_run}) in {s.seconds}s")
+    cfg = command.load(args)
+    with command.job_console(args, Path(cfg.chains.out) / "logs") as logs:
+        result = generate(cfg, log=logs.console.print)
+        for split, s in result.splits.items():
+            logs.console.print(f"{split}: {s.chains} chains ({s.kept_this_run} kept this run, dropped "
+                               f"{s.dropped_this_run}) in {s.seconds}s")
     return 0
 
 

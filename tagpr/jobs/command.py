@@ -40,6 +40,20 @@ def console():
     return Console(stderr=False, highlight=False)
 
 
+def verbose_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show Ray's, Serve's, vLLM's and the workers' log lines on the console "
+                        "(default: in <run dir>/logs/console.log; also TAGPR_LOG_LEVEL=info)")
+
+
+def job_console(args: argparse.Namespace, log_dir):
+    """The console of a job that starts Ray or an engine: the libraries' lines go to ``log_dir``
+    (printed once) unless ``--verbose`` or ``TAGPR_LOG_LEVEL`` brings them back."""
+    from tagpr.console import LogCapture, verbose_from_env
+
+    return LogCapture(log_dir, verbose=getattr(args, "verbose", False) or verbose_from_env())
+
+
 def print_baselines(results: dict, dev_split: str, out) -> None:
     """The synthetic data's profile-reader vs user-blind scores as a table on ``out`` (a rich console)."""
     from rich.table import Table
@@ -91,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = _command(sub, "run", "run the main job (the steps in run.steps) into a new run directory",
                    "tagpr.jobs.pipeline:cmd_run", config="positional")
+    verbose_args(run)
     run.add_argument("--steps", help="comma-separated steps to run instead of run.steps")
 
     ev = _command(sub, "eval", "LaMP's official scores of a predictions file, or of a policy's answers",
@@ -117,21 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     ptrain = _command(prmu, "train", "train on Ray Train, then evaluate on held-out users",
                       "tagpr.jobs.prmu:cmd_train")
     ptrain.add_argument("--out", help="checkpoint folder (default: <run dir>/prmu)")
+    verbose_args(ptrain)
     peval = _command(prmu, "eval", "pairwise accuracy vs the user-blind ablation", "tagpr.jobs.prmu:cmd_eval")
     peval.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
     peval.add_argument("--split", help="split to evaluate (default: data.dev_split)")
     peval.add_argument("--out", help="write the result here as JSON")
 
-    _command(_subcommands(sub, "chains", "tagged-thought chains"), "generate",
-             "generate, label and filter chains on Ray Data (resumable)", "tagpr.jobs.chains:cmd_generate")
+    verbose_args(_command(_subcommands(sub, "chains", "tagged-thought chains"), "generate",
+                          "generate, label and filter chains on Ray Data (resumable)",
+                          "tagpr.jobs.chains:cmd_generate"))
 
     sft = _command(sub, "sft", "SFT on the tagged chains (Ray Train), evaluated on dev before and after",
                    "tagpr.jobs.sft:cmd_train")
     sft.add_argument("--out", help="policy folder (default: <run dir>/policy)")
+    verbose_args(sft)
 
     rl = _command(sub, "rl", "multi-stage asynchronous GRPO (guided, then exploratory) from model.policy",
                   "tagpr.jobs.rl:cmd_train")
     rl.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory from its newest checkpoint")
+    verbose_args(rl)
 
     _command(sub, "doctor", "check versions, devices, the Ray address and token, and ports", f"{CLI}:cmd_doctor")
 

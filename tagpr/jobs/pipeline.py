@@ -215,6 +215,11 @@ def step_report(ctx: RunContext) -> ReportResult:
              "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in ctx.seconds.items()) + "."]
     if dist:
         notes.insert(1, prmu_note(dist))
+    if rl and (split := {name: st.rollout for name, st in rl.stages.items() if st.rollout}):
+        notes.append("Rollout workers' time, per RL stage (`rl/rl_report.json`): " + "; ".join(
+            f"{name}: generating {r['gen_frac']:.0%}, waiting for rewards {r['reward_frac']:.0%}, loading weights "
+            f"{r['sync_frac']:.0%}, held back by the buffer {r['blocked_frac']:.0%}"
+            for name, r in split.items()) + ".")
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
     (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")
@@ -243,9 +248,9 @@ class StepListener(Protocol):
 
 
 def run_pipeline(cfg: TagPRConfig, steps: list[str], log: Callable[[str], None] = print,
-                 listener: StepListener | None = None) -> RunContext:
+                 listener: StepListener | None = None, run_dir: Path | None = None) -> RunContext:
     funcs = [(name, STEPS.get(name)) for name in steps]  # unknown names fail before any work
-    ctx = RunContext(cfg, new_run_dir(cfg, "run"), log)
+    ctx = RunContext(cfg, run_dir or new_run_dir(cfg, "run"), log)
     summary: dict[str, Any] = {"run_dir": str(ctx.run_dir), "steps": {}}  # summary.json
     for name, func in funcs:
         start = time.perf_counter()
@@ -266,18 +271,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tagpr.progress import RunProgress
 
     cfg = command.load(args)
-    out = command.console()
     steps = args.steps.split(",") if args.steps else cfg.run.steps
+    for name in steps:  # unknown names fail before a run directory is made
+        STEPS.get(name)
     start = time.perf_counter()
-    with RunProgress(steps, out) as progress, BoardFollower(progress.update):
-        ctx = run_pipeline(cfg, steps, log=progress.log, listener=progress)
-    if "data" in ctx.results:
-        command.print_baselines(ctx.results["data"].baselines, cfg.data.dev_split, out)
-    if "prmu" in ctx.results:
-        from tagpr.jobs.prmu import print_scores
+    run_dir = new_run_dir(cfg, "run")
+    with command.job_console(args, run_dir / "logs") as logs:
+        out = logs.console
+        with RunProgress(steps, out, redirect_output=logs.verbose) as progress, BoardFollower(progress.update):
+            ctx = run_pipeline(cfg, steps, log=progress.log, listener=progress, run_dir=run_dir)
+        if "data" in ctx.results:
+            command.print_baselines(ctx.results["data"].baselines, cfg.data.dev_split, out)
+        if "prmu" in ctx.results:
+            from tagpr.jobs.prmu import print_scores
 
-        print_scores(ctx.results["prmu"], out)
-    out.print(f"run finished in {time.perf_counter() - start:.1f}s: {ctx.run_dir}")
+            print_scores(ctx.results["prmu"], out)
+        out.print(f"run finished in {time.perf_counter() - start:.1f}s: {ctx.run_dir}")
     return 0
 
 

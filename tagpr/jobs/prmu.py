@@ -132,10 +132,12 @@ def print_scores(result: PRMUResult | PRMUEval, out) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    out = command.console()
-    result = train(command.load(args), args.out, log=out.print)
-    print_scores(result, out)
-    out.print(f"checkpoint {result.checkpoint} ({result.seconds}s)")
+    cfg = command.load(args)
+    run_dir = new_run_dir(cfg, "prmu")
+    with command.job_console(args, run_dir / "logs") as logs:
+        result = train(cfg, args.out, log=logs.console.print, run_dir=run_dir)
+        print_scores(result, logs.console)
+        logs.console.print(f"checkpoint {result.checkpoint} ({result.seconds}s)")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tagpr.config import TagPRConfig, new_run_dir, write_resolved
+from tagpr.errors import TagPRError
 from tagpr.jobs import command
 from tagpr.rl.result import RLResult
 
@@ -22,28 +23,35 @@ def train(cfg: TagPRConfig, log: Callable[[str], None] = print, run_dir: Path | 
     """Run every stage into ``run_dir`` (a new one by default), or continue ``resume`` (a run directory);
     ``start_evaluation``: the starting policy's dev scores where already known (no second scoring)."""
     from actors.controller import RLController
-    from tagpr.errors import TagPRError
 
+    run_dir = _run_dir(cfg, run_dir, resume)
     if resume:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise TagPRError(f"--resume: {run_dir} is not a run directory")
         write_resolved(cfg, run_dir, resumed=True)
-    else:
-        run_dir = run_dir or new_run_dir(cfg, "rl")
     log(f"rl: run directory {run_dir}")
     return RLController(cfg, run_dir, log).run(resume=bool(resume), start_evaluation=start_evaluation)
 
 
+def _run_dir(cfg: TagPRConfig, run_dir: Path | None, resume: str | Path | None) -> Path:
+    """``resume`` (which must exist), else ``run_dir``, else a new run directory."""
+    if resume:
+        if not Path(resume).is_dir():
+            raise TagPRError(f"--resume: {resume} is not a run directory")
+        return Path(resume)
+    return run_dir or new_run_dir(cfg, "rl")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    out = command.console()
-    report = train(command.load(args), log=out.print, resume=args.resume)
-    for name, stage in report.stages.items():
-        out.print(f"stage {name}: {stage.stage_step} steps (version {stage.step}) in {stage.seconds}s")
-    for name, r in report.evaluations.items():
-        out.print(f"dev at {name}: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
-                  f"task score {r['task_score']:.3f}")
-    out.print(f"run {report.run_dir} ({report.seconds}s)")
+    cfg = command.load(args)
+    run_dir = _run_dir(cfg, None, args.resume)
+    with command.job_console(args, run_dir / "logs") as logs:
+        out = logs.console
+        report = train(cfg, log=out.print, run_dir=run_dir, resume=args.resume)
+        for name, stage in report.stages.items():
+            out.print(f"stage {name}: {stage.stage_step} steps (version {stage.step}) in {stage.seconds}s")
+        for name, r in report.evaluations.items():
+            out.print(f"dev at {name}: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
+                      f"task score {r['task_score']:.3f}")
+        out.print(f"run {report.run_dir} ({report.seconds}s)")
     return 0
 
 

@@ -127,13 +127,16 @@ def _fit(cfg: TagPRConfig, records: ExampleSource, name: str, out: str | Path | 
 def cmd_train(args: argparse.Namespace) -> int:
     from tagpr.lamp.tasks import get_task
 
-    out = command.console()
-    result = train(command.load(args), args.out, log=out.print)
-    for when, r in (("before", result.before), ("after", result.after)):
-        if r is not None:
-            out.print(f"{when} SFT: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
-                      + ", ".join(f"{t} {v[get_task(t).primary_metric]:.3f}" for t, v in r["tasks"].items()))
-    out.print(f"policy {result.policy} ({result.seconds}s)")
+    cfg = command.load(args)
+    run_dir = new_run_dir(cfg, "sft")
+    with command.job_console(args, run_dir / "logs") as logs:
+        out = logs.console
+        result = train(cfg, args.out, log=out.print, run_dir=run_dir)
+        for when, r in (("before", result.before), ("after", result.after)):
+            if r is not None:
+                out.print(f"{when} SFT: format valid {r['format_valid']:.3f}, tag score {r['tag_score']:.3f}, "
+                          + ", ".join(f"{t} {v[get_task(t).primary_metric]:.3f}" for t, v in r["tasks"].items()))
+        out.print(f"policy {result.policy} ({result.seconds}s)")
     return 0
 
 

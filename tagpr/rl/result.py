@@ -23,6 +23,9 @@ class RLStage(Record):
     base: str
     seconds: float
     policy: str
+    # the rollout pool's time split over the stage (``gen_frac``, ``reward_frac``, ``sync_frac``,
+    # ``blocked_frac`` per worker-second) and its tokens/s and groups/s
+    rollout: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,14 +8,16 @@ def test_the_rl_report_holds_the_checkpoint_state_per_stage_and_only_the_roles_t
     state = {"stage_index": 1, "step": 5, "stage_step": 2, "plateau": {"best": 0.5, "since": 1},
              "stage": "exploratory", "lora": False, "base": "sft"}
     guided = RLStage(**{**state, "stage_index": 0, "step": 3, "stage": "guided"}, seconds=2.0, policy="p/guided")
-    report = RLResult(run_dir="run", stages={"guided": guided, "exploratory": RLStage(**state, seconds=1.0,
-                                                                                        policy="p/exploratory")},
+    split = {"gen_frac": 0.8, "reward_frac": 0.05, "sync_frac": 0.01, "blocked_frac": 0.1}
+    report = RLResult(run_dir="run", stages={"guided": guided, "exploratory": RLStage(
+        **state, seconds=1.0, policy="p/exploratory", rollout=split)},
                       evaluations={"start": {"task_score": 0.4}}, buffer={"version": 5}, pool_events=[],
                       seconds=9.0)
     written = report.to_json()
     assert list(written) == ["run_dir", "stages", "evaluations", "buffer", "pool_events", "seconds"]
-    assert written["stages"]["exploratory"] == {**state, "seconds": 1.0, "policy": "p/exploratory"}
-    assert list(written["stages"]["exploratory"]) == [*state, "seconds", "policy"]
+    assert written["stages"]["exploratory"] == {**state, "seconds": 1.0, "policy": "p/exploratory", "rollout": split}
+    assert list(written["stages"]["exploratory"]) == [*state, "seconds", "policy", "rollout"]
+    assert written["stages"]["guided"]["rollout"] is None  # the pool could not be asked (a worker being replaced)
     assert report.policy == "p/exploratory"  # the last stage's
 
 
