@@ -223,6 +223,11 @@ def step_report(ctx: RunContext) -> ReportResult:
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
     (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")
+    ctx.log("report: dev task score " + ", ".join(f"{p} {v['task_score']:.3f}" for p, v in report["summary"].items())
+            + "".join(f"; {c['policy']} - {c['against']} {i['estimate']:+.3f} [{i['low']:+.3f}, {i['high']:+.3f}]"
+                      for c in report["comparisons"].values() if (i := c.get("task_score")))
+            + (f"; headline {h['average']:+.1%} ({h['label']})" if (h := report["headline"]) and h["average"]
+               is not None else ""))
     return ReportResult(report=str(ctx.run_dir / "report.md"), headline=report["headline"], summary=report["summary"])
 
 

@@ -115,6 +115,8 @@ def _fit(cfg: TagPRConfig, records: ExampleSource, name: str, out: str | Path | 
                         cfg.run.seed)
     export_hf(ckpt, out)
     history = json.loads((ckpt / "trainer_state.json").read_text())
+    log(f"{name}: epoch {history['epoch']}: train loss {history['train_loss']:.4f}, "
+        f"{history.get('tokens_per_s', 0.0):.0f} tokens/s")
     after = None
     if "after" in evaluations:
         after = evaluate_policy(str(out.resolve()), cfg, limit=s.eval_limit, on_task=dev_progress(f"after {name}"))

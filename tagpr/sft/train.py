@@ -51,7 +51,9 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
                  log: Callable[[str], None] | None = None,
                  on_step: Callable[[int, int], None] | None = None) -> list[dict]:
     """Epochs ``start_epoch..cfg.epochs``; ``log`` gets a progress line about every tenth of an epoch,
-    ``on_step`` (steps done, steps in all epochs) every step."""
+    ``on_step`` (steps done, steps in all epochs) every step. An epoch's ``tokens_per_s`` counts the
+    tokens its steps trained on (pad tokens left out), from the first step's end, so start-up costs
+    (first-use compiles, allocator warm-up) stay out of it."""
     history = []
     stepper.train(True)
     for epoch in range(start_epoch, cfg.epochs):
@@ -59,13 +61,17 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
         order = torch.randperm(len(train), generator=gen)[rank::world]
         n_steps = -(-len(order) // cfg.batch_size)
         every, start = max(1, n_steps // 10), time.perf_counter()
-        total, steps = 0.0, 0
+        total, steps, tokens, warm = 0.0, 0, 0, None
         for batch in batches(train, cfg.batch_size, order, pad_id):
             stepper.set_lr(lr_at(epoch * n_steps + steps, cfg.epochs * n_steps, cfg))
             loss = stepper.forward(**batch).loss
             stepper.step(loss)
             total += loss.item()
             steps += 1
+            if warm is None:
+                warm = time.perf_counter()
+            else:
+                tokens += int(batch["attention_mask"].sum())
             if on_step:
                 on_step(epoch * n_steps + steps, cfg.epochs * n_steps)
             if log and (steps % every == 0 or steps == n_steps):
@@ -73,7 +79,8 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
                 log(f"sft epoch {epoch + 1}/{cfg.epochs} step {steps}/{n_steps} loss {total / steps:.4f} "
                     f"lr {lr_at(epoch * n_steps + steps - 1, cfg.epochs * n_steps, cfg):.2e} "
                     f"({rate:.2f} steps/s, {(n_steps - steps) / rate:.0f} s left in epoch)")
-        stats = {"epoch": epoch + 1, "train_loss": total / max(steps, 1)}
+        stats = {"epoch": epoch + 1, "train_loss": total / max(steps, 1),
+                 "tokens_per_s": tokens / (time.perf_counter() - warm) if tokens else 0.0}
         if dev is not None and len(dev):
             stats["dev_loss"] = eval_loss(stepper, dev, cfg.batch_size, pad_id)
         history.append(stats)

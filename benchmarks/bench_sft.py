@@ -1,0 +1,153 @@
+"""SFT trainer throughput against a plain torch loop: what Ray Train and the training strategy cost.
+
+One run, one machine, one model: the embedded tiny policy, the demo's SFT settings (batch size,
+precision, learning rate), TagPR prompts from the synthetic users with the demo's profile items and
+the gold answer as the response. Both paths train the same batches in the same order, each in its
+own process on the same threads: the trainer as ``tagpr sft`` runs it (Ray Train, one worker whose
+CPU share sets its threads, ``sft.strategy``), the plain loop as model, AdamW and backward in one
+process. Tokens/s counts the batches' tokens without padding, from the first step's end on.
+
+    python -m benchmarks.run sft
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+THREADS, STEPS = 2, 24
+PATHS = ("plain", "trainer")
+
+
+def _config(root: Path):
+    from tagpr.config import load_config
+
+    return load_config("configs/demo.yaml", [f"data.root={root / 'data'}", "data.synthetic.users={train: 48, dev: 1}",
+                                              "sft.epochs=1", "sft.num_workers=1", f"cluster.num_cpus={THREADS}",
+                                              f"run.root={root / 'runs'}"])
+
+
+def _setup(root: Path) -> tuple[Path, int]:
+    """The policy, and ``STEPS`` batches' worth of tokenized examples pickled in ``root``."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from tagpr.lamp.io import load_split
+    from tagpr.lamp.synthetic import write_synthetic
+    from tagpr.models import build_tiny_policy
+    from tagpr.sft.data import tokenize_chains
+    from tagpr.tags import TagSet
+
+    cfg = _config(root)
+    write_synthetic(cfg.data.root, cfg.data.synthetic, cfg.data.tasks)
+    policy = build_tiny_policy(cfg.model, cfg.tags, root / "policy")
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    tags = TagSet(cfg.tags)
+    records = [{"task": s.task.name, "input": q.input, "profile": q.profile, "response": tags.render((), q.gold)}
+               for s in (load_split(cfg.data.root, t, cfg.data.train_split) for t in cfg.data.tasks)
+               for q in s.questions]
+    records = random.Random(0).sample(records, STEPS * cfg.sft.batch_size)
+    data = tokenize_chains(records, tokenizer, tags, cfg.data.prompt_profile_items, cfg.sft.max_length)
+    (root / "data.pkl").write_bytes(pickle.dumps(data))
+    return policy, tokenizer.pad_token_id
+
+
+def _plain(root: Path, policy: str, pad_id: int) -> dict:
+    """Model, AdamW (with the strategy's clipping and precision) and backward: no Ray, no strategy."""
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tagpr.sft.train import batches
+
+    torch.set_num_threads(THREADS)
+    cfg = _config(root).sft
+    data = pickle.loads((root / "data.pkl").read_bytes())
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.precision == "bf16" \
+        else contextlib.nullcontext
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))  # the trainer's epoch-0 order
+    tokens, warm = 0, None
+    for batch in batches(data, cfg.batch_size, order, pad_id):
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad()
+        if warm is None:
+            warm = time.perf_counter()
+        else:
+            tokens += int(batch["attention_mask"].sum())
+    return {"tokens_per_s": tokens / (time.perf_counter() - warm), "threads": torch.get_num_threads()}
+
+
+def _trainer(root: Path, policy: str, pad_id: int) -> dict:
+    """The project's SFT trainer on a local Ray cluster of ``THREADS`` CPUs, one worker."""
+    import ray
+
+    from actors.cluster import connect
+    from actors.sft_trainer import train_on_ray
+
+    cfg = _config(root)
+    connect(cfg.cluster, log_to_driver=False)
+    data = pickle.loads((root / "data.pkl").read_bytes())
+    start = time.perf_counter()
+    ckpt = train_on_ray(cfg.sft, data, None, policy, root / "ray_train", seed=0)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    ray.shutdown()
+    return {"tokens_per_s": state["tokens_per_s"], "job_s": time.perf_counter() - start,
+            "strategy": cfg.sft.strategy}
+
+
+def run() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        policy, pad_id = _setup(root)
+        data = pickle.loads((root / "data.pkl").read_bytes())
+        out = {}
+        for path in PATHS:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_sft", path, str(root), str(policy),
+                                   str(pad_id)], capture_output=True, text=True, check=True)
+            out[path] = json.loads(proc.stdout.strip().splitlines()[-1])
+        cfg = _config(root).sft
+    lengths = [len(x) for x in data.input_ids]
+    return {"name": "sft_trainer_throughput", "figure": "SFT tokens/s, the trainer (Ray Train) / a plain torch loop",
+            "ratio": round(out["trainer"]["tokens_per_s"] / out["plain"]["tokens_per_s"], 3), "target": ">= 0.9",
+            "details": {"paths": out, "steps": STEPS, "batch_size": cfg.batch_size, "precision": cfg.precision,
+                        "threads": THREADS, "tokens_mean": round(sum(lengths) / len(lengths), 1),
+                        "model": "embedded tiny policy (Qwen2, 4 layers, hidden 256)"}}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = result["details"]["paths"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(list(paths), [paths[p]["tokens_per_s"] for p in paths], color=["grey", "tab:blue"])
+    ax.set_ylabel("training tokens/s (no padding)")
+    d = result["details"]
+    ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads, "
+                 f"{d['tokens_mean']:.0f} tokens per example", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    fn = {"plain": _plain, "trainer": _trainer}[sys.argv[1]]
+    print(json.dumps(fn(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
