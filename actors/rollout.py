@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from actors.cluster import pin_cpus
@@ -53,8 +53,12 @@ class RolloutWorker:
         pin_cpus(cfg.rollout.cpu_affinity, "rollout.cpu_affinity")
         self.engine = make_engine(cfg.rollout.engine, policy, cfg.model.dtype)
         self.rewards = make_reward_client(cfg, cfg.rollout.reward_via)
-        self._reward_calls = (ThreadPoolExecutor(cfg.rollout.prompts_per_request, thread_name_prefix="reward")
-                              if getattr(self.rewards, "concurrent_calls", False) else None)
+        # a reward service scores elsewhere: a batch's group calls go out together, on a thread of
+        # their own, while the engine samples the next batch
+        remote = getattr(self.rewards, "remote", False)
+        self._reward_calls = ThreadPoolExecutor(cfg.rollout.prompts_per_request, "reward") if remote else None
+        self._scoring = ThreadPoolExecutor(1, "scoring") if remote else None
+        self._pending: Future | None = None  # the previous batch's groups, being scored
         self.prompts = load_prompts(cfg)
         self.tags = TagSet(cfg.tags)
         r = cfg.rollout
@@ -104,21 +108,53 @@ class RolloutWorker:
     # ------------------------------------------------------------ generation
 
     def step(self) -> int:
-        """One round with the buffer: groups offered (0 after a weight load or a wait), -1 once stopped."""
+        """One round with the buffer: groups offered (0 after a weight load or a wait), -1 once stopped.
+
+        With a reward service, a batch's groups are offered one round later: the engine samples the
+        next batch while the service scores this one. Groups still being scored are offered before a
+        weight load, before the worker waits for work, and when it stops."""
         import ray
 
         start = time.perf_counter()
         work = ray.get(self.buffer.request_work.remote(self.id, self.cfg.rollout.prompts_per_request, self.version,
-                                                       wait_s=WAIT_S))
+                                                       wait_s=0.0 if self._pending else WAIT_S))
         if isinstance(work, Stop):
+            self._offer_pending()
             return -1
         if isinstance(work, LoadWeights):
+            offered = self._offer_pending()
             self.sync(work.update)
-            return 0
+            return offered
         if not work.refs:  # back-pressure: the buffer held the request until it gave up
+            if self._pending:
+                return self._offer_pending()
             self.counters["blocked_s"] += time.perf_counter() - start
             return 0
-        groups = self.generate(work.refs, work.stage)
+        gens, gen_s = self._sample(work.refs)
+        offered = self._offer_pending()
+        if self._scoring is None:
+            start = time.perf_counter()
+            groups = self._score(work.refs, gens, work.stage, self.version, gen_s)
+            self.counters["reward_s"] += time.perf_counter() - start
+            return offered + self._offer(groups)
+        self._pending = self._scoring.submit(self._score, work.refs, gens, work.stage, self.version, gen_s)
+        return offered
+
+    def _offer_pending(self) -> int:
+        """Wait for the batch being scored (the wait counts as ``reward_s``) and offer its groups."""
+        if self._pending is None:
+            return 0
+        start = time.perf_counter()
+        try:
+            groups = self._pending.result()
+        finally:
+            self._pending = None
+            self.counters["reward_s"] += time.perf_counter() - start
+        return self._offer(groups)
+
+    def _offer(self, groups: list[Group]) -> int:
+        import ray
+
         scored = [g for g in groups if g.scored]
         unscored = [g.prompt for g in groups if not g.scored]
         admitted = ray.get([self.buffer.offer.remote(g) for g in scored]
@@ -128,30 +164,39 @@ class RolloutWorker:
         return len(groups)
 
     def generate(self, refs, stage: str) -> list[Group]:
-        """G samples for each prompt and their rewards, one reward call per group (the PRMU term is
-        normalised within a group), the calls in flight together where the client allows it. A group
-        whose rewards the failure policy filled in (``defaulted``) is marked not ``scored``: it is
-        not trained on, and its prompt goes back to the queue."""
-        prompts = [self.prompts[r.id] for r in refs]
+        """G samples for each prompt and their rewards, now (tests and benchmarks call it directly)."""
+        gens, gen_s = self._sample(refs)
+        start = time.perf_counter()
+        groups = self._score(refs, gens, stage, self.version, gen_s)
+        self.counters["reward_s"] += time.perf_counter() - start
+        return groups
+
+    def _sample(self, refs) -> tuple[list, float]:
         start = time.perf_counter()
         gens = self.engine.generate([self.prompt_tokens(r.id) for r in refs], self.sampling)
         gen_s = time.perf_counter() - start
+        self.counters["gen_s"] += gen_s
+        self.counters["batches"] += 1
+        self.counters["tokens"] += sum(len(c.token_ids) for gen in gens for c in gen.completions)
+        return gens, gen_s
+
+    def _score(self, refs, gens, stage: str, version: int, gen_s: float) -> list[Group]:
+        """The groups of one sampled batch, with one reward call per group (the PRMU term is
+        normalised within a group), the calls in flight together where the client allows it. A group
+        whose rewards the failure policy filled in (``defaulted``) is marked not ``scored``: it is
+        not trained on, and its prompt goes back to the queue."""
         start = time.perf_counter()
-        calls = [[RewardInput(p, c.text) for c in gen.completions] for p, gen in zip(prompts, gens)]
+        calls = [[RewardInput(self.prompts[r.id], c.text) for c in gen.completions] for r, gen in zip(refs, gens)]
         score = functools.partial(self.rewards.reward, stage=stage)
         scored = list(self._reward_calls.map(score, calls)) if self._reward_calls else [score(c) for c in calls]
         reward_s = time.perf_counter() - start
         groups = []
         for ref, gen, outcomes in zip(refs, gens, scored):
             trajs = [Trajectory(ref, gen.prompt_token_ids, c.token_ids, c.logprobs or [], c.text,
-                                o.components, self.version, self.id, self._tags(c.text), c.finish_reason,
+                                o.components, version, self.id, self._tags(c.text), c.finish_reason,
                                 {"gen_s": gen_s / len(gens), "reward_s": reward_s / len(gens)})
                      for c, o in zip(gen.completions, outcomes)]
-            groups.append(Group(ref, trajs, self.version, self.id, scored=not any(o.defaulted for o in outcomes)))
-            self.counters["tokens"] += sum(len(c.token_ids) for c in gen.completions)
-        self.counters["gen_s"] += gen_s
-        self.counters["reward_s"] += reward_s
-        self.counters["batches"] += 1
+            groups.append(Group(ref, trajs, version, self.id, scored=not any(o.defaulted for o in outcomes)))
         self.counters["groups"] += len(groups)
         return groups
 
@@ -180,6 +225,7 @@ class RolloutWorker:
             if self.step() < 0:
                 break
             n += 1
+        self._offer_pending()
         return self.health()
 
     def stop(self) -> None:

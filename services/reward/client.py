@@ -33,7 +33,7 @@ class RewardServiceError(RuntimeError):
 
 
 class RewardClient:
-    concurrent_calls = True  # one httpx.Client serves several threads' requests
+    remote = True  # scores in the service; one httpx.Client serves several threads' requests
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 30.0, retries: int = 3,
                  backoff: float = 0.5, failure_policy: FailurePolicy = "raise", default_reward: float = 0.0,
@@ -124,7 +124,7 @@ def _body(resp: httpx.Response) -> Any:
 class HandleRewardClient:
     """In-cluster: the same calls through a Serve deployment handle, skipping HTTP."""
 
-    concurrent_calls = True
+    remote = True
 
     def __init__(self, app_name: str = "tagpr-reward"):
         from ray import serve
@@ -138,10 +138,10 @@ class HandleRewardClient:
 
 class LocalRewardClient:
     """No service: the composite reward computed in this process (the PRMU from ``prmu.checkpoint``
-    when a stage weights it), with the same call and result shape as the service clients. Calls run one
-    at a time: the scorer's embedding cache is not shared between threads."""
+    when a stage weights it), with the same call and result shape as the service clients. It scores in
+    the worker's own process, on the worker's CPUs, so the worker calls it one group at a time."""
 
-    concurrent_calls = False
+    remote = False
 
     def __init__(self, cfg):
         self.cfg = cfg

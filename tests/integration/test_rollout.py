@@ -297,7 +297,8 @@ def test_collective_transport_over_nccl(ray_cluster):
 
 
 def test_worker_scores_each_group_through_the_reward_service(prmu_job, serve_port, tiny_policy):
-    """reward_via=http: one /v1/reward call per group to the Serve-hosted service, PRMU term included."""
+    """reward_via=http: one /v1/reward call per group to the Serve-hosted service, PRMU term included;
+    a batch is scored while the next round runs, and offered then, or when the worker stops."""
     import httpx
     import ray
     from ray import serve
@@ -318,11 +319,15 @@ def test_worker_scores_each_group_through_the_reward_service(prmu_job, serve_por
     worker = ray.remote(RolloutWorker).options(num_cpus=0).remote("http", cfg.model_dump(mode="json"), buffer,
                                                                   str(tiny_policy))
     try:
-        assert ray.get(worker.step.remote()) == 1
+        assert ray.get(worker.step.remote()) == 0  # sampled; the service scores it meanwhile
+        assert ray.get(worker.step.remote()) == 1  # offered in the next round
         (group,) = ray.get(buffer.take.remote())
         assert len(group.trajectories) == 3
         for t in group.trajectories:
             assert {"format", "task", "tag", "prmu"} <= set(t.components) and t.timings["reward_s"] > 0
+        health = ray.get(worker.run.remote(max_steps=1), timeout=120)
+        assert health["groups"] == health["batches"] >= 1  # every sampled batch was scored ...
+        assert health["admitted"] + health["unscored"] == health["groups"]  # ... and offered before run returned
     finally:
         ray.kill(worker)
         serve.delete("reward-rollout")
