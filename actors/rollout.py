@@ -133,10 +133,7 @@ class RolloutWorker:
         gens, gen_s = self._sample(work.refs)
         offered = self._offer_pending()
         if self._scoring is None:
-            start = time.perf_counter()
-            groups = self._score(work.refs, gens, work.stage, self.version, gen_s)
-            self.counters["reward_s"] += time.perf_counter() - start
-            return offered + self._offer(groups)
+            return offered + self._offer(self._score_now(work.refs, gens, work.stage, gen_s))
         self._pending = self._scoring.submit(self._score, work.refs, gens, work.stage, self.version, gen_s)
         return offered
 
@@ -166,6 +163,10 @@ class RolloutWorker:
     def generate(self, refs, stage: str) -> list[Group]:
         """G samples for each prompt and their rewards, now (tests and benchmarks call it directly)."""
         gens, gen_s = self._sample(refs)
+        return self._score_now(refs, gens, stage, gen_s)
+
+    def _score_now(self, refs, gens, stage: str, gen_s: float) -> list[Group]:
+        """Score in this thread; the whole scoring time is time waiting for rewards."""
         start = time.perf_counter()
         groups = self._score(refs, gens, stage, self.version, gen_s)
         self.counters["reward_s"] += time.perf_counter() - start
