@@ -18,12 +18,23 @@ class FilterStats:
 
 
 class ChainFilter:
+    #: Raised when the rules change, so chain sets an older filter wrote are made again (2: duplicates
+    #: are per question; before, identical text for different questions was dropped).
+    VERSION = 2
+
     def __init__(self, tags: TagSet, min_score: Mapping[str, float], generation_metric: str = "rougeL"):
         self.tags, self.min_score, self.metric = tags, dict(min_score), generation_metric
         self.seen: set[str] = set()
         self.stats = FilterStats()
 
-    def reason(self, task: str, response: str, gold: str) -> str | None:
+    @staticmethod
+    def key(task: str, question_id: str, response: str) -> str:
+        """What makes two chains duplicates: the same text for the same question. Different questions
+        may share a chain's text (a templated rating chain with the same numbers); each is a training
+        example of its own."""
+        return f"{task}/{question_id}\t{' '.join(response.split())}"
+
+    def reason(self, question_id: str, task: str, response: str, gold: str) -> str | None:
         """Why a chain is dropped, or None to keep it (and remember it for de-duplication)."""
         t = get_task(task)
         checked = self.tags.check(response, t.task_type)
@@ -33,7 +44,7 @@ class ChainFilter:
             return f"tag: {sorted(checked.failed)[0]}"
         if sample_score(t, checked.answer, gold, self.metric) < self.min_score[t.task_type]:
             return "low score"
-        key = " ".join(response.split())
+        key = self.key(task, question_id, response)
         if key in self.seen:
             return "duplicate"
         self.seen.add(key)
@@ -42,7 +53,7 @@ class ChainFilter:
     def keep(self, records: Iterable[dict]) -> list[dict]:
         kept = []
         for r in records:
-            why = self.reason(r["task"], r["response"], r["gold"])
+            why = self.reason(r["id"], r["task"], r["response"], r["gold"])
             if why is None:
                 kept.append(r)
                 self.stats.kept += 1

@@ -107,7 +107,9 @@ def _records(cfg: TagPRConfig, split: str, done: set[str]) -> list[dict[str, Any
 
 def source_fingerprint(cfg: TagPRConfig, split: str) -> str:
     """What a split's chains depend on, hashed: its questions and outputs files for every task, the
-    tag set, the profile items a prompt shows, and the chains settings that shape a chain."""
+    tag set, the profile items a prompt shows, the chains settings that shape a chain, and the
+    filter's rules."""
+    from tagpr.chains.filter import ChainFilter
     from tagpr.lamp.io import split_paths
 
     h = hashlib.sha256()
@@ -117,7 +119,7 @@ def source_fingerprint(cfg: TagPRConfig, split: str) -> str:
             h.update(path.read_bytes() if path.exists() else b"")
     settings = cfg.chains.model_dump(mode="json", exclude={"out", "batch_size"})
     h.update(json.dumps([settings, cfg.tags.model_dump(mode="json"), cfg.data.prompt_profile_items,
-                         cfg.reward.generation_metric], sort_keys=True).encode())
+                         cfg.reward.generation_metric, ChainFilter.VERSION], sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -162,7 +164,7 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None,
         done = set(done_path.read_text().split()) if done_path.exists() else set()
         flt = ChainFilter(tags, cfg.chains.min_score, cfg.reward.generation_metric)
         if chains_path.exists():
-            flt.seen.update(" ".join(json.loads(line)["response"].split()) for line in chains_path.open())
+            flt.seen.update(flt.key(c["task"], c["id"], c["response"]) for c in map(json.loads, chains_path.open()))
         todo = _records(cfg, split, done)
         log(f"chains {split}: {len(todo)} questions to do, {len(done)} already done")
         if todo:

@@ -88,7 +88,7 @@ def test_embedding_labeler_yields_valid_tagged_chains(root, tagset):
         s, reqs = requests(root, task)
         outs = ProgrammaticTeacher(str(root), mistake_rate=0.0).generate(reqs, 1)
         tagged = labeler.label([split_answer(o.samples[0]) for o in outs])
-        flt.keep({"task": task, "response": t, "gold": r.gold} for t, r in zip(tagged, reqs))
+        flt.keep({"id": r.id, "task": task, "response": t, "gold": r.gold} for t, r in zip(tagged, reqs))
         total += len(reqs)
     assert not [why for why in flt.stats.dropped if why != "low score"], flt.stats  # every chain labels validly
     assert flt.stats.kept >= 0.8 * total, flt.stats
@@ -98,12 +98,14 @@ def test_filter_reasons(tagset):
     good = ("<examine_examples>a</examine_examples><identify_patterns>b</identify_patterns><infer_preference>c"
             "</infer_preference><compare_options>d</compare_options><answer>comedy</answer>")
     flt = ChainFilter(tagset, MIN)
-    assert flt.reason("LaMP_2", good, "comedy") is None
-    assert flt.reason("LaMP_2", good, "comedy") == "duplicate"
-    assert flt.reason("LaMP_2", good.replace("comedy", "sci-fi"), "comedy") == "low score"
-    assert flt.reason("LaMP_2", "<answer>comedy</answer>", "comedy") == "tag: required"
-    assert flt.reason("LaMP_2", good.replace("comedy", "not a tag"), "comedy") == "unparsed"
-    assert flt.reason("LaMP_2", good.replace("</answer>", ""), "comedy") == "unparsed"
+    assert flt.reason("q1", "LaMP_2", good, "comedy") is None
+    assert flt.reason("q1", "LaMP_2", good, "comedy") == "duplicate"
+    assert flt.reason("q1", "LaMP_2", good.replace("comedy", "sci-fi"), "comedy") == "low score"
+    assert flt.reason("q1", "LaMP_2", "<answer>comedy</answer>", "comedy") == "tag: required"
+    assert flt.reason("q1", "LaMP_2", good.replace("comedy", "not a tag"), "comedy") == "unparsed"
+    assert flt.reason("q1", "LaMP_2", good.replace("</answer>", ""), "comedy") == "unparsed"
+    # the same text for another question is that question's example, not a duplicate
+    assert flt.reason("q2", "LaMP_2", good, "comedy") is None
 
 
 def test_prompt_and_sft_tokenization(root, tagset, tmp_path, cfg):
