@@ -13,7 +13,8 @@ responses and greedy format validity can hide how often those break the format.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Sequence
 
 from tagpr.config import TagPRConfig
@@ -121,7 +122,8 @@ def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int,
         preds = {q.id: (j.checked.answer or "") for q, j in zip(questions, judged)}
         golds = {q.id: q.gold for q in questions}
         per_task[task] = {"n": len(questions), "format": sum(f) / len(f), "tag": sum(t) / len(t),
-                          **score_task(s.task, preds, golds), "per_question": question_scores(s.task, preds, golds),
+                          **score_task(s.task, preds, golds), **most_common_answer(preds.values()),
+                          "per_question": question_scores(s.task, preds, golds),
                           "example": responses[0] if responses else ""}
         if sampled:
             valid = [float(format_valid(tags.check(r, s.task.task_type), s.task))
@@ -137,6 +139,16 @@ def _evaluate(engine: Engine, cfg: TagPRConfig, split: str, limit: int,
         result["sampled_format_valid"] = sum(sampled_fmt) / len(sampled_fmt)
         result["sampling"] = {"temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p}
     return {**result, "tasks": per_task}
+
+
+def most_common_answer(answers: Iterable[str]) -> dict[str, Any]:
+    """The answer given most often and the share of questions that got it. A policy that does not read
+    its input gives one answer to every question of a classification or rating task (share 1.0)."""
+    counts = Counter(" ".join(a.split()) for a in answers)
+    if not counts:
+        return {}
+    top, n = counts.most_common(1)[0]
+    return {"top_answer": top, "top_answer_share": n / sum(counts.values())}
 
 
 def primary_score(scores: dict[str, float]) -> float:

@@ -24,6 +24,7 @@ REFERENCE = "reference"
 RELATIVE = ("sft", "rl")  # phases whose relative improvement over the reference is reported
 COMPARISONS = (("rl", "sft"), ("rl", "reference"))  # (policy, against): paired intervals of policy - against
 HEADLINE = "RL vs direct-answer reference"
+ONE_ANSWER = 0.9  # a policy giving one answer to this share of a task's questions does not read them
 PRIMARY_LABEL = "primary score (accuracy; LaMP_3: 1 - MAE/4; ROUGE-1)"
 
 
@@ -73,9 +74,13 @@ def build_report(evaluations: dict[str, dict[str, Any]], resamples: int = RESAMP
     summary = {p: {"task_score": evaluations[p]["task_score"], "format_valid": evaluations[p]["format_valid"],
                    "sampled_format_valid": evaluations[p].get("sampled_format_valid"),
                    "tag_score": evaluations[p]["tag_score"]} for p in phases}
+    one_answer = [{"policy": p, "task": name, "answer": scored["top_answer"], "share": scored["top_answer_share"],
+                   "n": scored["n"]}
+                  for p in phases for name, scored in evaluations[p]["tasks"].items()
+                  if scored.get("top_answer_share", 0) >= ONE_ANSWER and scored["n"] > 1]
     return {"phases": phases, "tasks": rows, "headline": headline, "relative": relative,
             "comparisons": _comparisons(evaluations, phases, tasks, resamples, seed), "summary": summary,
-            "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL}}
+            "one_answer": one_answer, "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL}}
 
 
 def _comparisons(evaluations: dict[str, dict[str, Any]], phases: list[str], tasks: list[str], resamples: int,
@@ -153,6 +158,14 @@ def render_markdown(report: dict[str, Any], title: str, notes: list[str] | None 
     for key, label in (("task_score", "dev task score"), ("format_valid", "format valid (greedy)"),
                        ("sampled_format_valid", "format valid (sampled)"), ("tag_score", "tag score")):
         lines.append(f"| {label} | " + " | ".join(_fmt(s[p][key]) for p in phases) + " |")
+    if report.get("one_answer"):
+        lines += ["", "## One answer for every question", "",
+                  f"Where a policy gives the same answer to at least {ONE_ANSWER:.0%} of a task's questions, its "
+                  "score there is that answer's share among the golds, not a reading of the input or the user; "
+                  "a change between policies on such a task is a change of the one answer.", "",
+                  "| policy | task | answer | share of questions |", "|---|---|---|---|"]
+        lines += [f"| {o['policy']} | {o['task']} | `{o['answer'][:60]}` | {o['share']:.2f} of {o['n']} |"
+                  for o in report["one_answer"]]
     for note in notes or []:
         lines += ["", note]
     for plot in plots or []:

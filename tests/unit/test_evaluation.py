@@ -11,6 +11,7 @@ from tagpr.engines.base import Completion, Generation
 from tagpr.evaluation import (
     eval_sampling,
     evaluate_policy,
+    most_common_answer,
     primary_score,
     question_ids,
     question_scores,
@@ -114,6 +115,8 @@ def test_evaluation_records_ids_per_question_scores_and_sampled_validity(cfg):
         assert len({users[i] for i in ids[task]}) == 32  # one question from each of 32 of the 64 users
         assert sum(entry["per_question"].values()) / 32 == pytest.approx(primary_score(entry))
         assert (entry["format"], entry["sampled_format"]) == (1.0, 0.0)
+        assert entry["top_answer_share"] == 1.0  # the scripted engine answers every question alike
+    assert (result["tasks"]["LaMP_2"]["top_answer"], result["tasks"]["LaMP_3"]["top_answer"]) == ("comedy", "3")
     lamp3 = result["tasks"]["LaMP_3"]["per_question"]
     golds = load_split(cfg.data.root, "LaMP_3", "dev").golds
     assert lamp3 == pytest.approx({i: 1 - abs(3 - float(golds[i])) / 4 for i in lamp3})
@@ -123,6 +126,11 @@ def test_evaluation_records_ids_per_question_scores_and_sampled_validity(cfg):
     greedy, sampled = engine.samplings[0], engine.samplings[1]
     assert greedy.temperature == 0 and (sampled.temperature, sampled.top_p, sampled.seed) == (0.7, 0.9, None)
     assert len(engine.samplings) == 4  # greedy and sampled, two tasks
+
+
+def test_the_most_common_answer_and_its_share():
+    assert most_common_answer(["[1]", "[2]", " [1] ", "[1]"]) == {"top_answer": "[1]", "top_answer_share": 0.75}
+    assert most_common_answer([]) == {}
 
 
 def test_the_sampled_pass_is_optional(cfg):

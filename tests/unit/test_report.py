@@ -99,6 +99,19 @@ def test_intervals_per_task_and_for_the_task_score_with_the_sample_size():
     assert "95% paired-bootstrap interval], 500 resamples" in md
 
 
+def test_policies_that_give_one_answer_to_a_task_are_named():
+    evals = four_phases()
+    evals["sft"]["tasks"]["LaMP_3"].update(top_answer="5", top_answer_share=1.0)
+    evals["rl"]["tasks"]["LaMP_3"].update(top_answer="3", top_answer_share=0.95)
+    evals["rl"]["tasks"]["LaMP_2"].update(top_answer="comedy", top_answer_share=0.85)  # under the bar
+    report = build_report(evals)
+    assert [(o["policy"], o["task"], o["answer"]) for o in report["one_answer"]] == [("sft", "LaMP_3", "5"),
+                                                                                      ("rl", "LaMP_3", "3")]
+    md = render_markdown(report, "run")
+    assert "## One answer for every question" in md and f"| rl | LaMP_3 | `3` | 0.95 of {N} |" in md
+    assert "One answer" not in render_markdown(build_report(four_phases()), "run")
+
+
 def test_without_a_reference_there_is_no_headline_and_the_report_says_why():
     report = build_report({"base": constant(0.1, 0.5), "sft": constant(0.2, 0.6), "rl": constant(0.3, 0.7)})
     assert report["headline"] is None and report["relative"] == {}
