@@ -77,7 +77,7 @@ def build_report(evaluations: dict[str, dict[str, Any]], resamples: int = RESAMP
     one_answer = [{"policy": p, "task": name, "answer": scored["top_answer"], "share": scored["top_answer_share"],
                    "n": scored["n"]}
                   for p in phases for name, scored in evaluations[p]["tasks"].items()
-                  if scored.get("top_answer_share", 0) >= ONE_ANSWER and scored["n"] > 1]
+                  if scored.get("top_answer") and scored["top_answer_share"] >= ONE_ANSWER and scored["n"] > 1]
     return {"phases": phases, "tasks": rows, "headline": headline, "relative": relative,
             "comparisons": _comparisons(evaluations, phases, tasks, resamples, seed), "summary": summary,
             "one_answer": one_answer, "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL}}

@@ -104,6 +104,7 @@ def test_policies_that_give_one_answer_to_a_task_are_named():
     evals["sft"]["tasks"]["LaMP_3"].update(top_answer="5", top_answer_share=1.0)
     evals["rl"]["tasks"]["LaMP_3"].update(top_answer="3", top_answer_share=0.95)
     evals["rl"]["tasks"]["LaMP_2"].update(top_answer="comedy", top_answer_share=0.85)  # under the bar
+    evals["base"]["tasks"]["LaMP_2"].update(top_answer="", top_answer_share=1.0)  # no answer is not one answer
     report = build_report(evals)
     assert [(o["policy"], o["task"], o["answer"]) for o in report["one_answer"]] == [("sft", "LaMP_3", "5"),
                                                                                       ("rl", "LaMP_3", "3")]
