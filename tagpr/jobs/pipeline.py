@@ -228,6 +228,9 @@ def step_report(ctx: RunContext) -> ReportResult:
                       for c in report["comparisons"].values() if (i := c.get("task_score")))
             + (f"; headline {h['average']:+.1%} ({h['label']})" if (h := report["headline"]) and h["average"]
                is not None else ""))
+    if one := [o for o in report["one_answer"] if o["policy"] in ("sft", "rl")]:
+        ctx.log("report: one answer for every question: " + ", ".join(
+            f"{o['policy']} {o['task']} ({o['answer'][:20]!r})" for o in one))
     return ReportResult(report=str(ctx.run_dir / "report.md"), headline=report["headline"], summary=report["summary"])
 
 

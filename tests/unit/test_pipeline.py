@@ -125,8 +125,12 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
 
     monkeypatch.setattr(tagpr.evaluation, "evaluate_policy", no_generation)
     ctx = report_ctx
+    lines = []
+    ctx.log = lines.append
     ids = question_ids(ctx.cfg, 8)
     assert all(len(q) == 8 for q in ids.values())
+    rl_eval = fake_evaluation(ids, 0.6)
+    rl_eval["tasks"]["LaMP_3"].update(top_answer="3", top_answer_share=1.0)
     ctx.results = {"sft": sft_result("sft", fake_evaluation(ids, 0.0), fake_evaluation(ids, 0.5)),
                    "reference": sft_result("ref", after=fake_evaluation(ids, 0.4)),
                    "rl": RLResult(run_dir=str(ctx.run_dir / "rl"), seconds=0.0,
@@ -134,8 +138,9 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
                                                                  stage="exploratory", lora=False, base="sft",
                                                                  seconds=0.0, policy="rl")},
                                   evaluations={"start": fake_evaluation(ids, 0.5),
-                                               "exploratory": fake_evaluation(ids, 0.6)})}
+                                               "exploratory": rl_eval})}
     out = step_report(ctx)
+    assert lines[-1] == "report: one answer for every question: rl LaMP_3 ('3')"
     assert out.headline["label"] == "RL vs direct-answer reference"
     assert out.headline["average"] == pytest.approx((0.5 + 0.8 / 2.4) / 2)  # accuracy 0.4 -> 0.6, MAE 2.4 -> 1.6
     report = json.loads((ctx.run_dir / "report.json").read_text())
