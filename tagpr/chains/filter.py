@@ -28,7 +28,7 @@ class ChainFilter:
         self.stats = FilterStats()
 
     @staticmethod
-    def key(task: str, question_id: str, response: str) -> str:
+    def key(question_id: str, task: str, response: str) -> str:
         """What makes two chains duplicates: the same text for the same question. Different questions
         may share a chain's text (a templated rating chain with the same numbers); each is a training
         example of its own."""
@@ -44,7 +44,7 @@ class ChainFilter:
             return f"tag: {sorted(checked.failed)[0]}"
         if sample_score(t, checked.answer, gold, self.metric) < self.min_score[t.task_type]:
             return "low score"
-        key = self.key(task, question_id, response)
+        key = self.key(question_id, task, response)
         if key in self.seen:
             return "duplicate"
         self.seen.add(key)

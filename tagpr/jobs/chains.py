@@ -164,7 +164,7 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None,
         done = set(done_path.read_text().split()) if done_path.exists() else set()
         flt = ChainFilter(tags, cfg.chains.min_score, cfg.reward.generation_metric)
         if chains_path.exists():
-            flt.seen.update(flt.key(c["task"], c["id"], c["response"]) for c in map(json.loads, chains_path.open()))
+            flt.seen.update(flt.key(c["id"], c["task"], c["response"]) for c in map(json.loads, chains_path.open()))
         todo = _records(cfg, split, done)
         log(f"chains {split}: {len(todo)} questions to do, {len(done)} already done")
         if todo:
