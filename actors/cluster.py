@@ -64,6 +64,15 @@ def cpus_per_worker(num_workers: int) -> int:
     return max(1, free // max(num_workers, 1))
 
 
+def use_all_cores() -> None:
+    """Size torch's thread pool to the cores this process may run on: Ray sizes it from the worker's
+    logical CPU share, which may be fewer (one CPU: one thread on an idle machine) or more (threads
+    contending for the same cores)."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+
 def pin_cpus(cpus: list[int] | None, what: str) -> None:
     """Run this process, every thread it already has included, on ``cpus`` only (no-op for None).
 

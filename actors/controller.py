@@ -54,9 +54,11 @@ def rollout_fractions(before: dict, after: dict, seconds: float, workers: int) -
 
 
 def _evaluate(policy: str, config: dict, limit: int, sampled: bool, label: str) -> dict:
+    from actors.cluster import use_all_cores
     from actors.progress import dev_progress
     from tagpr.evaluation import evaluate_policy
 
+    use_all_cores()  # scoring runs between stages or after them, with the roles idle: 1.36x faster on 2 cores
     return evaluate_policy(policy, TagPRConfig.model_validate(config), limit=limit, sampled=sampled,
                            on_task=dev_progress(label))
 

@@ -87,10 +87,20 @@ def _steps(text: str) -> tuple[int, int]:
     return guided, exploratory
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds, got {text!r}") from None
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        raise argparse.ArgumentTypeError(f"the interval is over seeds: need two or more different ones, got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", type=_seeds, default="0,1,2")
     parser.add_argument("--steps", type=_steps, default=None,
                         help="guided,exploratory learner steps of the method (default: the config's two stages)")
     parser.add_argument("--variants", default="", help="comma-separated subset of the RL variants")
@@ -105,13 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     from tagpr.stats import stratified_paired_bootstrap
 
     start = time.perf_counter()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     cfg = load_config(args.config, ["rollout.reward_via=local", "rl.eval_limit=0", *args.overrides])
     if not args.steps and len(cfg.rl.stages) != 2:
         parser.error(f"{args.config} has {len(cfg.rl.stages)} RL stages, not guided and exploratory: pass --steps")
     guided, exploratory = args.steps or (stage.steps for stage in cfg.rl.stages)
     runs = variants(guided, exploratory)
-    names = [n for n in runs if not args.variants or n in args.variants.split(",")]
+    wanted = set(args.variants.split(",")) if args.variants else set(runs)
+    if unknown := sorted(wanted - set(runs)):
+        parser.error(f"--variants: unknown {unknown}; the variants are {list(runs)}")
+    names = [n for n in runs if n in wanted]
     connect(cfg.cluster)
     shared = run_pipeline(cfg, ["data", "model", "prmu", "chains"])
     prmu = shared.results["prmu"]

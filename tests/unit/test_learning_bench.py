@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.learning import plot, summarize, variants
+from benchmarks.learning import main, plot, summarize, variants
 
 
 def seed_entry(sft: float, rl: dict[str, float]) -> dict:
@@ -34,6 +34,19 @@ def test_summary_is_the_mean_paired_difference_with_a_seed_interval(tmp_path):
                           "dev_questions_per_task": {"LaMP_1": 256, "LaMP_2": 256}}}
     plot(result, tmp_path / "learning.png")
     assert (tmp_path / "learning.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seeds", "0"], "two or more different"),  # one seed: no interval over seeds to give
+    (["--seeds", "1,1"], "two or more different"),
+    (["--seeds", "0,x"], "integer seeds"),
+    (["--steps", "0,4"], "at least one guided step"),
+    (["--variants", "tagpr,grpo"], "unknown ['grpo']"),
+])
+def test_bad_arguments_stop_before_any_training(argv, says, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_prmu_agreement_counts_pairs_whose_task_scores_and_prmu_rewards_both_differ():
