@@ -59,14 +59,14 @@ def _sft(model, data, pad_id: int, precision: str, steps: int, batch: int, devic
     order = torch.arange(len(data)).repeat(steps * batch // len(data) + 1)[: steps * batch]
     losses, tokens = [], 0
     start = None
-    for i, b in enumerate(batches(data, batch, order, pad_id)):
+    for i, (b, n_tokens) in enumerate(batches(data, batch, order, pad_id)):
         if i == 1:  # the first step pays for kernel selection and allocation
             _sync(device)
             start = time.perf_counter()
         loss = strategy.forward(**b).loss
         strategy.step(loss)
         losses.append(loss.item())
-        tokens += int(b["attention_mask"].sum()) if i else 0
+        tokens += n_tokens if i else 0
     _sync(device)
     seconds = time.perf_counter() - start
     on_device = {p.device.type for p in model.parameters()} == {device.type}
@@ -174,7 +174,7 @@ def _deepspeed(model, data, pad_id: int, device: torch.device) -> dict:
     strategy = DeepSpeedStrategy(model, cfg, cfg.lr, 0.0, 8, world=1)
     losses = []
     order = torch.arange(len(data)).repeat(2)[:80]
-    for b in batches(data, 8, order, pad_id):
+    for b, _ in batches(data, 8, order, pad_id):
         loss = strategy.forward(**b).loss
         strategy.step(loss)
         losses.append(loss.item())

@@ -295,7 +295,10 @@ class SFTConfig(TrainStrategyConfig):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(1024, ge=16)
-    packing: bool = False
+    packing: bool = Field(False, description=(
+        "lay each batch's examples out in rows of up to max_length tokens, position ids restarting per "
+        "example so none attends to another: the same examples and loss with fewer pad tokens (the model's "
+        "attention must build its mask from position ids, as transformers' Qwen2/Llama/Qwen3 do)"))
     resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
     dev_loss_examples: int = Field(256, ge=0, description="dev examples (a seeded sample) whose loss is measured "
                                                           "after each epoch (0: all)")

@@ -42,11 +42,12 @@ class _ConsoleHandler(logging.Handler):
 
 class LogCapture:
     """Context manager: while inside, fds 1 and 2 write to ``log_dir/console.log`` (unless ``verbose``);
-    ``console`` draws on the original terminal either way."""
+    ``console`` draws on the original standard output either way, or on standard error with
+    ``to_stderr`` (for a command whose standard output is its result, such as JSON)."""
 
-    def __init__(self, log_dir: str | Path, verbose: bool = False):
+    def __init__(self, log_dir: str | Path, verbose: bool = False, to_stderr: bool = False):
         self.path = Path(log_dir) / LOG_NAME
-        self.verbose = verbose
+        self.verbose, self.to_stderr = verbose, to_stderr
         self.console: Any = None
         self._saved: tuple[int, int] | None = None
         self._terminal = None
@@ -56,7 +57,7 @@ class LogCapture:
         from rich.console import Console
 
         if self.verbose:
-            self.console = Console(highlight=False)
+            self.console = Console(highlight=False, stderr=self.to_stderr)
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush()
@@ -66,7 +67,8 @@ class LogCapture:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        self._terminal = os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+        self._terminal = os.fdopen(os.dup(self._saved[self.to_stderr]), "w", buffering=1, encoding="utf-8",
+                                   errors="replace")
         self.console = Console(file=self._terminal, highlight=False)
         self._handler = _ConsoleHandler(self.console)
         for name in OWN_LOGGERS:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tagpr.config import dump_config, load_config, write_resolved
+from tagpr.config import dump_config, load_config, new_run_dir, write_resolved
 from tagpr.credentials import read_secret
 from tagpr.errors import TagPRError
 from tagpr.jobs import command
@@ -92,7 +92,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise TagPRError("--policy needs --questions (a LaMP {split}_questions.json)")
         cfg = load(args)
         questions = list(iter_questions(task, args.questions, skip_invalid=cfg.data.skip_invalid))
-        preds, valid = predict(resolve_model_path(args.policy, cfg.model.allow_hub), cfg, task.name, questions)
+        policy = resolve_model_path(args.policy, cfg.model.allow_hub)
+        # the engine's lines go to the log file (named on standard error); standard output is the JSON
+        with command.job_console(args, new_run_dir(cfg, "eval") / "logs", to_stderr=True):
+            preds, valid = predict(policy, cfg, task.name, questions)
         out = args.write_predictions or str(Path(args.questions).with_name(
             Path(args.questions).name.replace("questions", "predictions")))
         write_outputs(out, task.name, preds)
@@ -202,17 +205,18 @@ def cmd_serve_prmu(args: argparse.Namespace) -> int:
     from tagpr.prmu.checkpoint import load_meta
 
     meta = load_meta(args.checkpoint)
-    connect(cfg.cluster)
-    url = serve_reward(cfg, args.checkpoint)
-    auth = f"bearer token from ${cfg.service.token_env}" if read_secret(cfg.service.token_env) else "no token"
-    print(f"reward service {meta['version']} at {url} ({auth}); docs at {url}/docs", flush=True)
-    if args.detach:
-        return 0
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping")
+    with command.job_console(args, new_run_dir(cfg, "serve") / "logs") as logs:
+        connect(cfg.cluster)
+        url = serve_reward(cfg, args.checkpoint)
+        auth = f"bearer token from ${cfg.service.token_env}" if read_secret(cfg.service.token_env) else "no token"
+        logs.console.print(f"reward service {meta['version']} at {url} ({auth}); docs at {url}/docs")
+        if args.detach:
+            return 0
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            logs.console.print("stopping")
     return 0
 
 

@@ -46,12 +46,13 @@ def verbose_args(p: argparse.ArgumentParser) -> None:
                         "(default: in <run dir>/logs/console.log; also TAGPR_LOG_LEVEL=info)")
 
 
-def job_console(args: argparse.Namespace, log_dir):
+def job_console(args: argparse.Namespace, log_dir, to_stderr: bool = False):
     """The console of a job that starts Ray or an engine: the libraries' lines go to ``log_dir``
-    (printed once) unless ``--verbose`` or ``TAGPR_LOG_LEVEL`` brings them back."""
+    (printed once) unless ``--verbose`` or ``TAGPR_LOG_LEVEL`` brings them back; ``to_stderr`` keeps
+    standard output for the command's result."""
     from tagpr.console import LogCapture, verbose_from_env
 
-    return LogCapture(log_dir, verbose=getattr(args, "verbose", False) or verbose_from_env())
+    return LogCapture(log_dir, verbose=getattr(args, "verbose", False) or verbose_from_env(), to_stderr=to_stderr)
 
 
 def print_baselines(results: dict, dev_split: str, out) -> None:
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write the scores here as JSON")
     ev.add_argument("--write-predictions", help="where the official predictions file goes (with --policy: "
                                                  "default beside --questions; else rewrites the scored ones)")
+    verbose_args(ev)
 
     model = _subcommands(sub, "model", "policy models")
     init = _command(model, "init", "build the embedded tiny default policy", f"{CLI}:cmd_model_init")
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: service.port)")
     serve.add_argument("--token-env", help="env var holding the bearer token (default: service.token_env)")
     serve.add_argument("--detach", action="store_true", help="return after deploying (on a running cluster)")
+    verbose_args(serve)
 
     tags = _command(_subcommands(sub, "tags", "the tagged-thought format"), "check",
                     "parse a response and list violated tag constraints", f"{CLI}:cmd_tags_check")

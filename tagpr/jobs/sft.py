@@ -87,7 +87,7 @@ def _fit(cfg: TagPRConfig, records: ExampleSource, name: str, out: str | Path | 
     from actors.sft_trainer import train_on_ray
     from tagpr.evaluation import evaluate_policy
     from tagpr.models import resolve_model_path
-    from tagpr.sft.data import pack, tokenize_chains
+    from tagpr.sft.data import tokenize_chains
 
     if cfg.sft.resume_from and not (Path(cfg.sft.resume_from) / "trainer_state.json").is_file():
         raise TagPRError(f"sft.resume_from: {cfg.sft.resume_from} is not an SFT epoch checkpoint folder "
@@ -104,8 +104,7 @@ def _fit(cfg: TagPRConfig, records: ExampleSource, name: str, out: str | Path | 
         examples = records(split)
         if split == cfg.data.dev_split and s.dev_loss_examples and len(examples) > s.dev_loss_examples:
             examples = random.Random(cfg.run.seed).sample(examples, s.dev_loss_examples)
-        d = tokenize_chains(examples, tokenizer, tags, cfg.data.prompt_profile_items, s.max_length)
-        data[split] = pack(d, s.max_length) if s.packing and split == cfg.data.train_split else d
+        data[split] = d = tokenize_chains(examples, tokenizer, tags, cfg.data.prompt_profile_items, s.max_length)
         log(f"{name}: {split}: {len(d)} examples ({d.skipped_too_long} longer than {s.max_length} tokens skipped)")
     before = None
     if "before" in evaluations:

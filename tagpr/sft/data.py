@@ -50,21 +50,6 @@ def tokenize_chains(chains: Sequence[dict], tokenizer, tags: TagSet, max_items: 
     return data
 
 
-def pack(data: SFTData, max_length: int) -> SFTData:
-    """Concatenate examples into rows of at most ``max_length`` tokens (fewer pad tokens per step)."""
-    rows, labels, cur, cur_l = [], [], [], []
-    for ids, lab in zip(data.input_ids, data.labels):
-        if cur and len(cur) + len(ids) > max_length:
-            rows.append(cur)
-            labels.append(cur_l)
-            cur, cur_l = [], []
-        cur, cur_l = cur + ids, cur_l + lab
-    if cur:
-        rows.append(cur)
-        labels.append(cur_l)
-    return SFTData(rows, labels, data.skipped_too_long)
-
-
 def collate(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
@@ -75,3 +60,37 @@ def collate(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int) 
         label_t[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
     return {"input_ids": input_ids, "labels": label_t, "attention_mask": mask}
+
+
+def collate_packed(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int,
+                   row_length: int) -> dict[str, torch.Tensor]:
+    """The same examples as :func:`collate`, laid out in fewer, fuller rows of up to ``row_length``
+    tokens (first-fit, longest first). Position ids restart at each example and there is no attention
+    mask, so transformers builds a block-causal mask from them (it does so only without a KV cache,
+    hence ``use_cache``): no example attends to another, and the loss is :func:`collate`'s (a label
+    never points across an example's end: each prompt starts with ignored labels). Pad tokens at a
+    row's end are their own block, with ignored labels."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):
+        fit = next((r for r, free in enumerate(room) if free >= len(ids[i])), None)
+        if fit is None:
+            rows.append([])
+            room.append(row_length)
+            fit = len(rows) - 1
+        rows[fit].append(i)
+        room[fit] -= len(ids[i])
+    width = max(sum(len(ids[i]) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    label_t = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            n = len(ids[i])
+            input_ids[r, at:at + n] = torch.tensor(ids[i])
+            label_t[r, at:at + n] = torch.tensor(labels[i])
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return {"input_ids": input_ids, "labels": label_t, "position_ids": positions, "use_cache": False}

@@ -13,7 +13,7 @@ import torch
 
 from tagpr.config import SFTConfig
 from tagpr.schedule import lr_at
-from tagpr.sft.data import SFTData, collate
+from tagpr.sft.data import SFTData, collate, collate_packed
 
 
 class Stepper(Protocol):
@@ -26,18 +26,22 @@ class Stepper(Protocol):
     def set_lr(self, lr: float) -> None: ...
 
 
-def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int):
+def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int, pack_to: int = 0):
+    """(model inputs, tokens in them, pads left out) per ``batch_size`` examples of ``order``: padded
+    rows, or with ``pack_to`` the same examples packed into rows of up to that many tokens."""
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size].tolist()
-        yield collate([data.input_ids[i] for i in rows], [data.labels[i] for i in rows], pad_id)
+        ids, labels = [data.input_ids[i] for i in rows], [data.labels[i] for i in rows]
+        batch = collate_packed(ids, labels, pad_id, pack_to) if pack_to else collate(ids, labels, pad_id)
+        yield batch, sum(map(len, ids))
 
 
 @torch.no_grad()
-def eval_loss(stepper: Stepper, data: SFTData, batch_size: int, pad_id: int) -> float:
+def eval_loss(stepper: Stepper, data: SFTData, batch_size: int, pad_id: int, pack_to: int = 0) -> float:
     """Mean cross-entropy per assistant token (HF shifts the labels inside the model)."""
     stepper.train(False)
     total, count = 0.0, 0
-    for batch in batches(data, batch_size, torch.arange(len(data)), pad_id):
+    for batch, _ in batches(data, batch_size, torch.arange(len(data)), pad_id, pack_to):
         n = int((batch["labels"][:, 1:] != -100).sum())
         total += stepper.forward(**batch).loss.item() * n
         count += n
@@ -62,7 +66,8 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
         n_steps = -(-len(order) // cfg.batch_size)
         every, start = max(1, n_steps // 10), time.perf_counter()
         total, steps, tokens, warm = 0.0, 0, 0, None
-        for batch in batches(train, cfg.batch_size, order, pad_id):
+        pack_to = cfg.max_length if cfg.packing else 0
+        for batch, n_tokens in batches(train, cfg.batch_size, order, pad_id, pack_to):
             stepper.set_lr(lr_at(epoch * n_steps + steps, cfg.epochs * n_steps, cfg))
             loss = stepper.forward(**batch).loss
             stepper.step(loss)
@@ -71,7 +76,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
             if warm is None:
                 warm = time.perf_counter()
             else:
-                tokens += int(batch["attention_mask"].sum())
+                tokens += n_tokens
             if on_step:
                 on_step(epoch * n_steps + steps, cfg.epochs * n_steps)
             if log and (steps % every == 0 or steps == n_steps):
@@ -82,7 +87,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
         stats = {"epoch": epoch + 1, "train_loss": total / max(steps, 1),
                  "tokens_per_s": tokens / (time.perf_counter() - warm) if tokens else 0.0}
         if dev is not None and len(dev):
-            stats["dev_loss"] = eval_loss(stepper, dev, cfg.batch_size, pad_id)
+            stats["dev_loss"] = eval_loss(stepper, dev, cfg.batch_size, pad_id, pack_to)
         history.append(stats)
         if on_epoch:
             on_epoch(epoch + 1, stats)

@@ -16,7 +16,7 @@ from tagpr.lamp.synthetic import generator, write_synthetic
 from tagpr.lamp.tasks import get_task
 from tagpr.prmu.encoder import SentenceEncoder
 from tagpr.prompts import messages, user_message
-from tagpr.sft.data import IGNORE, collate, pack, tokenize_chains
+from tagpr.sft.data import IGNORE, collate, collate_packed, tokenize_chains
 
 ALL = [f"LaMP_{k}" for k in range(1, 8)]
 MIN = ChainsConfig().min_score
@@ -129,8 +129,10 @@ def test_prompt_and_sft_tokenization(root, tagset, tmp_path, cfg):
     assert tokenize_chains(chains, tok, tagset, 8, 20).skipped_too_long == 3
     batch = collate(data.input_ids[:2], data.labels[:2], tok.pad_token_id)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
-    packed = pack(data, 4096)
-    assert len(packed) == 1 and len(packed.input_ids[0]) == sum(len(x) for x in data.input_ids)
+    packed = collate_packed(data.input_ids, data.labels, tok.pad_token_id, 4096)
+    assert packed["input_ids"].shape == (1, sum(len(x) for x in data.input_ids))
+    lengths = sorted(map(len, data.input_ids), reverse=True)  # longest first, positions restart per example
+    assert packed["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
 
 
 class ScriptedChatTeacher(ChatTeacher):

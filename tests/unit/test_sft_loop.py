@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from actors.train_strategy import DDPStrategy
 from tagpr.models import build_tiny_policy, load_policy
 from tagpr.sft.data import tokenize_chains
@@ -39,3 +41,61 @@ def test_lr_schedule(cfg):
     flat = s.model_copy(update={"lr_schedule": "constant", "warmup_steps": 0})
     assert lr_at(0, 10, flat) == lr_at(9, 10, flat) == 1.0
 
+
+
+def _lm(arch: str, attn: str):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{arch}Config")(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128)
+    config._attn_implementation = attn
+    return getattr(transformers, f"{arch}ForCausalLM")(config)
+
+
+@pytest.mark.parametrize("arch", ["Qwen2", "Llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_batch_has_the_padded_batchs_loss_and_gradients(arch, attn):
+    import torch
+
+    from tagpr.sft.data import IGNORE, collate, collate_packed
+
+    gen = torch.Generator().manual_seed(1)
+    ids, labels = [], []
+    for n_prompt, n_target in [(7, 5), (3, 2), (12, 9), (4, 4), (9, 1)]:
+        x = torch.randint(1, 64, (n_prompt + n_target,), generator=gen).tolist()
+        ids.append(x)
+        labels.append([IGNORE] * n_prompt + x[n_prompt:])
+    packed = collate_packed(ids, labels, 0, 24)
+    assert packed["input_ids"].shape[0] < len(ids) and "attention_mask" not in packed
+    assert int((packed["labels"] != IGNORE).sum()) == sum(len(y) - y.count(IGNORE) for y in labels)
+    grads = []
+    for batch in (collate(ids, labels, 0), packed):
+        lm = _lm(arch, attn)
+        loss = lm(**batch).loss
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in lm.parameters()]))
+    (loss_a, grad_a), (loss_b, grad_b) = grads
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grad_a, grad_b):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_packed_rows_do_not_attend_across_examples():
+    """Changing the first example of a row leaves the second one's logits unchanged."""
+    import torch
+
+    from tagpr.sft.data import collate_packed
+
+    lm = _lm("Qwen2", "sdpa").eval()
+
+    def logits(first):
+        batch = collate_packed([first, [9, 10, 11]], [first, [9, 10, 11]], 0, 16)
+        assert batch["input_ids"].shape == (1, 7)  # one row, the longer example first
+        return lm(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+
+    before, after = logits([5, 6, 7, 8]), logits([20, 21, 22, 23])
+    assert not torch.allclose(after[:4], before[:4])
+    torch.testing.assert_close(after[4:], before[4:])
