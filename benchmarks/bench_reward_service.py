@@ -12,9 +12,12 @@ A second process drives each at concurrency 1, 8, 32 and 128 (``benchmarks/loadg
 the same model scores the same kind of items in-process, 32 at a time, with no HTTP at all.
 
 Figures: (a) items/s at c=32, batched / single (target >= 4); (b) items/s at c=32, batched
-service / in-process forward passes of batch 32 (target >= 0.8). ``TAGPR_BENCH_REASONING=true``
-makes the PRMU read the reasoning too, which turns a cheap, overhead-bound model into a
-compute-bound one; the default config does not.
+service / in-process forward passes of batch 32 (target >= 0.8), on a LaMP-2 load whose answers
+repeat (so the encoder's cache answers most of each call), and again with the PRMU reading the
+reasoning too, which turns a cheap, overhead-bound model into a compute-bound one; (c) the same on
+the load RL sends (:func:`_rollout_payloads`): every task's synthetic users with their whole
+profiles, G = 8 teacher-written tagged responses per request, each generation answer new text, with
+each group's latency p50/p99.
 """
 
 from __future__ import annotations
@@ -52,7 +55,40 @@ def _payloads(group: int) -> list[dict]:
     return out
 
 
+def _rollout_payloads(tmp: Path, users: int = 16, group: int = 8) -> list[dict]:
+    """What a rollout worker sends: per task, one question of each of ``users`` synthetic users with its
+    whole profile, and ``group`` responses that the programmatic teacher writes and the embedding
+    labeler tags (as in the chains step; some answers wrong). A ``{i}`` closes every generation answer,
+    as RL's samples are new text; classification answers repeat, as RL's do."""
+    import random
+
+    from tagpr.chains.labelers import EmbeddingLabeler
+    from tagpr.chains.teachers import ProgrammaticTeacher, split_answer
+    from tagpr.config import load_config
+    from tagpr.lamp.io import load_split
+    from tagpr.lamp.synthetic import write_synthetic
+    from tagpr.lamp.tasks import get_task
+
+    cfg = load_config("configs/demo.yaml", [f"data.root={tmp / 'data'}", f"data.synthetic.users={{train: {users}}}",
+                                            "data.synthetic.questions_per_user=1", "chains.mistake_rate=0.3"])
+    write_synthetic(cfg.data.root, cfg.data.synthetic, cfg.data.tasks)
+    teacher, labeler = ProgrammaticTeacher.from_config(cfg), EmbeddingLabeler.from_config(cfg, None)
+    out = []
+    for task in cfg.data.tasks:
+        fresh = get_task(task).task_type == "generation"
+        for q in load_split(cfg.data.root, task, cfg.data.train_split).questions:
+            samples = [split_answer(teacher.write(q, random.Random(f"{q.id}-{k}"))) for k in range(group)]
+            responses = labeler.label([(r, f"{a} {{i}}" if fresh else a) for r, a in samples])
+            out.append({"items": [{"task": task, "input": q.input, "profile": list(q.profile), "response": r}
+                                  for r in responses]})
+    random.Random(0).shuffle(out)  # tasks interleaved, as a rollout batch mixes them
+    return out
+
+
 def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds: float) -> dict:
+    """Items/s of the PRMU scoring the same requests in-process, ``batch`` items per forward pass, each
+    request filled as the load generator fills it (a fresh ``{i}`` per request)."""
+    from benchmarks.loadgen import _fill
     from tagpr.config import load_config
     from tagpr.lamp.io import Prompt
     from tagpr.prmu.features import example_from_judged
@@ -64,41 +100,45 @@ def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds:
     tags = TagSet(load_config().tags)
     n = 0
 
-    def one_batch() -> None:
+    def one_batch() -> int:
         nonlocal n
         examples = []
-        for _ in range(batch):
+        while len(examples) < batch:
             n += 1
-            it = json.loads(json.dumps(payloads[n % len(payloads)]["items"][0]).replace("{i}", f"raw{n}"))
-            j = judge(tags, RewardInput(Prompt(str(n), it["task"], it["input"], tuple(it["profile"])), it["response"]))
-            examples.append(example_from_judged(j, scorer.include_reasoning))
+            for it in _fill(payloads[n % len(payloads)], n)["items"]:
+                j = judge(tags, RewardInput(Prompt(str(n), it["task"], it["input"], tuple(it["profile"])),
+                                            it["response"]))
+                examples.append(example_from_judged(j, scorer.include_reasoning))
         scorer.score_examples(examples)
+        return len(examples)
 
     warm_until = time.perf_counter() + 2.0  # as the services get a warm-up run
     while time.perf_counter() < warm_until:
         one_batch()
     items, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        one_batch()
-        items += batch
+        items += one_batch()
     return {"batch": batch, "items_per_s": items / (time.perf_counter() - start)}
 
 
-def _variant(reasoning: bool, port: int, tmp: Path) -> dict:
-    """Deploy both apps for one PRMU config, drive them, and measure the in-process baseline."""
+def _variant(reasoning: bool, port: int, tmp: Path, payloads: dict[str, list[dict]] | None = None,
+             tag: str | None = None) -> dict:
+    """Deploy an app per payload set (default: LaMP-2 groups ``batched``, and their items one per
+    request to an unbatched app, ``single``) for one PRMU config, drive them, and measure the
+    in-process baseline on the batched requests."""
     from ray import serve
 
     from services.reward.deploy import deploy
     from tagpr.config import load_config
     from tagpr.prmu import checkpoint
 
-    tag = "reasoning" if reasoning else "answer"
+    tag = tag or ("reasoning" if reasoning else "answer")
     cfg = load_config(None, [f"prmu.include_reasoning={str(reasoning).lower()}", "service.max_batch_size=32",
                              "service.batch_wait_timeout_s=0.005", "service.min_replicas=1",
                              "service.max_replicas=1", "service.limits.max_batch_items=64"])
     ckpt = tmp / f"prmu-{tag}"
     version = checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
-    payloads = {"batched": _payloads(GROUP), "single": _payloads(1)}
+    payloads = payloads or {"batched": _payloads(GROUP), "single": _payloads(1)}
     levels: dict[str, list[dict]] = {}
     for app, body in payloads.items():
         name = f"bench-{tag}-{app}"
@@ -113,14 +153,15 @@ def _variant(reasoning: bool, port: int, tmp: Path) -> dict:
         for r in levels[app]:
             print(f"  {tag:9s} {app:8s} c={r['concurrency']:<4d} {r['items_per_s']:7.1f} items/s  "
                   f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
-    raw = _in_process(ckpt, payloads["single"], cfg.service.max_batch_size, DURATION)
+    raw = _in_process(ckpt, payloads["batched"], cfg.service.max_batch_size, DURATION)
     print(f"  {tag:9s} in-process batch {raw['batch']}: {raw['items_per_s']:.1f} items/s", flush=True)
     at32 = {app: next(r for r in rs if r["concurrency"] == 32) for app, rs in levels.items()}
     return {"levels": levels, "in_process": raw, "model_version": version, "include_reasoning": reasoning,
-            "group_size": GROUP, "seconds_per_level": DURATION, "p99_ms_at_32_batched": at32["batched"]["p99_ms"],
+            "group_size": GROUP, "seconds_per_level": DURATION, "requests": len(payloads["batched"]),
+            "p50_ms_at_32_batched": at32["batched"]["p50_ms"], "p99_ms_at_32_batched": at32["batched"]["p99_ms"],
             "errors": sum(sum(r["errors"].values()) for rs in levels.values() for r in rs),
-            "batching_ratio": at32["batched"]["items_per_s"] / at32["single"]["items_per_s"],
-            "overhead_ratio": at32["batched"]["items_per_s"] / raw["items_per_s"]}
+            "batching_ratio": at32["batched"]["items_per_s"] / at32["single"]["items_per_s"] if "single" in at32
+            else None, "overhead_ratio": at32["batched"]["items_per_s"] / raw["items_per_s"]}
 
 
 def run() -> list[dict]:
@@ -137,6 +178,7 @@ def run() -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             answer = _variant(False, port, Path(tmp))
             reasoning = _variant(True, port, Path(tmp))
+            rollout = _variant(False, port, Path(tmp), {"batched": _rollout_payloads(Path(tmp))}, tag="rollout")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -148,6 +190,9 @@ def run() -> list[dict]:
         {"name": "reward_service_overhead_reasoning",
          "figure": "same, PRMU reading the reasoning (compute-bound)",
          "ratio": reasoning["overhead_ratio"], "target": ">= 0.8", "details": reasoning},
+        {"name": "reward_service_overhead_rollout",
+         "figure": "same, on RL's load: every task's users and profiles, G = 8 tagged responses, new answers",
+         "ratio": rollout["overhead_ratio"], "target": ">= 0.8", "details": rollout},
     ]
 
 
@@ -160,6 +205,8 @@ def plot(result: dict, path: Path) -> None:
     d = result["details"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for app, style in (("batched", "o-"), ("single", "s--")):
+        if app not in d["levels"]:
+            continue
         rs = d["levels"][app]
         axes[0].plot([r["concurrency"] for r in rs], [r["items_per_s"] for r in rs], style, label=app)
         axes[1].plot([r["concurrency"] for r in rs], [r["p99_ms"] for r in rs], style, label=app)
