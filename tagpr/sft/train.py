@@ -59,6 +59,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
     tokens its steps trained on (pad tokens left out), from the first step's end, so start-up costs
     (first-use compiles, allocator warm-up) stay out of it."""
     history = []
+    pack_to = cfg.max_length if cfg.packing else 0
     stepper.train(True)
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(seed + epoch)
@@ -66,7 +67,6 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
         n_steps = -(-len(order) // cfg.batch_size)
         every, start = max(1, n_steps // 10), time.perf_counter()
         total, steps, tokens, warm = 0.0, 0, 0, None
-        pack_to = cfg.max_length if cfg.packing else 0
         for batch, n_tokens in batches(train, cfg.batch_size, order, pad_id, pack_to):
             stepper.set_lr(lr_at(epoch * n_steps + steps, cfg.epochs * n_steps, cfg))
             loss = stepper.forward(**batch).loss
