@@ -88,7 +88,7 @@ def _rollout_payloads(tmp: Path, users: int = 16, group: int = 8) -> list[dict]:
 def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds: float) -> dict:
     """Items/s of the PRMU scoring the same requests in-process, ``batch`` items per forward pass, each
     request filled as the load generator fills it (a fresh ``{i}`` per request)."""
-    from benchmarks.loadgen import _fill
+    from benchmarks.loadgen import fill_payload
     from tagpr.config import load_config
     from tagpr.lamp.io import Prompt
     from tagpr.prmu.features import example_from_judged
@@ -105,7 +105,7 @@ def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds:
         examples = []
         while len(examples) < batch:
             n += 1
-            for it in _fill(payloads[n % len(payloads)], n)["items"]:
+            for it in fill_payload(payloads[n % len(payloads)], n)["items"]:
                 j = judge(tags, RewardInput(Prompt(str(n), it["task"], it["input"], tuple(it["profile"])),
                                             it["response"]))
                 examples.append(example_from_judged(j, scorer.include_reasoning))

@@ -23,7 +23,8 @@ from urllib.parse import urlparse
 import httpx
 
 
-def _fill(payload: dict, i: int) -> dict:
+def fill_payload(payload: dict, i: int) -> dict:
+    """``payload`` with every ``{i}`` in its texts replaced by ``i``."""
     return json.loads(json.dumps(payload).replace("{i}", str(i)))
 
 
@@ -46,7 +47,7 @@ async def run(url: str, payloads: list[dict], concurrency: int, duration: float,
         async def post() -> None:
             nonlocal items, counter, retry_after
             counter += 1
-            payload = _fill(payloads[counter % len(payloads)], counter)
+            payload = fill_payload(payloads[counter % len(payloads)], counter)
             start = time.perf_counter()
             try:
                 r = await client.post(url, json=payload)

@@ -67,7 +67,7 @@ class LogCapture:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        self._terminal = os.fdopen(os.dup(self._saved[self.to_stderr]), "w", buffering=1, encoding="utf-8",
+        self._terminal = os.fdopen(os.dup(self._saved[1 if self.to_stderr else 0]), "w", buffering=1, encoding="utf-8",
                                    errors="replace")
         self.console = Console(file=self._terminal, highlight=False)
         self._handler = _ConsoleHandler(self.console)

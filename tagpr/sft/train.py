@@ -26,6 +26,11 @@ class Stepper(Protocol):
     def set_lr(self, lr: float) -> None: ...
 
 
+def row_length(cfg: SFTConfig) -> int:
+    """The ``pack_to`` of :func:`batches` that ``cfg`` asks for: ``max_length`` when packing, else 0."""
+    return cfg.max_length if cfg.packing else 0
+
+
 def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int, pack_to: int = 0):
     """(model inputs, tokens in them, pads left out) per ``batch_size`` examples of ``order``: padded
     rows, or with ``pack_to`` the same examples packed into rows of up to that many tokens."""
@@ -59,7 +64,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
     tokens its steps trained on (pad tokens left out), from the first step's end, so start-up costs
     (first-use compiles, allocator warm-up) stay out of it."""
     history = []
-    pack_to = cfg.max_length if cfg.packing else 0
+    pack_to = row_length(cfg)
     stepper.train(True)
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(seed + epoch)
