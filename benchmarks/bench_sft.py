@@ -69,6 +69,7 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from actors.train_strategy import resolve_precision
     from tagpr.sft.train import batches, row_length
 
     torch.set_num_threads(THREADS)
@@ -78,8 +79,8 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.precision == "bf16" \
-        else contextlib.nullcontext
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) \
+        if resolve_precision(cfg.precision, torch.device("cpu")) == "bf16" else contextlib.nullcontext
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))  # the trainer's epoch-0 order
     tokens, warm = 0, None
     for batch, n_tokens in batches(data, cfg.batch_size, order, pad_id, row_length(cfg)):

@@ -129,6 +129,9 @@ class DataConfig(Section):
     tasks: list[TaskName] = Field(default_factory=lambda: list(LAMP_TASKS), min_length=1)
     train_split: str = "train"
     dev_split: str = "dev"
+    rl_split: str | None = Field(None, description=(
+        "split RL draws its prompts from (None: train_split); users SFT never saw, so RL earns its reward on "
+        "questions the policy cannot have memorised from the chains"))
     skip_invalid: bool = False
     prompt_profile_items: int = Field(8, ge=0, description="profile items shown in the policy prompt")
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -279,7 +282,9 @@ class TrainStrategyConfig(Section):
 
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: Literal[2, 3] = 2
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = Field("fp32", description=(
+        "bf16: bf16 matmuls on fp32 weights; auto: bf16 where the device computes it natively (a GPU with bf16, a "
+        "CPU with AVX512-BF16 or AMX), else fp32: emulated bf16 on a CPU is many times slower than fp32"))
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0: no clipping)")
     num_workers: int = Field(1, ge=1, le=64, description="Ray Train workers")
     resources: dict[str, float] = Field(default_factory=dict, description=(

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from actors.train_strategy import DDPStrategy
 from tagpr.models import build_tiny_policy, load_policy
@@ -99,3 +100,18 @@ def test_packed_rows_do_not_attend_across_examples():
     before, after = logits([5, 6, 7, 8]), logits([20, 21, 22, 23])
     assert not torch.allclose(after[:4], before[:4])
     torch.testing.assert_close(after[4:], before[4:])
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch, caplog):
+    """Emulated bf16 is many times slower than fp32 on a CPU without AVX512-BF16 or AMX: ``auto`` picks
+    bf16 only where it is native, and an explicit ``bf16`` there is kept with a warning."""
+    import actors.train_strategy as ts
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(ts, "native_bf16", lambda device, native=native: native)
+        assert ts.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+        assert ts.resolve_precision("fp32", cpu) == "fp32"
+        caplog.clear()
+        assert ts.resolve_precision("bf16", cpu) == "bf16"
+        assert ("emulated" in caplog.text) is not native
