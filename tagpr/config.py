@@ -136,6 +136,13 @@ class DataConfig(Section):
     prompt_profile_items: int = Field(8, ge=0, description="profile items shown in the policy prompt")
     synthetic: SyntheticConfig = SyntheticConfig()
 
+    @model_validator(mode="after")
+    def _rl_not_on_dev(self) -> DataConfig:
+        if self.rl_split is not None and self.rl_split == self.dev_split:
+            raise ValueError(f"rl_split {self.rl_split!r} is the dev split: RL would train on the questions it is "
+                             "scored on")
+        return self
+
 
 # ---------------------------------------------------------------- tags
 

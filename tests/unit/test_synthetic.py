@@ -57,6 +57,27 @@ def test_train_and_dev_users_differ(synth):
     assert not {q.user_id for q in train.questions} & {q.user_id for q in dev.questions}
 
 
+def test_rl_prompts_come_from_their_own_users(tmp_path, synth):
+    """An ``rl`` split adds users SFT never sees and leaves train and dev as they were; RL draws its
+    prompts from it when ``data.rl_split`` names it, from the train split otherwise."""
+    from tagpr.config import ConfigError, load_config
+    from tagpr.rl.data import load_prompts
+
+    root, cfg, _ = synth
+    write_synthetic(tmp_path, cfg.model_copy(update={"users": {**cfg.users, "rl": 10}}), ["LaMP_3"])
+    for split in ("train", "dev"):
+        assert (tmp_path / "LaMP_3" / f"{split}_questions.json").read_bytes() == \
+            (root / "LaMP_3" / f"{split}_questions.json").read_bytes()
+    base = [f"data.root={tmp_path}", "data.tasks=[LaMP_3]"]
+    train_users = {q.user_id for q in load_split(tmp_path, "LaMP_3", "train").questions}
+    assert {p.user_id for p in load_prompts(load_config(None, base)).values()} == train_users
+    rl = load_prompts(load_config(None, [*base, "data.rl_split=rl"]))
+    assert len(rl) == 30 and all(p.gold for p in rl.values())
+    assert not {p.user_id for p in rl.values()} & train_users
+    with pytest.raises(ConfigError, match="rl_split 'dev' is the dev split"):
+        load_config(None, [*base, "data.rl_split=dev"])
+
+
 @pytest.mark.parametrize("task", ALL)
 def test_gold_depends_on_the_user_and_profile_reveals_it(synth, task):
     root, _, _ = synth
