@@ -50,8 +50,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device):
         logging.getLogger(__name__).warning(
-            "precision bf16 on a %s without native bf16 (AVX512-BF16 or AMX on a CPU) is emulated and many times "
-            "slower than fp32; precision: auto picks fp32 there", device.type.upper())
+            "precision bf16 is emulated on this %s device (no native bf16: AVX512-BF16 or AMX on a CPU) and many "
+            "times slower than fp32; precision: auto picks fp32 there", device.type)
     return precision
 
 

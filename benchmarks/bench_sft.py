@@ -79,8 +79,8 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) \
-        if resolve_precision(cfg.precision, torch.device("cpu")) == "bf16" else contextlib.nullcontext
+    precision = resolve_precision(cfg.precision, torch.device("cpu"))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))  # the trainer's epoch-0 order
     tokens, warm = 0, None
     for batch, n_tokens in batches(data, cfg.batch_size, order, pad_id, row_length(cfg)):
@@ -95,7 +95,8 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
             warm = time.perf_counter()
         else:
             tokens += n_tokens
-    return {"tokens_per_s": tokens / (time.perf_counter() - warm), "threads": torch.get_num_threads()}
+    return {"tokens_per_s": tokens / (time.perf_counter() - warm), "threads": torch.get_num_threads(),
+            "precision": precision}
 
 
 def _trainer(root: Path, policy: str, pad_id: int, packing: bool) -> dict:
@@ -129,8 +130,8 @@ def run() -> list[dict]:
             out[path] = json.loads(proc.stdout.strip().splitlines()[-1])
         cfg = _config(root).sft
     lengths = [len(x) for x in data.input_ids]
-    details = {"steps": STEPS, "batch_size": cfg.batch_size, "precision": cfg.precision, "packing": cfg.packing,
-               "threads": THREADS, "tokens_mean": round(sum(lengths) / len(lengths), 1),
+    details = {"steps": STEPS, "batch_size": cfg.batch_size, "precision": out["plain"]["precision"],
+               "packing": cfg.packing, "threads": THREADS, "tokens_mean": round(sum(lengths) / len(lengths), 1),
                "model": "embedded tiny policy (Qwen2, 4 layers, hidden 256)"}
     rate = {path: out[path]["tokens_per_s"] for path in PATHS}
     trainer = "trainer_packed" if cfg.packing else "trainer_padded"
