@@ -16,6 +16,13 @@ over questions. The PRMU's pairwise accuracy on held-out users against its separ
 user-blind model is reported beside it. JSON and PNG in ``benchmarks/results/learning.*``.
 
     python -m benchmarks.learning [--seeds 0,1,2] [--config configs/demo.yaml] [--set KEY=VALUE ...]
+    python -m benchmarks.learning --resume runs/<name>-bench-<time>     # continue a cut-off run
+
+A run takes hours on a small CPU machine, so every finished part is kept in its directory: the PRMU
+(``prmu_eval.json``), each seed's SFT policy and its dev scores (``seed-<n>/sft_dev.json``), each
+variant's dev scores (``seed-<n>/<variant>/dev_eval.json``). ``--resume`` keeps those, continues a
+variant cut off mid-run from its newest learner checkpoint, and runs the rest; the settings must be
+the ones the run started with (``bench.json``).
 """
 
 from __future__ import annotations
@@ -23,13 +30,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from benchmarks.run import RESULTS, machine
+
+if TYPE_CHECKING:
+    from tagpr.config import TagPRConfig
 
 GUIDED = {"format_task": 1.0, "tag": 0.2, "prmu": 0.3}
 TARGET_RELATIVE = 0.10
@@ -77,6 +89,64 @@ def summarize(per_seed: dict[str, dict[str, Any]], names: list[str]) -> dict[str
     return out
 
 
+def resume_mismatch(bench_dir: Path, settings: dict[str, Any]) -> str | None:
+    """Why ``bench_dir`` cannot be continued with ``settings`` (config, overrides, steps), or None."""
+    recorded = bench_dir / "bench.json"
+    if not recorded.is_file():
+        return f"{bench_dir} is not a learning-benchmark run (no bench.json)"
+    before = json.loads(recorded.read_text())
+    for key, value in settings.items():
+        if before.get(key) != value:
+            return f"{bench_dir} ran with {key} {before.get(key)!r}, not {value!r}; resume it with its own settings"
+    return None
+
+
+def kept(marker: Path, work: Callable[[], dict[str, Any]], seconds: dict[str, float], key: str) -> dict[str, Any]:
+    """``work()``'s result, run once: written to ``marker`` with its wall time when it finishes, read
+    back (time included) on a resumed run."""
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+    else:
+        t0 = time.perf_counter()
+        done = {**work(), "seconds": round(time.perf_counter() - t0, 1)}
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done))
+        tmp.replace(marker)
+    seconds[key] = done["seconds"]
+    return done
+
+
+def _sft_part(cfg: TagPRConfig, run_dir: Path) -> dict[str, Any]:
+    """A seed's SFT policy and its dev scores (every question, greedy)."""
+    from actors.controller import evaluate_remote
+    from tagpr.jobs import sft
+    from tagpr.jobs.pipeline import with_policy
+
+    policy = str(Path(sft.train(cfg, run_dir=_fresh(run_dir), evaluate=False).policy).resolve())
+    return {"policy": policy,
+            "evaluation": evaluate_remote(policy, with_policy(cfg, policy), 0, sampled=False, label="SFT")}
+
+
+def _rl_part(cfg: TagPRConfig, run_dir: Path, name: str) -> dict[str, Any]:
+    """One RL variant from the seed's SFT policy, and its dev scores; a run cut off after a learner
+    checkpoint continues from it."""
+    from actors.controller import evaluate_remote
+    from tagpr.jobs import rl
+
+    if any((run_dir / "checkpoints").glob("step-*")):
+        report = rl.train(cfg, log=lambda _: None, resume=run_dir)
+    else:
+        report = rl.train(cfg, log=lambda _: None, run_dir=_fresh(run_dir))
+    return {"evaluation": evaluate_remote(str(Path(report.policy).resolve()), cfg, 0, sampled=False, label=name)}
+
+
+def _fresh(path: Path) -> Path:
+    """``path`` emptied of what a cut-off run left there."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
 def _steps(text: str) -> tuple[int, int]:
     try:
         guided, exploratory = (int(x) for x in text.split(","))
@@ -105,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="guided,exploratory learner steps of the method (default: the config's two stages)")
     parser.add_argument("--variants", default="", help="comma-separated subset of the RL variants")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="a bench run directory to continue (its finished parts are kept)")
     args = parser.parse_args(argv)
 
     from actors.cluster import connect
-    from actors.controller import evaluate_remote
-    from tagpr.config import load_config
-    from tagpr.jobs import rl, sft
+    from tagpr.config import load_config, new_run_dir
     from tagpr.jobs.pipeline import run_pipeline, with_policy
+    from tagpr.jobs.prmu import PRMUResult
     from tagpr.stats import stratified_paired_bootstrap
 
     start = time.perf_counter()
@@ -125,36 +196,45 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(wanted - set(runs)):
         parser.error(f"--variants: unknown {unknown}; the variants are {list(runs)}")
     names = [n for n in runs if n in wanted]
+    settings = {"config": args.config, "overrides": args.overrides, "steps": [guided, exploratory]}
+    if args.resume:
+        if mismatch := resume_mismatch(args.resume, settings):
+            parser.error(f"--resume: {mismatch}")
+        bench_dir = args.resume
+    else:
+        bench_dir = new_run_dir(cfg, "bench")
+    (bench_dir / "bench.json").write_text(json.dumps(settings, indent=1))
     connect(cfg.cluster)
-    shared = run_pipeline(cfg, ["data", "model", "prmu", "chains"])
-    prmu = shared.results["prmu"]
-    bench_dir = shared.run_dir
-    seconds: dict[str, float] = dict(shared.seconds)
+    shared_steps = ["data", "model", "prmu", "chains"]
+    if (bench_dir / "prmu_eval.json").is_file():  # kept from the run being resumed
+        shared_steps.remove("prmu")
+    shared = run_pipeline(cfg, shared_steps, run_dir=bench_dir)
+    prmu = PRMUResult(**json.loads((bench_dir / "prmu_eval.json").read_text()))
+    seconds: dict[str, float] = {**dict(shared.seconds), "prmu": prmu.seconds}
     per_seed: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         seeded = load_config(args.config, ["rollout.reward_via=local", "rl.eval_limit=0", f"run.seed={seed}",
                                            f"rollout.engine.seed={seed}", *args.overrides])
-        t0 = time.perf_counter()
-        trained = sft.train(seeded, run_dir=bench_dir / f"seed-{seed}" / "sft", evaluate=False)
-        seconds[f"sft seed {seed}"] = round(time.perf_counter() - t0, 1)
-        base = with_policy(seeded, trained.policy)
+        seed_dir = bench_dir / f"seed-{seed}"
+        sft_done = kept(seed_dir / "sft_dev.json", partial(_sft_part, seeded, seed_dir / "sft"), seconds,
+                        f"sft seed {seed}")
+        base = with_policy(seeded, sft_done["policy"])
         base = base.model_copy(update={"prmu": base.prmu.model_copy(update={"checkpoint": prmu.checkpoint})})
-        entry: dict[str, Any] = {"sft": evaluate_remote(base.model.policy, base, 0, sampled=False, label="SFT"),
-                                 "rl": {}, "rewards": {}, "bootstrap": {}}
+        entry: dict[str, Any] = {"sft": sft_done["evaluation"], "rl": {}, "rewards": {}, "bootstrap": {}}
         print(f"seed {seed}: SFT dev task score {entry['sft']['task_score']:.3f}", flush=True)
         for name in names:
-            t0 = time.perf_counter()
             variant = base.model_copy(update={"rl": base.rl.model_validate(
                 {**base.rl.model_dump(), "stages": runs[name]})})
-            report = rl.train(variant, log=lambda _: None, run_dir=bench_dir / f"seed-{seed}" / name)
-            entry["rl"][name] = evaluate_remote(str(Path(report.policy).resolve()), variant, 0, sampled=False,
-                                                label=name)
-            entry["rewards"][name] = _rewards(Path(report.run_dir))
+            run_dir = seed_dir / name
+
+            key = f"{name} seed {seed}"
+            entry["rl"][name] = kept(run_dir / "dev_eval.json", partial(_rl_part, variant, run_dir, name), seconds,
+                                     key)["evaluation"]
+            entry["rewards"][name] = _rewards(run_dir)
             entry["bootstrap"][name] = asdict(stratified_paired_bootstrap(
                 _scores(entry["rl"][name]), _scores(entry["sft"]), seed=seed))
-            seconds[f"{name} seed {seed}"] = round(time.perf_counter() - t0, 1)
             print(f"seed {seed}: {name} dev task score {entry['rl'][name]['task_score']:.3f} "
-                  f"({seconds[f'{name} seed {seed}']:.0f} s)", flush=True)
+                  f"({seconds[key]:.0f} s)", flush=True)
         per_seed[str(seed)] = entry
     rows = summarize(per_seed, names)
     method = rows.get("tagpr") or rows[names[-1]]
@@ -180,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                                     for n, e in v["rl"].items()},
                              "bootstrap": v["bootstrap"], "rewards": v["rewards"]} for k, v in per_seed.items()},
             "config": args.config, "overrides": args.overrides, "run_dir": str(bench_dir), "seconds": seconds,
-            "total_seconds": round(time.perf_counter() - start),
+            "total_seconds": round(sum(seconds.values())), "resumed": bool(args.resume),
+            "this_invocation_seconds": round(time.perf_counter() - start),
         },
         "machine": machine(), "date": dt.date.today().isoformat(),
     }

@@ -1,8 +1,11 @@
-"""The learning benchmark's summary and figure from fabricated per-seed results (no Ray)."""
+"""The learning benchmark: its summary and figure from fabricated per-seed results, and how a cut-off
+run is resumed (no Ray)."""
+
+import json
 
 import pytest
 
-from benchmarks.learning import main, plot, summarize, variants
+from benchmarks.learning import kept, main, plot, resume_mismatch, summarize, variants
 
 
 def seed_entry(sft: float, rl: dict[str, float]) -> dict:
@@ -47,6 +50,46 @@ def test_bad_arguments_stop_before_any_training(argv, says, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_finished_part_is_kept_with_its_time_and_not_run_again(tmp_path):
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"evaluation": {"task_score": 0.5}}
+
+    first, second = {}, {}
+    marker = tmp_path / "seed-0" / "sft_dev.json"
+    assert kept(marker, work, first, "sft seed 0")["evaluation"] == {"task_score": 0.5}
+    assert kept(marker, work, second, "sft seed 0")["evaluation"] == {"task_score": 0.5}
+    assert len(calls) == 1 and second["sft seed 0"] == first["sft seed 0"] >= 0
+    assert not list(marker.parent.glob("*.tmp"))  # written whole or not at all
+
+
+def test_a_part_that_fails_leaves_no_marker(tmp_path):
+    def work():
+        raise RuntimeError("learner died")
+
+    with pytest.raises(RuntimeError):
+        kept(tmp_path / "dev_eval.json", work, {}, "tagpr seed 0")
+    assert not (tmp_path / "dev_eval.json").exists()
+
+
+def test_resume_needs_the_settings_the_run_started_with(tmp_path):
+    settings = {"config": "configs/demo.yaml", "overrides": ["rl.lr=1e-4"], "steps": [32, 16]}
+    assert "not a learning-benchmark run" in resume_mismatch(tmp_path, settings)
+    (tmp_path / "bench.json").write_text(json.dumps(settings))
+    assert resume_mismatch(tmp_path, settings) is None
+    other = resume_mismatch(tmp_path, {**settings, "overrides": []})
+    assert "ran with overrides ['rl.lr=1e-4'], not []" in other
+
+
+def test_resume_of_a_folder_that_is_no_bench_run_stops_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", str(tmp_path)])
+    assert stop.value.code == 2 and "no bench.json" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_prmu_agreement_counts_pairs_whose_task_scores_and_prmu_rewards_both_differ():
