@@ -65,10 +65,12 @@ def _scores(evaluation: dict) -> dict[str, dict[str, float]]:
 
 
 def _rewards(run_dir: Path) -> list[dict[str, float]]:
+    """The learner's reward curve; a step retrained after a resume counts as its last run."""
     lines = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
-    return [{"step": m["step"], "reward_mean": m["reward_mean"], "format": m.get("reward/format", 0.0),
-             "task": m.get("reward/task", 0.0), "clip_frac": m.get("clip_frac", 0.0)}
-            for m in lines if m["prefix"] == "learner"]
+    by_step = {m["step"]: {"step": m["step"], "reward_mean": m["reward_mean"], "format": m.get("reward/format", 0.0),
+                           "task": m.get("reward/task", 0.0), "clip_frac": m.get("clip_frac", 0.0)}
+               for m in lines if m["prefix"] == "learner"}
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def summarize(per_seed: dict[str, dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -226,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
             variant = base.model_copy(update={"rl": base.rl.model_validate(
                 {**base.rl.model_dump(), "stages": runs[name]})})
             run_dir = seed_dir / name
-
             key = f"{name} seed {seed}"
             entry["rl"][name] = kept(run_dir / "dev_eval.json", partial(_rl_part, variant, run_dir, name), seconds,
                                      key)["evaluation"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks.learning import kept, main, plot, resume_mismatch, summarize, variants
+from benchmarks.learning import _rewards, kept, main, plot, resume_mismatch, summarize, variants
 
 
 def seed_entry(sft: float, rl: dict[str, float]) -> dict:
@@ -74,6 +74,14 @@ def test_a_part_that_fails_leaves_no_marker(tmp_path):
     with pytest.raises(RuntimeError):
         kept(tmp_path / "dev_eval.json", work, {}, "tagpr seed 0")
     assert not (tmp_path / "dev_eval.json").exists()
+
+
+def test_a_step_retrained_after_a_resume_counts_once_in_the_curve(tmp_path):
+    rows = [{"prefix": "learner", "step": 1, "reward_mean": 0.1}, {"prefix": "learner", "step": 2, "reward_mean": 0.2},
+            {"prefix": "rollout", "step": 2, "gen_frac": 0.5},
+            {"prefix": "learner", "step": 2, "reward_mean": 0.3}, {"prefix": "learner", "step": 3, "reward_mean": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert [(c["step"], c["reward_mean"]) for c in _rewards(tmp_path)] == [(1, 0.1), (2, 0.3), (3, 0.4)]
 
 
 def test_resume_needs_the_settings_the_run_started_with(tmp_path):
