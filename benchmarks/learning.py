@@ -120,14 +120,13 @@ def kept(marker: Path, work: Callable[[], dict[str, Any]], seconds: dict[str, fl
 
 
 def _sft_part(cfg: TagPRConfig, run_dir: Path) -> dict[str, Any]:
-    """A seed's SFT policy and its dev scores (every question, greedy)."""
+    """A seed's SFT policy (into ``run_dir/policy``) and its dev scores (every question, greedy)."""
     from actors.controller import evaluate_remote
     from tagpr.jobs import sft
     from tagpr.jobs.pipeline import with_policy
 
     policy = str(Path(sft.train(cfg, run_dir=_fresh(run_dir), evaluate=False).policy).resolve())
-    return {"policy": policy,
-            "evaluation": evaluate_remote(policy, with_policy(cfg, policy), 0, sampled=False, label="SFT")}
+    return {"evaluation": evaluate_remote(policy, with_policy(cfg, policy), 0, sampled=False, label="SFT")}
 
 
 def _rl_part(cfg: TagPRConfig, run_dir: Path, name: str) -> dict[str, Any]:
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_dir = bench_dir / f"seed-{seed}"
         sft_done = kept(seed_dir / "sft_dev.json", partial(_sft_part, seeded, seed_dir / "sft"), seconds,
                         f"sft seed {seed}")
-        base = with_policy(seeded, sft_done["policy"])
+        base = with_policy(seeded, str(seed_dir / "sft" / "policy"))  # the path is not kept: a run dir can move
         base = base.model_copy(update={"prmu": base.prmu.model_copy(update={"checkpoint": prmu.checkpoint})})
         entry: dict[str, Any] = {"sft": sft_done["evaluation"], "rl": {}, "rewards": {}, "bootstrap": {}}
         print(f"seed {seed}: SFT dev task score {entry['sft']['task_score']:.3f}", flush=True)
