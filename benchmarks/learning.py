@@ -204,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         bench_dir = args.resume
     else:
         bench_dir = new_run_dir(cfg, "bench")
-    (bench_dir / "bench.json").write_text(json.dumps(settings, indent=1))
+        (bench_dir / "bench.json").write_text(json.dumps(settings, indent=1))
     connect(cfg.cluster)
     shared_steps = ["data", "model", "prmu", "chains"]
     if (bench_dir / "prmu_eval.json").is_file():  # kept from the run being resumed
         shared_steps.remove("prmu")
     shared = run_pipeline(cfg, shared_steps, run_dir=bench_dir)
     prmu = PRMUResult(**json.loads((bench_dir / "prmu_eval.json").read_text()))
-    seconds: dict[str, float] = {**dict(shared.seconds), "prmu": prmu.seconds}
+    seconds: dict[str, float] = {**shared.seconds, "prmu": prmu.seconds}
     per_seed: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         seeded = load_config(args.config, ["rollout.reward_via=local", "rl.eval_limit=0", f"run.seed={seed}",
