@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,13 +31,39 @@ def connect(cfg: ClusterConfig, **kwargs):
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = os.environ.get("RAY_ADDRESS") or cfg.address
-    init_kwargs = {"namespace": cfg.namespace, "log_to_driver": True, **kwargs}
+    init_kwargs = {"namespace": cfg.namespace, "log_to_driver": True, "runtime_env": WORKER_ENV, **kwargs}
     if address == "local":
         init_kwargs.setdefault("include_dashboard", False)
         if cfg.num_cpus:
             init_kwargs.setdefault("num_cpus", cfg.num_cpus)
     ray.init(address=address, **init_kwargs)
     return ray.get_runtime_context()
+
+
+# Every worker process of a job: Ray Train's print patch off (it tees a worker's print to stdout and
+# to the root logger, so each line reached the log twice), and the repeating lines dropped.
+WORKER_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
+              "worker_process_setup_hook": "actors.cluster.quiet_worker_logs"}
+# (logger, message prefix) of library lines that repeat without news. Ray Train's placement-group
+# cleaner asks the State API every second whether its controller lives; a head started without the
+# dashboard has no State API, so it warned once a second for the whole job (and can clean nothing).
+REPEATING_LINES = (("ray.train.v2._internal.execution.controller.placement_group_cleaner",
+                    "Failed to query Ray Train Controller actor state"),)
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_worker_logs() -> None:
+    """Ray's ``worker_process_setup_hook`` for this project's jobs: filters :data:`REPEATING_LINES`."""
+    for name, prefix in REPEATING_LINES:
+        logging.getLogger(name).addFilter(_DropPrefix(prefix))
 
 
 def train_scaling(num_workers: int, resources: dict[str, float]):

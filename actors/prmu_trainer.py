@@ -34,8 +34,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         net = checkpoint.build_net(cfg, config["dim"], len(config["user_index"]), config.get("backbone"),
                                    user_blind=user_blind)
         model = ray.train.torch.prepare_model(net) if world > 1 else net
-        on_epoch = (lambda epoch, _: report_progress(what, epoch, cfg.epochs)) if rank == 0 else None
-        return net, fit(model, data, cfg, rank, world, on_epoch=on_epoch)
+
+        def on_epoch(epoch: int, stats: dict[str, float]) -> None:
+            report_progress(what, epoch, cfg.epochs)
+            print(f"{what} {epoch}/{cfg.epochs} loss {stats['loss']:.4f}")  # the run's logs/console.log
+
+        return net, fit(model, data, cfg, rank, world, on_epoch=on_epoch if rank == 0 else None)
 
     data = ray.get(config["data"])
     net, history = train(False, data, "prmu epochs")

@@ -64,11 +64,11 @@ def ray_cluster():
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     import ray
 
-    from actors.cluster import free_port
+    from actors.cluster import WORKER_ENV, free_port
 
     metrics_port = free_port()
     ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="tagpr-tests",
-             _metrics_export_port=metrics_port, log_to_driver=False)
+             _metrics_export_port=metrics_port, log_to_driver=False, runtime_env=WORKER_ENV)
     yield {"metrics_port": metrics_port}
     from ray import serve
 

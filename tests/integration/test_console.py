@@ -79,3 +79,6 @@ def test_run_console_is_one_readable_screen(ray_cluster, tmp_path):
     log = (run_dir / "logs" / "console.log").read_text()
     assert str(run_dir / "logs" / "console.log") in screen.replace("\n", "")
     assert "(RayTrainWorker" in log or "(TrainController" in log  # the workers' lines went to the file
+    assert "Failed to query Ray Train Controller actor state" not in log  # the cleaner's once-a-second line
+    worker = [line for line in log.splitlines() if "(RayTrainWorker" in line]
+    assert not [a for a, b in zip(worker, worker[1:]) if a == b], log  # Ray Train's print patch doubled them

@@ -66,3 +66,25 @@ def test_an_error_inside_names_the_log_file(tmp_path):
     assert "error: boom" in out.stderr  # printed after the streams came back
     assert out.stdout.count("console.log") == 2  # announced at the start, named again at the failure
     assert "library line before the failure" not in out.stdout
+
+
+def test_worker_hook_drops_only_the_repeating_lines():
+    import logging
+
+    from actors.cluster import REPEATING_LINES, quiet_worker_logs
+
+    name, prefix = REPEATING_LINES[0]
+    logger = logging.getLogger(name)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    saved = list(logger.filters)
+    try:
+        quiet_worker_logs()
+        logger.warning(prefix + ". State API may be temporarily unavailable. Continuing to monitor.")
+        logger.warning("Failed to clean up placement group: %s", "boom")
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = saved
+    assert seen == ["Failed to clean up placement group: boom"]
