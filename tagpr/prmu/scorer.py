@@ -32,6 +32,7 @@ class PRMUScorer:
         cfg = meta["config"]
         encoder = SentenceEncoder(meta["encoder"], cfg["max_length"], cache_size=cfg["embedding_cache"],
                                   allow_hub=allow_hub)
+        encoder.load_cache(Path(path) / checkpoint.EMBEDDINGS)
         if score_with_user_id is None:
             score_with_user_id = bool(cfg.get("score_with_user_id", False))
         return cls(net, meta, users, encoder, score_with_user_id)

@@ -221,6 +221,29 @@ def test_scorer_reads_the_parsed_answer(tmp_path, encoder):
     assert a == pytest.approx(b, abs=1e-6)
 
 
+def test_saved_embeddings_score_as_encoding_every_text_does(tmp_path, data_root, monkeypatch):
+    """A scorer that preloads its checkpoint's embeddings gives the numbers of one with no cache at all,
+    and runs the encoder on none of the texts; a store another encoder made is ignored."""
+    torch.manual_seed(0)
+    cfg = PRMUConfig(hidden_size=32)
+    checkpoint.save(checkpoint.build_net(cfg, 384, 0), tmp_path, cfg, "minilm", 384, {})
+    questions = load_split(data_root, "LaMP_2", "dev").questions[:12]
+    examples = [make_example("LaMP_2", q.profile, q.input, q.gold, q.user_id) for q in questions]
+    uncached = PRMUScorer.load(tmp_path)
+    uncached.encoder.cache_size = 0
+    expected = uncached.score_examples(examples)
+    filled = PRMUScorer.load(tmp_path)
+    filled.score_examples(examples)
+    stored = filled.encoder.save_cache(tmp_path / checkpoint.EMBEDDINGS)
+    assert stored == len({t for e in examples for t in (e.input, e.answer, *(x for p in e.profile for x in p))})
+
+    preloaded = PRMUScorer.load(tmp_path)
+    monkeypatch.setattr(preloaded.encoder, "_forward", lambda texts: pytest.fail(f"encoded {texts[:2]}"))
+    assert preloaded.score_examples(examples) == pytest.approx(expected, abs=1e-5)
+    assert SentenceEncoder("minilm", max_length=32).load_cache(tmp_path / checkpoint.EMBEDDINGS) == 0
+    assert SentenceEncoder("minilm", max_length=32).load_cache(tmp_path / "missing.pt") == 0
+
+
 def test_causal_variant_on_the_tiny_policy(tmp_path, encoder):
     from tagpr.models import build_tiny_policy
 
