@@ -20,26 +20,6 @@ from tagpr.config import ClusterConfig
 from tagpr.errors import TagPRError
 
 
-def connect(cfg: ClusterConfig, **kwargs):
-    """Join ``cfg.address`` (``auto``, ``ray://...``, ``host:port``) or, for ``local``, start Ray here.
-
-    Inside a ``ray job submit`` job, Ray sets ``RAY_ADDRESS``; that wins over the config so the
-    job runs on the cluster it was submitted to. Token authentication is left as Ray sets it.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return ray.get_runtime_context()
-    address = os.environ.get("RAY_ADDRESS") or cfg.address
-    init_kwargs = {"namespace": cfg.namespace, "log_to_driver": True, "runtime_env": WORKER_ENV, **kwargs}
-    if address == "local":
-        init_kwargs.setdefault("include_dashboard", False)
-        if cfg.num_cpus:
-            init_kwargs.setdefault("num_cpus", cfg.num_cpus)
-    ray.init(address=address, **init_kwargs)
-    return ray.get_runtime_context()
-
-
 # Every worker process of a job: Ray Train's print patch off (it tees a worker's print to stdout and
 # to the root logger, so each line reached the log twice), and the repeating lines dropped.
 WORKER_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
@@ -64,6 +44,26 @@ def quiet_worker_logs() -> None:
     """Ray's ``worker_process_setup_hook`` for this project's jobs: filters :data:`REPEATING_LINES`."""
     for name, prefix in REPEATING_LINES:
         logging.getLogger(name).addFilter(_DropPrefix(prefix))
+
+
+def connect(cfg: ClusterConfig, **kwargs):
+    """Join ``cfg.address`` (``auto``, ``ray://...``, ``host:port``) or, for ``local``, start Ray here.
+
+    Inside a ``ray job submit`` job, Ray sets ``RAY_ADDRESS``; that wins over the config so the
+    job runs on the cluster it was submitted to. Token authentication is left as Ray sets it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    init_kwargs = {"namespace": cfg.namespace, "log_to_driver": True, "runtime_env": WORKER_ENV, **kwargs}
+    if address == "local":
+        init_kwargs.setdefault("include_dashboard", False)
+        if cfg.num_cpus:
+            init_kwargs.setdefault("num_cpus", cfg.num_cpus)
+    ray.init(address=address, **init_kwargs)
+    return ray.get_runtime_context()
 
 
 def train_scaling(num_workers: int, resources: dict[str, float]):

