@@ -65,11 +65,14 @@ def collate(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int) 
 def collate_packed(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int,
                    row_length: int) -> dict[str, torch.Tensor]:
     """The same examples as :func:`collate`, laid out in fewer, fuller rows of up to ``row_length``
-    tokens (first-fit, longest first). Position ids restart at each example and there is no attention
+    tokens (first-fit, longest first), and no wider than the batch's longest example: attention costs
+    the square of a row's width, so a row wider than the padded batch would spend on attention what
+    packing saves on pad tokens. Position ids restart at each example and there is no attention
     mask, so transformers builds a block-causal mask from them (it does so only without a KV cache,
     hence ``use_cache``): no example attends to another, and the loss is :func:`collate`'s (a label
     never points across an example's end: each prompt starts with ignored labels). Pad tokens at a
     row's end are their own block, with ignored labels."""
+    row_length = min(row_length, max(map(len, ids)))
     rows: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):

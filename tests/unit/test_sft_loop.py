@@ -93,9 +93,11 @@ def test_packed_rows_do_not_attend_across_examples():
     lm = _lm("Qwen2", "sdpa").eval()
 
     def logits(first):
-        batch = collate_packed([first, [9, 10, 11]], [first, [9, 10, 11]], 0, 16)
-        assert batch["input_ids"].shape == (1, 7)  # one row, the longer example first
-        return lm(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        ids = [[1, 2, 3, 4, 5, 6, 7], first, [9, 10, 11]]
+        batch = collate_packed(ids, ids, 0, 16)
+        assert batch["input_ids"].shape == (2, 7)  # rows as wide as the longest example; the two others share one
+        assert batch["input_ids"][1, 4:].tolist() == [9, 10, 11]
+        return lm(**{k: v for k, v in batch.items() if k != "labels"}).logits[1]
 
     before, after = logits([5, 6, 7, 8]), logits([20, 21, 22, 23])
     assert not torch.allclose(after[:4], before[:4])
