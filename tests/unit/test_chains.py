@@ -130,9 +130,11 @@ def test_prompt_and_sft_tokenization(root, tagset, tmp_path, cfg):
     batch = collate(data.input_ids[:2], data.labels[:2], tok.pad_token_id)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     packed = collate_packed(data.input_ids, data.labels, tok.pad_token_id, 4096)
-    assert packed["input_ids"].shape == (1, sum(len(x) for x in data.input_ids))
+    # rows no wider than the longest chain; these three are of a length, so each keeps a row of its own
+    assert packed["input_ids"].shape == (3, max(len(x) for x in data.input_ids))
     lengths = sorted(map(len, data.input_ids), reverse=True)  # longest first, positions restart per example
-    assert packed["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    for row, n in enumerate(lengths):
+        assert packed["position_ids"][row, :n].tolist() == list(range(n))
 
 
 class ScriptedChatTeacher(ChatTeacher):
