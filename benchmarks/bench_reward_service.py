@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -122,12 +123,12 @@ def _in_process(checkpoint_dir: Path, payloads: list[dict], batch: int, seconds:
 
 
 def _variant(reasoning: bool, port: int, tmp: Path, payloads: dict[str, list[dict]] | None = None,
-             tag: str | None = None) -> dict:
+             tag: str | None = None, store: Path | None = None) -> dict:
     """Deploy an app per payload set (default: LaMP-2 groups ``batched``, and their items one per
     request to an unbatched app, ``single``) for one PRMU config, drive them, and measure the
-    in-process baseline on the batched requests. A payload set given here is RL's load: its
-    checkpoint carries its profiles' embeddings, as the PRMU step's does, so that service and
-    in-process scorer both start with them (the LaMP-2 load repeats its texts and warms up)."""
+    in-process baseline on the batched requests. With ``store`` (RL's load) the checkpoint carries
+    the profiles' embeddings, as the PRMU step's does, so that service and in-process scorer both
+    start with them (the LaMP-2 load repeats its texts and warms up)."""
     from ray import serve
 
     from services.reward.deploy import deploy
@@ -140,8 +141,8 @@ def _variant(reasoning: bool, port: int, tmp: Path, payloads: dict[str, list[dic
                              "service.max_replicas=1", "service.limits.max_batch_items=64"])
     ckpt = tmp / f"prmu-{tag}"
     version = checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
-    if payloads:
-        _store_profiles(ckpt, payloads["batched"], cfg.prmu.max_length)
+    if store:
+        shutil.copy(store, ckpt / checkpoint.EMBEDDINGS)
     payloads = payloads or {"batched": _payloads(GROUP), "single": _payloads(1)}
     levels: dict[str, list[dict]] = {}
     for app, body in payloads.items():
@@ -168,20 +169,21 @@ def _variant(reasoning: bool, port: int, tmp: Path, payloads: dict[str, list[dic
             else None, "overhead_ratio": at32["batched"]["items_per_s"] / raw["items_per_s"]}
 
 
-def _store_profiles(ckpt: Path, payloads: list[dict], max_length: int) -> None:
-    """Save into ``ckpt`` the embeddings the PRMU step leaves there (``embeddings.pt``): here the
-    payloads' profile items and inputs."""
-    from tagpr.prmu import checkpoint
+def _profile_store(tmp: Path, payloads: list[dict], max_length: int) -> Path:
+    """The ``embeddings.pt`` the PRMU step would leave in a checkpoint: here the payloads' profile
+    items and inputs (and the empty answer), embedded once for every app that preloads them."""
     from tagpr.prmu.encoder import SentenceEncoder
-    from tagpr.prmu.features import make_example
+    from tagpr.prmu.features import embed_examples, make_example
 
     encoder = SentenceEncoder("minilm", max_length)
-    examples = [make_example(it["task"], it["profile"], it["input"], "") for p in payloads for it in p["items"]]
-    encoder.encode([t for e in examples for t in (e.input, *(x for part in e.profile for x in part))])
-    encoder.save_cache(ckpt / checkpoint.EMBEDDINGS)
+    embed_examples([make_example(it["task"], it["profile"], it["input"], "") for p in payloads for it in p["items"]],
+                   encoder)
+    path = tmp / "profile-embeddings.pt"
+    encoder.save_cache(path)
+    return path
 
 
-def _first_contact(port: int, tmp: Path, payloads: list[dict]) -> dict:
+def _first_contact(port: int, tmp: Path, payloads: list[dict], store: Path) -> dict:
     """RL meets most users for the first time in a reward call. The same RL load, each request once, to
     a scorer that starts cold and to one that preloads the embeddings its checkpoint carries
     (``embeddings.pt``: here the payloads' profile items and inputs, the texts the PRMU step embeds)."""
@@ -200,7 +202,7 @@ def _first_contact(port: int, tmp: Path, payloads: list[dict]) -> dict:
         ckpt = tmp / f"prmu-{app}"
         checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
         if app == "preloaded":
-            _store_profiles(ckpt, payloads, cfg.prmu.max_length)
+            shutil.copy(store, ckpt / checkpoint.EMBEDDINGS)
         name = f"bench-first-contact-{app}"
         deploy(cfg, str(ckpt), token_env="TAGPR_BENCH_NO_TOKEN", name=name, route_prefix=f"/{name}")
         levels[app] = [run_process(f"http://127.0.0.1:{port}/{name}/v1/score", file, concurrency=8,
@@ -220,6 +222,7 @@ def run() -> list[dict]:
     from ray import serve
 
     from actors.cluster import free_port
+    from tagpr.config import load_config
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
@@ -229,8 +232,9 @@ def run() -> list[dict]:
             answer = _variant(False, port, Path(tmp))
             reasoning = _variant(True, port, Path(tmp))
             rl_load = _rollout_payloads(Path(tmp))
-            rollout = _variant(False, port, Path(tmp), {"batched": rl_load}, tag="rollout")
-            first = _first_contact(port, Path(tmp), rl_load)
+            store = _profile_store(Path(tmp), rl_load, load_config().prmu.max_length)
+            rollout = _variant(False, port, Path(tmp), {"batched": rl_load}, tag="rollout", store=store)
+            first = _first_contact(port, Path(tmp), rl_load, store)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -109,15 +109,15 @@ def _load_blind(path: str | Path) -> PRMUNet:
 
 
 def eval_checkpoint(cfg: TagPRConfig, path: str | Path, split: str | None = None) -> PRMUEval:
-    net, meta, user_index = checkpoint.load(path)
+    from tagpr.prmu.scorer import PRMUScorer
+
+    scorer = PRMUScorer.load(path, allow_hub=cfg.model.allow_hub)  # its encoder preloads the checkpoint's embeddings
     blind = _load_blind(path)
-    encoder = SentenceEncoder(meta["encoder"], meta["config"]["max_length"], allow_hub=cfg.model.allow_hub)
-    encoder.load_cache(Path(path) / checkpoint.EMBEDDINGS)
     d = cfg.data
-    pairs, _ = pairs_for_tasks(d.root, d.tasks, split or d.dev_split, encoder,
+    pairs, _ = pairs_for_tasks(d.root, d.tasks, split or d.dev_split, scorer.encoder,
                                cfg.prmu.negatives_per_question, d.skip_invalid)
-    return PRMUEval(checkpoint=str(path), version=meta["version"], pairs=len(pairs),
-                    **evaluate(net, blind, pairs, encoder, user_index))
+    return PRMUEval(checkpoint=str(path), version=scorer.version, pairs=len(pairs),
+                    **evaluate(scorer.net, blind, pairs, scorer.encoder, scorer.user_index))
 
 
 def print_scores(result: PRMUResult | PRMUEval, out) -> None:
