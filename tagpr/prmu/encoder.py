@@ -44,22 +44,28 @@ class SentenceEncoder:
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @torch.no_grad()
-    def _forward(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+    def _forward(self, features: dict[str, list[list[int]]]) -> torch.Tensor:
+        enc = self.tokenizer.pad(features, return_tensors="pt")
         hidden = self.model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """[len(texts), dim] embeddings; each distinct text is encoded once and then cached."""
+        """[len(texts), dim] embeddings; each distinct text is encoded once and then cached.
+
+        New texts are batched in order of token length: profile items, inputs and answers range
+        from 10 to 96 tokens, and batches in input order were a third padding."""
         if not texts:
             return torch.zeros(0, self.dim)
         found = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
         todo = [t for t in dict.fromkeys(texts) if t not in found]
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i : i + self.batch_size]
-            found.update(zip(chunk, self._forward(chunk)))
+        tokens = self.tokenizer(todo, truncation=True, max_length=self.max_length) if todo else {}
+        order = sorted(range(len(todo)), key=lambda i: len(tokens["input_ids"][i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            vectors = self._forward({k: [v[i] for i in chunk] for k, v in tokens.items()})
+            found.update(zip((todo[i] for i in chunk), vectors))
         for t in found:
             self._remember(t, found[t])
         return torch.stack([found[t] for t in texts])

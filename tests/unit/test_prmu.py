@@ -45,6 +45,16 @@ def test_encoder_is_normalized_and_cached(encoder):
     assert encoder.encode([]).shape == (0, 384)
 
 
+def test_encoder_batches_by_length_and_returns_each_text_its_own_vector():
+    """Batches are formed in token-length order; every vector still belongs to its text, equal
+    (to float error) to that text encoded alone."""
+    texts = ["a long review of a starship crew lost between two stars for many years", "ok",
+             "two lovers meet in a small town", "fine", "a starship crew"]
+    batched = SentenceEncoder(batch_size=2, cache_size=0)
+    alone = torch.stack([batched.encode([t])[0] for t in texts])
+    assert torch.allclose(batched.encode(texts), alone, atol=1e-5)
+
+
 def test_user_pooling_ignores_padding_and_handles_empty_profiles():
     torch.manual_seed(0)
     pool = UserPooling(8, 4, num_users=3)
