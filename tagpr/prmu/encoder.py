@@ -54,8 +54,8 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """[len(texts), dim] embeddings; each distinct text is encoded once and then cached.
 
-        New texts are batched in order of token length: profile items, inputs and answers range
-        from 10 to 96 tokens, and batches in input order were a third padding."""
+        New texts are batched in order of token length: the demo's profile items, inputs and
+        answers run from 10 to 96 tokens, and batches in arrival order held 1.3x their real tokens."""
         if not texts:
             return torch.zeros(0, self.dim)
         found = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
