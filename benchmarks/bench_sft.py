@@ -1,15 +1,17 @@
 """SFT trainer throughput against a plain torch loop (what Ray Train and the training strategy cost),
-and with packed rows against padded ones (what ``sft.packing`` saves).
+with packed rows and with length-grouped batches against shuffled padded ones (what ``sft.packing``
+and ``sft.length_grouping`` save).
 
 One run, one machine, one model: the embedded tiny policy, the demo's SFT settings (batch size,
 precision, learning rate), TagPR prompts from the synthetic users with the demo's profile items and
 the gold answer as the response. Both paths train the same batches in the same order, each in its
 own process on the same threads: the trainer as ``tagpr sft`` runs it (Ray Train, one worker whose
 CPU share sets its threads, ``sft.strategy``), the plain loop as model, AdamW and backward in one
-process. The plain loop lays batches out as the demo does (``sft.packing``); the trainer runs with
-packed rows and with padded ones, the demo's layout compared with the plain loop, both with each
-other for the packing ratio. Tokens/s counts the batches' tokens without
-padding, from the first step's end on.
+process. The plain loop lays batches out as the demo does (``sft.packing``, ``sft.length_grouping``);
+the trainer runs three layouts: shuffled padded batches, packed rows, and padded batches grouped by
+length as the demo groups them. The demo's layout is compared with the plain loop, the other two with
+shuffled padded batches. Tokens/s counts the batches' tokens without padding, from the first step's
+end on.
 
     python -m benchmarks.run sft
 """
@@ -25,7 +27,10 @@ import time
 from pathlib import Path
 
 THREADS, STEPS = 2, 24
-PATHS = ("plain", "trainer_packed", "trainer_padded")
+LAYOUTS = {"trainer_padded": ("sft.packing=false", "sft.length_grouping=0"),
+           "trainer_packed": ("sft.packing=true", "sft.length_grouping=0"),
+           "trainer_grouped": ("sft.packing=false",)}  # the demo's grouping
+PATHS = ("plain", *LAYOUTS)
 
 
 def _config(root: Path, *overrides: str):
@@ -70,7 +75,7 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     from actors.train_strategy import resolve_precision
-    from tagpr.sft.train import batches, row_length
+    from tagpr.sft.train import batches, epoch_order, row_length
 
     torch.set_num_threads(THREADS)
     cfg = _config(root).sft
@@ -81,7 +86,7 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     precision = resolve_precision(cfg.precision, torch.device("cpu"))
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))  # the trainer's epoch-0 order
+    order = epoch_order([len(ids) for ids in data.input_ids], cfg, epoch=0)
     tokens, warm = 0, None
     for batch, n_tokens in batches(data, cfg.batch_size, order, pad_id, row_length(cfg)):
         with autocast():
@@ -99,19 +104,19 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
             "precision": precision}
 
 
-def _trainer(root: Path, policy: str, pad_id: int, packing: bool) -> dict:
-    """The project's SFT trainer on a local Ray cluster of ``THREADS`` CPUs, one worker, with packed or
-    padded rows."""
+def _trainer(root: Path, policy: str, pad_id: int, layout: str) -> dict:
+    """The project's SFT trainer on a local Ray cluster of ``THREADS`` CPUs, one worker, with the
+    batches of ``layout``."""
     import ray
 
     from actors.cluster import connect
     from actors.sft_trainer import train_on_ray
 
-    cfg = _config(root, f"sft.packing={str(packing).lower()}")
+    cfg = _config(root, *LAYOUTS[layout])
     connect(cfg.cluster, log_to_driver=False)
     data = pickle.loads((root / "data.pkl").read_bytes())
     start = time.perf_counter()
-    ckpt = train_on_ray(cfg.sft, data, None, policy, root / f"ray_train_{packing}", seed=0)
+    ckpt = train_on_ray(cfg.sft, data, None, policy, root / f"ray_train_{layout}", seed=0)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     ray.shutdown()
     return {"tokens_per_s": state["tokens_per_s"], "job_s": time.perf_counter() - start,
@@ -131,17 +136,20 @@ def run() -> list[dict]:
         cfg = _config(root).sft
     lengths = [len(x) for x in data.input_ids]
     details = {"steps": STEPS, "batch_size": cfg.batch_size, "precision": out["plain"]["precision"],
-               "packing": cfg.packing, "threads": THREADS, "tokens_mean": round(sum(lengths) / len(lengths), 1),
+               "packing": cfg.packing, "length_grouping": cfg.length_grouping, "threads": THREADS, "tokens_mean": round(sum(lengths) / len(lengths), 1),
                "model": "embedded tiny policy (Qwen2, 4 layers, hidden 256)"}
     rate = {path: out[path]["tokens_per_s"] for path in PATHS}
-    trainer = "trainer_packed" if cfg.packing else "trainer_padded"
+    trainer = "trainer_packed" if cfg.packing else "trainer_grouped" if cfg.length_grouping > 1 else "trainer_padded"
     return [{"name": "sft_trainer_throughput", "figure": "SFT tokens/s, the trainer (Ray Train) / a plain torch loop",
              "ratio": round(rate[trainer] / rate["plain"], 3), "target": ">= 0.9",
              "details": {"paths": {"plain": out["plain"], "trainer": out[trainer]}, **details}},
             # padded rows train 1.2x the demo chains' tokens (batches of 16, 300 to 519 tokens each)
             {"name": "sft_packing", "figure": "SFT trainer tokens/s, packed rows / padded rows",
              "ratio": round(rate["trainer_packed"] / rate["trainer_padded"], 3), "target": ">= 1.1",
-             "details": {"paths": {p: out[p] for p in ("trainer_padded", "trainer_packed")}, **details}}]
+             "details": {"paths": {p: out[p] for p in ("trainer_padded", "trainer_packed")}, **details}},
+            {"name": "sft_length_grouping", "figure": "SFT trainer tokens/s, length-grouped batches / shuffled ones",
+             "ratio": round(rate["trainer_grouped"] / rate["trainer_padded"], 3), "target": ">= 1.1",
+             "details": {"paths": {p: out[p] for p in ("trainer_padded", "trainer_grouped")}, **details}}]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -156,14 +164,13 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("training tokens/s (no padding)")
     d = result["details"]
     ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads, "
-                 f"{d['tokens_mean']:.0f} tokens per example, packing {d['packing']}", fontsize=9)
+                 f"{d['tokens_mean']:.0f} tokens per example, packing {d['packing']}, "
+                 f"grouping {d['length_grouping']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    fn = {"plain": _plain,
-          "trainer_packed": lambda *args: _trainer(*args, packing=True),
-          "trainer_padded": lambda *args: _trainer(*args, packing=False)}[sys.argv[1]]
-    print(json.dumps(fn(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
+    args = (Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    print(json.dumps(_plain(*args) if sys.argv[1] == "plain" else _trainer(*args, layout=sys.argv[1])))

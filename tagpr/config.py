@@ -314,6 +314,10 @@ class SFTConfig(TrainStrategyConfig):
         "wider than the batch's longest example; the block mask is slower than plain causal attention, so it "
         "pays where the dense layers dominate (wide models); the demo's tiny policy trains 0.95x as fast "
         "packed (benchmarks/bench_sft.py)"))
+    length_grouping: int = Field(0, ge=0, description=(
+        "cut each epoch's shuffled order into runs of this many batches and sort each run by length before "
+        "batching (transformers' group_by_length, with megabatches): fewer pad tokens, each batch drawing "
+        "from fewer tasks, whose prompts differ in length; 0 or 1: batches as shuffled"))
     resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
     dev_loss_examples: int = Field(256, ge=0, description="dev examples (a seeded sample) whose loss is measured "
                                                           "after each epoch (0: all)")

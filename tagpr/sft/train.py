@@ -7,7 +7,7 @@ unit tests, DDP or DeepSpeed under Ray Train (``actors/train_strategy.py``).
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -29,6 +29,20 @@ class Stepper(Protocol):
 def row_length(cfg: SFTConfig) -> int:
     """The ``pack_to`` of :func:`batches` that ``cfg`` asks for: ``max_length`` when packing, else 0."""
     return cfg.max_length if cfg.packing else 0
+
+
+def epoch_order(lengths: Sequence[int], cfg: SFTConfig, epoch: int, seed: int = 0, rank: int = 0,
+                world: int = 1) -> torch.Tensor:
+    """The example indices ``rank`` trains on in ``epoch``, in batch order: a seeded shuffle, this rank's
+    share, then each run of ``cfg.length_grouping`` batches sorted longest first, so a batch pads to
+    nearly its own examples' lengths while the runs keep the shuffle's mix across the epoch."""
+    gen = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(len(lengths), generator=gen)[rank::world]
+    if cfg.length_grouping <= 1:
+        return order
+    lengths = torch.tensor(lengths)
+    return torch.cat([run[torch.argsort(lengths[run], descending=True, stable=True)]
+                      for run in order.split(cfg.batch_size * cfg.length_grouping)])
 
 
 def batches(data: SFTData, batch_size: int, order: torch.Tensor, pad_id: int, pack_to: int = 0):
@@ -67,8 +81,7 @@ def train_epochs(stepper: Stepper, train: SFTData, dev: SFTData | None, cfg: SFT
     pack_to = row_length(cfg)
     stepper.train(True)
     for epoch in range(start_epoch, cfg.epochs):
-        gen = torch.Generator().manual_seed(seed + epoch)
-        order = torch.randperm(len(train), generator=gen)[rank::world]
+        order = epoch_order([len(ids) for ids in train.input_ids], cfg, epoch, seed, rank, world)
         n_steps = -(-len(order) // cfg.batch_size)
         every, start = max(1, n_steps // 10), time.perf_counter()
         total, steps, tokens, warm = 0.0, 0, 0, None

@@ -8,7 +8,7 @@ import torch
 from actors.train_strategy import DDPStrategy
 from tagpr.models import build_tiny_policy, load_policy
 from tagpr.sft.data import tokenize_chains
-from tagpr.sft.train import eval_loss, train_epochs
+from tagpr.sft.train import epoch_order, eval_loss, train_epochs
 
 CHAIN = {"task": "LaMP_2", "input": "Which tag fits: description: a starship crew. candidates: sci-fi, comedy",
          "profile": json.dumps([{"tag": "sci-fi", "description": "robots"}]),
@@ -42,6 +42,23 @@ def test_lr_schedule(cfg):
     flat = s.model_copy(update={"lr_schedule": "constant", "warmup_steps": 0})
     assert lr_at(0, 10, flat) == lr_at(9, 10, flat) == 1.0
 
+
+def test_length_grouping_sorts_each_run_of_batches_and_keeps_the_shuffle_across_runs(cfg):
+    lengths = [int(x) for x in torch.randint(10, 500, (103,), generator=torch.Generator().manual_seed(1))]
+    plain = cfg.sft.model_copy(update={"batch_size": 4, "length_grouping": 0})
+    grouped = plain.model_copy(update={"length_grouping": 5})
+    shuffled, order = epoch_order(lengths, plain, epoch=2, seed=7), epoch_order(lengths, grouped, epoch=2, seed=7)
+    assert torch.equal(epoch_order(lengths, plain.model_copy(update={"length_grouping": 1}), 2, 7), shuffled)
+    for start in range(0, 103, 20):  # each run of 5 batches: the shuffle's examples, longest first
+        run = order[start:start + 20].tolist()
+        assert sorted(run) == sorted(shuffled[start:start + 20].tolist())
+        assert [lengths[i] for i in run] == sorted((lengths[i] for i in run), reverse=True)
+
+    def padded(o):
+        return sum(max(lengths[i] for i in o[s:s + 4].tolist()) * len(o[s:s + 4]) for s in range(0, len(o), 4))
+    assert padded(order) < 0.8 * padded(shuffled)
+    ranks = [epoch_order(lengths, grouped, 2, 7, rank, 2) for rank in (0, 1)]
+    assert sorted(torch.cat(ranks).tolist()) == list(range(103))  # ranks share the epoch, grouped each
 
 
 def _lm(arch: str, attn: str):
