@@ -317,7 +317,8 @@ class SFTConfig(TrainStrategyConfig):
     length_grouping: int = Field(0, ge=0, description=(
         "cut each epoch's shuffled order into runs of this many batches and sort each run by length before "
         "batching (transformers' group_by_length, with megabatches): fewer pad tokens, each batch drawing "
-        "from fewer tasks, whose prompts differ in length; 0 or 1: batches as shuffled"))
+        "from fewer tasks, whose prompts differ in length; 0 or 1: batches as shuffled. On the demo, 4 trained "
+        "1.12x the tokens/s and scored 0.508 on dev against 0.585 shuffled (README)"))
     resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
     dev_loss_examples: int = Field(256, ge=0, description="dev examples (a seeded sample) whose loss is measured "
                                                           "after each epoch (0: all)")
