@@ -136,7 +136,8 @@ def run() -> list[dict]:
         cfg = _config(root).sft
     lengths = [len(x) for x in data.input_ids]
     details = {"steps": STEPS, "batch_size": cfg.batch_size, "precision": out["plain"]["precision"],
-               "packing": cfg.packing, "length_grouping": cfg.length_grouping, "threads": THREADS, "tokens_mean": round(sum(lengths) / len(lengths), 1),
+               "packing": cfg.packing, "length_grouping": cfg.length_grouping, "threads": THREADS,
+               "tokens_mean": round(sum(lengths) / len(lengths), 1),
                "model": "embedded tiny policy (Qwen2, 4 layers, hidden 256)"}
     rate = {path: out[path]["tokens_per_s"] for path in PATHS}
     trainer = "trainer_packed" if cfg.packing else "trainer_grouped" if cfg.length_grouping > 1 else "trainer_padded"
