@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tagpr-setup
 PYTEST_ARGS ?=
+BENCH ?=
 
 # vLLM on the CPU: a 1 GiB KV cache (the default asks for most of memory), in-process engine.
 export VLLM_CPU_KVCACHE_SPACE ?= 1
@@ -38,8 +39,9 @@ test-gpu: setup
 demo: setup
 	$(BIN)/tagpr run configs/demo.yaml
 
+# BENCH="sft rollout" runs only those benchmarks/bench_<name>.py modules (default: all).
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH)
 
 # Does RL improve the SFT policy above noise: 3 seeds, RL variants, all dev questions (not part of bench).
 bench-learning: setup

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
     if args.names:
+        unknown = sorted(set(args.names) - {m.removeprefix("bench_") for m in modules})
+        if unknown:
+            parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(m.removeprefix('bench_') for m in modules)}")
         modules = [m for m in modules if m.removeprefix("bench_") in args.names]
     rows = []
     for mod_name in modules:
