@@ -9,11 +9,14 @@ short synchronous runs measure generation and training seconds per step at a few
 and ``rollout.max_tokens`` is the measured length where the two are closest (the costs are not
 smooth enough in the length to extrapolate). Prompts carry no profile items: the learner recomputes
 a prompt for every sample while vLLM caches it once per group, so long prompts make training the
-bottleneck at any response length. The learner trains one sequence per micro-batch and each role is
-pinned to its own core (``rollout.cpu_affinity``, ``learner.cpu_affinity``): with whole-step batches
-the logits and activations overflow the cache, and overlapped roles then slowed each other through
-memory bandwidth (learner steps 12-17% longer than alone). Throughput is trajectories per second
-over the steps after ``WARMUP`` (engine and learner start-up excluded).
+bottleneck at any response length. The random tiny policy's responses all score 0 behind the
+format gate, so every group is trained on (``rl.skip_uniform_groups: false``): the learner does a
+real step's work for each, as it would for groups whose rewards differ. The learner trains one
+sequence per micro-batch and each role is pinned to its own core (``rollout.cpu_affinity``,
+``learner.cpu_affinity``): with whole-step batches the logits and activations overflow the cache,
+and overlapped roles then slowed each other through memory bandwidth (learner steps 12-17% longer
+than alone). Throughput is trajectories per second over the steps after ``WARMUP`` (engine and
+learner start-up excluded).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def _job(root: Path, policy: str, staleness: int, max_tokens: int, steps: int) -
         f"rl.group_size={GROUP_SIZE}", f"rl.prompts_per_step={GROUPS}", f"learner.grad_accum={GROUPS * GROUP_SIZE}",
         "rl.lr=1e-4", f"rollout.max_tokens={max_tokens}", "rollout.cpu_affinity=[0]", "learner.cpu_affinity=[1]",
         "rollout.stop=[]", "rollout.prompts_per_request=4", "rollout.engine.max_model_len=2048",
-        "data.prompt_profile_items=0",
+        "data.prompt_profile_items=0", "rl.skip_uniform_groups=false",
         f"rl.stages=[{{name: guided, steps: {steps}, weights: {{format_task: 1.0, tag: 0.2}}}}]",
     ])
     report = train(cfg, log=lambda _: None)
@@ -91,6 +94,8 @@ def run() -> dict:
         ray.shutdown()
     rows = {s: {"max_staleness": s, **_throughput(r)} for s, r in runs.items()}
     sync = rows[0]["trajectories_per_s"]
+    if not sync:
+        raise RuntimeError("the synchronous runs trained on no trajectories: no throughput to compare against")
     for r in rows.values():
         r["speedup"] = round(r["trajectories_per_s"] / sync, 3)
         r["per_repeat_speedup"] = [round(a / b, 3) for a, b in zip(r["per_repeat_trajectories_per_s"],

@@ -229,6 +229,9 @@ class RLConfig(Section):
     mini_batches: int = Field(1, ge=1, description="optimizer updates per pass over a step's rollouts")
     ppo_epochs: int = Field(1, ge=1, description="passes over a step's rollouts (old logprobs from one no-grad "
                                                  "pass, so the clip acts from the second update on)")
+    skip_uniform_groups: bool = Field(True, description=(
+        "groups whose rewards are all equal carry no advantage and are left out of the step, so they do not "
+        "dilute the token normaliser (false: trained on like the others, their KL term acting, as TRL does)"))
     dynamic_sampling: bool = Field(False, description="groups whose rewards are all equal are not trained on; the "
                                                       "buffer refills the step with fresh groups instead")
     dynamic_sampling_max_filtered: int = Field(3, ge=0, description=(

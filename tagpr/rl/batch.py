@@ -49,19 +49,20 @@ def informative(rewards: Sequence[float], atol: float = 1e-6) -> bool:
 
 
 def rows_from_groups(groups: Sequence[Group], weights: Mapping[str, float], cfg: RLConfig) -> tuple[list[Row], dict]:
-    """Advantages for every sample of the step's informative groups (zero-variance groups carry no
-    advantage and are left out, so they do not dilute the token normaliser); returns the rows and
-    reward statistics over all groups."""
+    """Advantages for every sample of the step's groups, less those whose rewards are all equal where
+    ``cfg.skip_uniform_groups`` (they carry no advantage, and would dilute the token normaliser);
+    returns the rows and reward statistics over all groups."""
     from tagpr.algos import compute_advantages
 
     if not groups:
         return [], {"groups": 0, "groups_kept": 0}
     rewards = torch.tensor([[stage_reward(t, weights) for t in g.trajectories] for g in groups])
     adv = compute_advantages(rewards, cfg)
-    keep = [informative(r) for r in rewards.tolist()]
+    varied = [informative(r) for r in rewards.tolist()]
+    keep = varied if cfg.skip_uniform_groups else [True] * len(groups)
     rows = [Row(t, float(a)) for g, gadv, k in zip(groups, adv, keep) if k for t, a in zip(g.trajectories, gadv)]
     stats = {"groups": len(groups), "groups_kept": sum(keep), "reward_mean": float(rewards.mean()),
-             "reward_std": float(rewards.std(correction=0)), "zero_variance_groups": len(keep) - sum(keep)}
+             "reward_std": float(rewards.std(correction=0)), "zero_variance_groups": len(varied) - sum(varied)}
     for name in sorted({k for g in groups for t in g.trajectories for k in t.components}):
         values = [t.components[name] for g in groups for t in g.trajectories if name in t.components]
         stats[f"reward/{name}"] = sum(values) / len(values)

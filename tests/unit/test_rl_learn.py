@@ -92,6 +92,13 @@ def test_rows_carry_group_advantages_and_leave_out_constant_groups():
     assert informative([0.2, 0.2 + 1e-3]) and not informative([0.5, 0.5 + 1e-9])
 
 
+def test_constant_groups_are_trained_on_when_asked_with_zero_advantage():
+    groups = [group([1.0, 0.0], "a"), group([0.5, 0.5], "b")]
+    rows, stats = rows_from_groups(groups, {"format_task": 1.0}, RLConfig(std_eps=1e-6, skip_uniform_groups=False))
+    assert [round(r.advantage, 4) for r in rows] == [1.0, -1.0, 0.0, 0.0]
+    assert stats["groups_kept"] == 2 and stats["zero_variance_groups"] == 1
+
+
 def test_step_stats_keep_every_prmu_score_the_stage_received():
     scored = {"format_task": 1.0, "prmu": 0.7, "prmu_raw": 1.5}
     gated = {"format_task": 0.0, "prmu": 0.0}  # malformed: the PRMU was not asked
