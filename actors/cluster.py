@@ -19,7 +19,6 @@ from typing import Callable
 from tagpr.config import ClusterConfig
 from tagpr.errors import TagPRError
 
-
 # Every worker process of a job: Ray Train's print patch off (it tees a worker's print to stdout and
 # to the root logger, so each line reached the log twice), and the repeating lines dropped.
 WORKER_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},

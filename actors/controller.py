@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -96,6 +97,28 @@ class RLController:
                              "`tagpr prmu train`, or drop 'prmu' from rl.stages[*].weights)")
         if cfg.rollout.num_workers < 1:
             raise TagPRError("rollout.num_workers must be at least 1 for an RL run")
+
+    def _cpu_layout(self) -> TagPRConfig:
+        """The config with the roles pinned to separate cores where the cluster is this one node and it
+        has them (``tagpr.rl.placement``); else unchanged."""
+        import ray
+
+        from tagpr.rl.placement import role_cores
+
+        cfg = self.cfg
+        r, lc = cfg.rollout, cfg.learner
+        if cfg.cluster.cpu_layout == "off" or r.cpu_affinity or lc.cpu_affinity:
+            return cfg
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        if nodes != [ray.get_runtime_context().get_node_id()]:
+            return cfg
+        layout = role_cores(os.sched_getaffinity(0), ray.cluster_resources().get("CPU", 0), r.num_workers,
+                            r.num_cpus, lc.num_workers)
+        if layout is None:
+            return cfg
+        self.log(f"rl: rollout worker(s) on CPUs {layout[0]}, the learner on {layout[1]} (cluster.cpu_layout)")
+        return cfg.model_copy(update={"rollout": r.model_copy(update={"cpu_affinity": layout[0]}),
+                                      "learner": lc.model_copy(update={"cpu_affinity": layout[1]})})
 
     def _reward_service(self) -> None:
         r = self.cfg.rollout
@@ -255,6 +278,7 @@ class RLController:
             resume_from = str(ckpt)
             self.log(f"rl: resuming from {ckpt} (step {state['step']}, stage {state['stage']})")
         connect(cfg.cluster)
+        cfg = self.cfg = self._cpu_layout()
         start = time.perf_counter()
         try:
             self._start_roles(policy)

@@ -27,7 +27,7 @@ BUDGET = 2048  # learner.max_tokens_per_micro_batch of the bounded path: about t
 PATHS = {"per_sequence": (False, 0), "shared": (True, 0), "shared_token_budget": (True, BUDGET)}
 
 
-def _setup(root: Path) -> Path:
+def setup(root: Path) -> Path:
     """The policy, and the step's rows as JSON (prompt token ids, completions) in ``root``."""
     from transformers import AutoTokenizer
 
@@ -57,8 +57,9 @@ def _setup(root: Path) -> Path:
     return policy
 
 
-def _measure(policy: str, rows_path: str, mode: str) -> dict:
-    """One path in this process: warm-up step, then ``STEPS`` timed steps."""
+def measure(policy: str, rows_path: str, mode: str, device: str = "cpu") -> dict:
+    """One path in this process on ``device``: warm-up step, then ``STEPS`` timed steps. Peak memory is
+    the process's resident set on the CPU, the allocator's peak on a GPU (scripts/gpu_train_check.py)."""
     import copy
     import resource
 
@@ -72,8 +73,9 @@ def _measure(policy: str, rows_path: str, mode: str) -> dict:
     from tagpr.rl.trajectory import PromptRef, Trajectory
 
     torch.set_num_threads(THREADS)
+    dev = torch.device(device)
     rl = load_config("configs/demo.yaml").rl
-    lm = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).to(dev)
     shared, budget = PATHS[mode]
     micro = MicroBatching(max_tokens=budget, shared_prefix=shared)
     reference = ResponseLM(copy.deepcopy(lm).eval().requires_grad_(False), shared)
@@ -81,7 +83,7 @@ def _measure(policy: str, rows_path: str, mode: str) -> dict:
     opt = torch.optim.AdamW(lm.parameters(), lr=rl.lr)
 
     class Stepper:
-        device = torch.device("cpu")
+        device = dev
         forward = scorer.__call__
 
         @staticmethod
@@ -99,30 +101,41 @@ def _measure(policy: str, rows_path: str, mode: str) -> dict:
         return [Row(Trajectory(PromptRef(0, str(i // GROUP)), r["prompt"], r["tokens"], [-2.0] * len(r["tokens"]),
                                "", {}, 0, "bench"), r["advantage"]) for i, r in enumerate(spec)]
 
+    def peak_mib() -> float:
+        if dev.type == "cuda":
+            return torch.cuda.max_memory_allocated(dev) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+    def synced() -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter()
+
     tokens = sum(len(r["tokens"]) for r in spec)
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731  MiB (Linux: KiB)
     with torch.no_grad():
-        scorer(**_one(rows()[:1]))  # allocator warm-up outside the peak
-    base = rss()
+        scorer(**_one(rows()[:1], dev))  # allocator warm-up outside the peak
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    base = peak_mib()
     train_step(Stepper, rows(), rl, micro, pad_id=0, reference=reference)  # warm-up
-    start = time.perf_counter()
+    start = synced()
     for _ in range(STEPS):
         train_step(Stepper, rows(), rl, micro, pad_id=0, reference=reference)
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": tokens * STEPS / seconds, "step_s": seconds / STEPS, "peak_step_mib": rss() - base,
+    seconds = synced() - start
+    return {"tokens_per_s": tokens * STEPS / seconds, "step_s": seconds / STEPS, "peak_step_mib": peak_mib() - base,
             "loaded_mib": base}
 
 
-def _one(rows):
+def _one(rows, device):
     from tagpr.rl.batch import collate
 
-    return collate(rows, 0).model_inputs()
+    return collate(rows, 0).to(device).model_inputs()
 
 
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        policy = _setup(root)
+        policy = setup(root)
         spec = json.loads((root / "rows.json").read_text())
         out = {}
         for mode in PATHS:
@@ -174,4 +187,4 @@ def plot(result: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_measure(*sys.argv[1:4])))
+    print(json.dumps(measure(*sys.argv[1:5])))

@@ -10,6 +10,10 @@ non-zero if a check fails.
 - ``rl_step``: one GRPO step on sampled trajectories with a frozen reference on the device; its
   loss statistics equal those of the same step on the CPU (fp32) and the update moves the weights.
 - ``deepspeed_zero2``: the DeepSpeed strategy (ZeRO-2, one rank) where DeepSpeed is installed.
+- ``learner_shared_prefix`` (tiny shape): the learner benchmark's row on the device
+  (``benchmarks/bench_learner.py``): completion tokens/s of TagPR-shaped GRPO steps with each prompt
+  run once against per sequence, and on a GPU the allocator's peak step memory; a measurement,
+  it fails only when a path errors.
 
 ``--shape smollm2-135m`` runs the same on a random-init model of SmolLM2-135M's shape, so the
 throughput figures are those of a real small model's size.
@@ -185,6 +189,20 @@ def _deepspeed(model, data, pad_id: int, device: torch.device) -> dict:
             "state_saved": saved, "ok": saved and losses[-1] < 0.8 * losses[0]}
 
 
+def _learner(device: torch.device) -> dict:
+    from benchmarks import bench_learner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = bench_learner.setup(Path(tmp))
+        paths = {mode: bench_learner.measure(str(policy), str(Path(tmp) / "rows.json"), mode, str(device))
+                 for mode in ("per_sequence", "shared")}
+    out = {"paths": paths, "speedup": paths["shared"]["tokens_per_s"] / paths["per_sequence"]["tokens_per_s"],
+           "ok": True}
+    if device.type == "cuda":  # on the CPU the peak is the process's, shared by both paths here
+        out["memory_ratio"] = paths["shared"]["peak_step_mib"] / max(paths["per_sequence"]["peak_step_mib"], 1e-9)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/gpu_train_check.json")
@@ -232,6 +250,8 @@ def main(argv=None) -> int:
             ("rl_step", lambda: _rl(base, tokenizer, device)),
             ("deepspeed_zero2", lambda: _deepspeed(copy.deepcopy(base), data, pad, device)),
         ]
+        if args.shape == "tiny":
+            steps.append(("learner_shared_prefix", lambda: _learner(device)))
         for name, run in steps:
             t0 = time.perf_counter()
             try:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The training side's GPU check (about 2 minutes on one H100): SFT steps (fp32, bf16), a GRPO step
-# against the CPU, DeepSpeed ZeRO-2, through the TrainStrategy of the Ray Train workers; the tiny
-# policy, then a model of SmolLM2-135M's shape (107M parameters on the tiny vocabulary). Writes
-# gpu_train_check*.json to $OUT when set (the device machine), else to benchmarks/results/.
+# against the CPU, DeepSpeed ZeRO-2, through the TrainStrategy of the Ray Train workers, and the
+# learner's shared-prefix row (bench_learner, tiny policy only); the tiny policy, then a model of
+# SmolLM2-135M's shape (107M parameters on the tiny vocabulary). Writes gpu_train_check*.json to
+# $OUT when set (the device machine), else to benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1

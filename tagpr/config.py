@@ -193,7 +193,7 @@ class RewardConfig(Section):
 
 CpuList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 CPU_AFFINITY_HELP = ("CPU ids this role's processes run on (all their threads); for roles sharing a CPU node, "
-                     "pinning them to separate cores keeps each one's caches warm (null: the OS decides)")
+                     "pinning them to separate cores keeps each one's caches warm (null: cluster.cpu_layout decides)")
 
 
 class StageConfig(Section):
@@ -517,6 +517,10 @@ class ClusterConfig(Section):
     address: str = Field("local", description="'local' starts Ray here; 'auto' or ray://host:port joins")
     namespace: str = "tagpr"
     num_cpus: int | None = Field(None, ge=1)
+    cpu_layout: Literal["auto", "off"] = Field("auto", description=(
+        "RL on one node: auto pins the rollout workers and the learner to separate cores (rollout.num_cpus "
+        "each for the workers, the rest for the learner) where the node has a core for every logical CPU "
+        "Ray declares and neither role sets cpu_affinity; off: the OS places them"))
 
 
 class RunConfig(Section):

@@ -1,4 +1,5 @@
-"""Pinning a role's process to CPUs (``rollout.cpu_affinity``, ``learner.cpu_affinity``)."""
+"""Pinning a role's process to CPUs (``rollout.cpu_affinity``, ``learner.cpu_affinity``) and the default
+layout that picks them (``cluster.cpu_layout``)."""
 
 import multiprocessing as mp
 import os
@@ -9,6 +10,7 @@ import pytest
 from actors.cluster import pin_cpus
 from tagpr.config import load_config
 from tagpr.errors import ConfigError, TagPRError
+from tagpr.rl.placement import role_cores
 
 
 def _pin_and_report(cpus, out):
@@ -45,3 +47,28 @@ def test_bad_affinity_in_config(value):
     with pytest.raises(ConfigError) as e:
         load_config(None, [f"rollout.cpu_affinity={value}"])
     assert "cpu_affinity" in str(e.value.key)
+
+
+def test_default_layout_gives_the_rollout_its_cores_and_the_learner_the_rest():
+    # the async benchmark's layout: two cores, one rollout worker, one learner worker
+    assert role_cores([1, 0], 2, rollout_workers=1, rollout_cpus=1, learner_workers=1) == ([0], [1])
+    # sixteen cores, two workers of 1.5 CPUs each: two cores apiece, the learner the other twelve
+    rollout, learner = role_cores(range(16), 16, rollout_workers=2, rollout_cpus=1.5, learner_workers=2)
+    assert rollout == [0, 1, 2, 3] and learner == list(range(4, 16))
+
+
+@pytest.mark.parametrize("cores,logical,workers,cpus,learners", [
+    ([0, 1], 5, 1, 1, 1),    # the demo: five logical CPUs on two cores share them on purpose
+    ([0, 1], 2, 2, 1, 1),    # no core left for the learner
+    ([0, 1, 2], 3, 1, 1, 3),  # fewer cores than learner workers after the rollout's
+    ([0, 1], 2, 1, 0, 1),    # a worker reserving no CPU (a GPU engine): nothing to pin it to
+])
+def test_no_layout_where_the_node_lacks_the_cores(cores, logical, workers, cpus, learners):
+    assert role_cores(cores, logical, workers, cpus, learners) is None
+
+
+def test_cpu_layout_is_auto_or_off():
+    assert load_config(None, []).cluster.cpu_layout == "auto"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["cluster.cpu_layout=on"])
+    assert "cpu_layout" in str(e.value.key)
