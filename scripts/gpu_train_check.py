@@ -203,6 +203,13 @@ def _learner(device: torch.device) -> dict:
     return out
 
 
+def _timed_steps(text: str) -> int:
+    """An SFT step count: the first step is not timed, so at least two."""
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 2 (the first step is not timed)")
+    return int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/gpu_train_check.json")
@@ -210,8 +217,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", choices=["tiny", "smollm2-135m"], default="tiny",
                         help="smollm2-135m: a random-init Llama of SmolLM2-135M's shape on the tiny tokenizer, "
                              "for throughput at a real small model's size")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--cpu-steps", type=int, default=6)
+    parser.add_argument("--steps", type=_timed_steps, default=40, help="SFT steps on the device (the first untimed)")
+    parser.add_argument("--cpu-steps", type=_timed_steps, default=6, help="the same on the CPU, for the ratio")
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args(argv)
 
