@@ -10,7 +10,8 @@ Two ways, the same numbers:
   of a row's tokens. Gradients reach the prompt's activations from every row that continues it (the
   sum), so the gradient equals the per-sequence path's.
 
-Either way the LM head runs only where the loss reads (``logits_to_keep``). The wrapper is the
+A micro-batch whose prompts are all distinct (one row each) runs per sequence: one pass does the
+same work as the two. Either way the LM head runs only where the loss reads (``logits_to_keep``). The wrapper is the
 module the training strategy wraps (DDP, DeepSpeed), so both passes are one ``forward``.
 """
 
@@ -34,7 +35,7 @@ class ResponseLM(torch.nn.Module):
 
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, prompt_index: Tensor, response_ids: Tensor,
                 response_attention: Tensor) -> Tensor:
-        if self.shared_prefix:
+        if self.shared_prefix and len(prompt_ids) < len(prompt_index):  # some prompt continues in several rows
             return self._shared(prompt_ids, prompt_mask, prompt_index, response_ids, response_attention)
         return self._per_sequence(prompt_ids, prompt_mask, prompt_index, response_ids, response_attention)
 

@@ -127,6 +127,23 @@ def test_a_lora_learner_publishes_only_the_adapter(rl_base, answering_policy):
     assert report.buffer["version"] == 2
 
 
+@pytest.mark.slow
+def test_the_shared_prefix_learner_trains_under_zero3_on_two_ranks(rl_base, answering_policy):
+    """ZeRO-3 partitions every parameter across the ranks; the shared-prefix forward runs the model
+    twice per micro-batch (the prompts, then the responses on their cache), and both passes gather the
+    partitions and take gradients."""
+    from tagpr.jobs.rl import train
+
+    cfg = rl_base(*SYNC, "learner.strategy=deepspeed", "learner.zero_stage=3", "learner.num_workers=2",
+                  "learner.shared_prefix=on", "rl.skip_uniform_groups=false",
+                  "rl.stages=[{name: guided, steps: 2, weights: {format_task: 1.0, tag: 0.2}}]")
+    report = train(cfg, log=lambda _: None)
+    metrics = _metrics(Path(report.run_dir))
+    assert [m["step"] for m in metrics] == [1, 2] and [m["trajectories"] for m in metrics] == [8, 8]
+    before, after = _weights(Path(answering_policy)), _weights(Path(report.stages["guided"].policy))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_the_autoscaler_grows_the_pool_while_the_learner_waits(rl_base):
     """Generation is the bottleneck here (one HF worker, a learner that waits): with autoscaling on,
     the job adds a worker on its own, logs the decision and keeps every prompt exactly once."""

@@ -161,6 +161,20 @@ def test_padded_batch_scores_each_response_as_the_model_does_alone(model, shared
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_shared_prefix_runs_the_model_twice_only_where_a_prompt_is_shared(model):
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for rows, passes in (([Row(traj([5, 6], [8, 9]), 1.0), Row(traj([5, 6], [4]), 0.5)], 2),
+                             ([Row(traj([5, 6], [8, 9]), 1.0), Row(traj([7], [4]), 0.5)], 1)):
+            calls.clear()
+            with torch.no_grad():
+                ResponseLM(model, True)(**collate(rows, pad_id=0).model_inputs())
+            assert len(calls) == passes
+    finally:
+        hook.remove()
+
+
 def test_collate_refuses_trajectories_without_every_rollout_logprob():
     with pytest.raises(ValueError, match="rollout logprobs"):
         collate([Row(traj([1], [2, 3], logprobs=[-1.0]), 1.0)], 0)
