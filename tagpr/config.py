@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from tagpr.errors import ConfigError
 
@@ -64,6 +64,15 @@ EngineKind = Annotated[str, _registered("engine")]
 TransportName = Annotated[str, _registered("weight transport")]
 TeacherName = Annotated[str, _registered("teacher")]
 LabelerName = Annotated[str, _registered("labeler")]
+
+
+def _yaml_switch(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted on/off as a boolean: take it back as the word."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)]
+AutoOff = Annotated[Literal["auto", "off"], BeforeValidator(_yaml_switch)]
 
 
 class Section(BaseModel):
@@ -478,7 +487,7 @@ class LearnerConfig(TrainStrategyConfig):
         "after_take", description="where in that step: right after taking its groups, or halfway through writing "
                                   "its checkpoint (model and optimizer written, not yet published)")
     cpu_affinity: CpuList | None = Field(None, description=CPU_AFFINITY_HELP)
-    shared_prefix: Literal["auto", "on", "off"] = Field("auto", description=(
+    shared_prefix: Switch = Field("auto", description=(
         "run each distinct prompt of a micro-batch once and its responses on its key/value cache "
         "(tagpr.rl.forward); auto: when a probe at start shows this model gives the per-sequence logits that way"))
     lora: LoraConfig = LoraConfig()
@@ -517,7 +526,7 @@ class ClusterConfig(Section):
     address: str = Field("local", description="'local' starts Ray here; 'auto' or ray://host:port joins")
     namespace: str = "tagpr"
     num_cpus: int | None = Field(None, ge=1)
-    cpu_layout: Literal["auto", "off"] = Field("auto", description=(
+    cpu_layout: AutoOff = Field("auto", description=(
         "RL on one node: auto pins the rollout workers and the learner to separate cores (rollout.num_cpus "
         "each for the workers, the rest for the learner) where the node has a core for every logical CPU "
         "Ray declares and neither role sets cpu_affinity; off: the OS places them"))

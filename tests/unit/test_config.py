@@ -111,6 +111,15 @@ def test_bad_override_names_set(override, key, reason):
     assert e.value.source == "--set" and e.value.key == key and reason in e.value.reason
 
 
+def test_on_and_off_are_words_though_yaml_reads_them_as_booleans(tmp_path):
+    cfg = load_config(None, ["learner.shared_prefix=on", "cluster.cpu_layout=off"])
+    assert cfg.learner.shared_prefix == "on" and cfg.cluster.cpu_layout == "off"
+    assert load_config(minimal(tmp_path, "learner:\n  shared_prefix: off\n")).learner.shared_prefix == "off"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["cluster.cpu_layout=on"])  # not one of its words
+    assert e.value.key == "cluster.cpu_layout" and "'auto' or 'off'" in e.value.reason
+
+
 def test_a_learner_splits_its_steps_one_way():
     assert load_config(None, ["learner.max_tokens_per_micro_batch=4096"]).learner.max_tokens_per_micro_batch == 4096
     with pytest.raises(ConfigError) as e:
