@@ -11,8 +11,9 @@ Two ways, the same numbers:
   sum), so the gradient equals the per-sequence path's.
 
 A micro-batch whose prompts are all distinct (one row each) runs per sequence: one pass does the
-same work as the two. Either way the LM head runs only where the loss reads (``logits_to_keep``). The wrapper is the
-module the training strategy wraps (DDP, DeepSpeed), so both passes are one ``forward``.
+same work as the two. Either way the LM head runs only where the loss reads (``logits_to_keep``).
+The wrapper is the module the training strategy wraps (DDP, DeepSpeed), so both passes are one
+``forward``.
 """
 
 from __future__ import annotations
