@@ -58,13 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="benchmark names (default: all)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
-    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
-    if args.names:
-        unknown = sorted(set(args.names) - {m.removeprefix("bench_") for m in modules})
-        if unknown:
-            parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(m.removeprefix('bench_') for m in modules)}")
-        modules = [m for m in modules if m.removeprefix("bench_") in args.names]
+    known = {p.stem.removeprefix("bench_"): p.stem for p in sorted(HERE.glob("bench_*.py"))}
+    if unknown := sorted(set(args.names) - set(known)):
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    modules = [m for name, m in known.items() if not args.names or name in args.names]
     rows = []
     for mod_name in modules:
         mod = importlib.import_module(f"benchmarks.{mod_name}")

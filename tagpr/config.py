@@ -68,7 +68,7 @@ LabelerName = Annotated[str, _registered("labeler")]
 
 def _yaml_switch(value: Any) -> Any:
     """YAML 1.1 reads an unquoted on/off as a boolean: take it back as the word."""
-    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)]

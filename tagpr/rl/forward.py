@@ -19,10 +19,11 @@ The wrapper is the module the training strategy wraps (DDP, DeepSpeed), so both 
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import torch
 from torch import Tensor
+
+from tagpr.config import Switch
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,7 @@ class ResponseLM(torch.nn.Module):
         return torch.cat([logits, rest.logits], 1)
 
 
-SharedPrefix = Literal["auto", "on", "off"]
-
-
-def response_lm(lm: torch.nn.Module, mode: SharedPrefix) -> ResponseLM:
+def response_lm(lm: torch.nn.Module, mode: Switch) -> ResponseLM:
     """``lm`` wrapped for scoring; ``auto`` shares prompts when this model gives the per-sequence
     logits that way on a small probe (models whose attention or cache do not, fall back with a warning)."""
     if mode != "auto":
