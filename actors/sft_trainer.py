@@ -24,7 +24,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from actors.progress import report as report_progress
     from actors.train_strategy import STRATEGIES
-    from tagpr.sft.train import train_epochs
+    from tagpr.rl.forward import ResponseLM
+    from tagpr.sft.train import sft_module, train_epochs
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -32,7 +33,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train, dev = ray.get(config["train"]), ray.get(config["dev"])
     tokenizer = AutoTokenizer.from_pretrained(cfg.resume_from or config["policy"], local_files_only=True)
     torch.manual_seed(config["seed"])
-    model = load_trainable(config["policy"], cfg.lora, cfg.resume_from)
+    model = sft_module(load_trainable(config["policy"], cfg.lora, cfg.resume_from), cfg, train)
     strategy = STRATEGIES.get(cfg.strategy)(model, cfg, cfg.lr, cfg.weight_decay,
                                             cfg.batch_size, world)
     start_epoch = 0
@@ -40,7 +41,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.load_state(Path(cfg.resume_from))
         start_epoch = read_state(cfg.resume_from)["epoch"]
 
+    shared = isinstance(model, ResponseLM) and model.shared_prefix
+
     def report(epoch: int, stats: dict) -> None:
+        stats = {**stats, "shared_prefix": shared}
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(strategy, tokenizer, Path(tmp), cfg.lora.enabled, config["policy"],
                             {"epoch": epoch, **stats}, rank)
@@ -48,7 +52,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     on_step = (lambda done, total: report_progress("sft steps", done, total)) if rank == 0 else None
     train_epochs(strategy, train, dev, cfg, tokenizer.pad_token_id, start_epoch, rank, world, config["seed"],
-                 report, log=print if rank == 0 else None, on_step=on_step)
+                 report, log=print if rank == 0 else None, on_step=on_step, by_prompt=isinstance(model, ResponseLM))
     strategy.close()
 
 

@@ -1,6 +1,7 @@
 """SFT trainer throughput against a plain torch loop (what Ray Train and the training strategy cost),
 with packed rows and with length-grouped batches against shuffled padded ones (what ``sft.packing``
-and ``sft.length_grouping`` save).
+and ``sft.length_grouping`` save), and with each prompt run once for its chains against every chain
+run with its prompt (what ``sft.shared_prefix`` saves where several chains answer one question).
 
 One run, one machine, one model: the embedded tiny policy, the demo's SFT settings (batch size,
 precision, learning rate), TagPR prompts from the synthetic users with the demo's profile items and
@@ -10,8 +11,10 @@ CPU share sets its threads, ``sft.strategy``), the plain loop as model, AdamW an
 process. The plain loop lays batches out as the demo does (``sft.packing``, ``sft.length_grouping``);
 the trainer runs three layouts: shuffled padded batches, packed rows, and padded batches grouped by
 length in runs of 4 batches. The demo's layout is compared with the plain loop, the other two with
-shuffled padded batches. Tokens/s counts the batches' tokens without padding, from the first step's
-end on.
+shuffled padded batches. Shared prompts train on tagged chains from the chains job's teacher and
+labeler, G per question (2 as ``chains.samples_per_question`` defaults to, 4 as configs/lamp-qwen3.yaml),
+with ``sft.shared_prefix`` on and off. Tokens/s counts the batches' tokens without padding, from the
+first step's end on.
 
     python -m benchmarks.run sft
 """
@@ -27,9 +30,13 @@ import time
 from pathlib import Path
 
 THREADS, STEPS = 2, 24
-LAYOUTS = {"trainer_padded": ("sft.packing=false", "sft.length_grouping=0"),
-           "trainer_packed": ("sft.packing=true", "sft.length_grouping=0"),
-           "trainer_grouped": ("sft.packing=false", "sft.length_grouping=4")}
+GROUPS = (2, 4)  # chains per question in the shared-prompt runs
+# layout -> (overrides, the data it trains on)
+LAYOUTS = {"trainer_padded": (("sft.packing=false", "sft.length_grouping=0"), "answers"),
+           "trainer_packed": (("sft.packing=true", "sft.length_grouping=0"), "answers"),
+           "trainer_grouped": (("sft.packing=false", "sft.length_grouping=4"), "answers"),
+           **{f"chains{g}_{mode}": (("sft.packing=false", "sft.length_grouping=0", f"sft.shared_prefix={mode}"),
+                                    f"chains{g}") for g in GROUPS for mode in ("off", "on")}}
 PATHS = ("plain", *LAYOUTS)
 
 
@@ -42,11 +49,14 @@ def _config(root: Path, *overrides: str):
 
 
 def _setup(root: Path) -> tuple[Path, int]:
-    """The policy, and ``STEPS`` batches' worth of tokenized examples pickled in ``root``."""
+    """The policy, and ``STEPS`` batches' worth of tokenized examples pickled in ``root``: gold answers
+    (``answers.pkl``), and tagged chains G per question (``chains{G}.pkl``)."""
     import random
 
+    import pandas as pd
     from transformers import AutoTokenizer
 
+    from tagpr.jobs.chains import GenerateAndLabel, question_rows
     from tagpr.lamp.io import load_split
     from tagpr.lamp.synthetic import write_synthetic
     from tagpr.models import build_tiny_policy
@@ -58,12 +68,21 @@ def _setup(root: Path) -> tuple[Path, int]:
     policy = build_tiny_policy(cfg.model, cfg.tags, root / "policy")
     tokenizer = AutoTokenizer.from_pretrained(policy)
     tags = TagSet(cfg.tags)
-    records = [{"task": s.task.name, "input": q.input, "profile": q.profile, "response": tags.render((), q.gold)}
+    n = STEPS * cfg.sft.batch_size
+
+    def save(name: str, records: list[dict]) -> None:
+        data = tokenize_chains(records, tokenizer, tags, cfg.data.prompt_profile_items, cfg.sft.max_length)
+        (root / f"{name}.pkl").write_bytes(pickle.dumps(data))
+
+    answers = [{"task": s.task.name, "input": q.input, "profile": q.profile, "response": tags.render((), q.gold)}
                for s in (load_split(cfg.data.root, t, cfg.data.train_split) for t in cfg.data.tasks)
                for q in s.questions]
-    records = random.Random(0).sample(records, STEPS * cfg.sft.batch_size)
-    data = tokenize_chains(records, tokenizer, tags, cfg.data.prompt_profile_items, cfg.sft.max_length)
-    (root / "data.pkl").write_bytes(pickle.dumps(data))
+    save("answers", random.Random(0).sample(answers, n))
+    questions = random.Random(0).sample(question_rows(cfg, cfg.data.train_split, set()), n)
+    for g in GROUPS:
+        chains = GenerateAndLabel(_config(root, f"chains.samples_per_question={g}").model_dump(mode="json"))
+        rows = chains(pd.DataFrame(questions[:n // g]))
+        save(f"chains{g}", [r for r in rows.to_dict("records") if r["response"] and not r["error"]])
     return policy, tokenizer.pad_token_id
 
 
@@ -79,7 +98,7 @@ def _plain(root: Path, policy: str, pad_id: int) -> dict:
 
     torch.set_num_threads(THREADS)
     cfg = _config(root).sft
-    data = pickle.loads((root / "data.pkl").read_bytes())
+    data = pickle.loads((root / "answers.pkl").read_bytes())
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
     model.train()
@@ -111,23 +130,27 @@ def _trainer(root: Path, policy: str, pad_id: int, layout: str) -> dict:
 
     from actors.cluster import connect
     from actors.sft_trainer import train_on_ray
+    from tagpr.sft.data import prompt_length
 
-    cfg = _config(root, *LAYOUTS[layout])
+    overrides, name = LAYOUTS[layout]
+    cfg = _config(root, *overrides)
     connect(cfg.cluster, log_to_driver=False)
-    data = pickle.loads((root / "data.pkl").read_bytes())
+    data = pickle.loads((root / f"{name}.pkl").read_bytes())
     start = time.perf_counter()
     ckpt = train_on_ray(cfg.sft, data, None, policy, root / f"ray_train_{layout}", seed=0)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     ray.shutdown()
     return {"tokens_per_s": state["tokens_per_s"], "job_s": time.perf_counter() - start,
-            "strategy": cfg.sft.strategy}
+            "strategy": cfg.sft.strategy, "shared_prefix": state["shared_prefix"], "examples": len(data),
+            "prompt_tokens_mean": round(sum(map(prompt_length, data.labels)) / len(data), 1),
+            "tokens_mean": round(sum(map(len, data.input_ids)) / len(data), 1)}
 
 
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         policy, pad_id = _setup(root)
-        data = pickle.loads((root / "data.pkl").read_bytes())
+        data = pickle.loads((root / "answers.pkl").read_bytes())
         out = {}
         for path in PATHS:
             proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_sft", path, str(root), str(policy),
@@ -141,6 +164,9 @@ def run() -> list[dict]:
                "model": "embedded tiny policy (Qwen2, 4 layers, hidden 256)"}
     rate = {path: out[path]["tokens_per_s"] for path in PATHS}
     trainer = "trainer_packed" if cfg.packing else "trainer_grouped" if cfg.length_grouping > 1 else "trainer_padded"
+    shared = {"paths": {p: out[p] for p in PATHS if p.startswith("chains")},
+              **{k: details[k] for k in ("steps", "batch_size", "precision", "threads", "model")},
+              **{f"ratio_g{g}": round(rate[f"chains{g}_on"] / rate[f"chains{g}_off"], 3) for g in GROUPS}}
     return [{"name": "sft_trainer_throughput", "figure": "SFT tokens/s, the trainer (Ray Train) / a plain torch loop",
              "ratio": round(rate[trainer] / rate["plain"], 3), "target": ">= 0.9",
              "details": {"paths": {"plain": out["plain"], "trainer": out[trainer]}, **details}},
@@ -150,7 +176,10 @@ def run() -> list[dict]:
              "details": {"paths": {p: out[p] for p in ("trainer_padded", "trainer_packed")}, **details}},
             {"name": "sft_length_grouping", "figure": "SFT trainer tokens/s, length-grouped batches / shuffled ones",
              "ratio": round(rate["trainer_grouped"] / rate["trainer_padded"], 3), "target": ">= 1.1",
-             "details": {"paths": {p: out[p] for p in ("trainer_padded", "trainer_grouped")}, **details}}]
+             "details": {"paths": {p: out[p] for p in ("trainer_padded", "trainer_grouped")}, **details}},
+            {"name": "sft_shared_prompts",
+             "figure": f"SFT trainer tokens/s on chains {GROUPS[0]} per question, each prompt once / with every chain",
+             "ratio": shared[f"ratio_g{GROUPS[0]}"], "target": ">= 1.1", "details": shared}]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -159,14 +188,20 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = result["details"]["paths"]
+    paths, d = result["details"]["paths"], result["details"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(list(paths), [paths[p]["tokens_per_s"] for p in paths], color=["grey", "tab:blue"])
+    ax.bar(list(paths), [paths[p]["tokens_per_s"] for p in paths], color=["grey", "tab:blue"] * (len(paths) // 2))
     ax.set_ylabel("training tokens/s (no padding)")
-    d = result["details"]
-    ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads, "
-                 f"{d['tokens_mean']:.0f} tokens per example, packing {d['packing']}, "
-                 f"grouping {d['length_grouping']}", fontsize=9)
+    if result["name"] == "sft_shared_prompts":
+        title = " ".join(f"{p}: {v['prompt_tokens_mean']:.0f}/{v['tokens_mean']:.0f}" for p, v in paths.items()
+                         if p.endswith("_on"))
+        ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads; prompt/all tokens "
+                     f"per chain {title}", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    else:
+        ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads, "
+                     f"{d['tokens_mean']:.0f} tokens per example, packing {d['packing']}, "
+                     f"grouping {d['length_grouping']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -331,12 +331,22 @@ class SFTConfig(TrainStrategyConfig):
         "batching (transformers' group_by_length, with megabatches): fewer pad tokens, each batch drawing "
         "from fewer tasks, whose prompts differ in length; 0 or 1: batches as shuffled. On the demo, 4 trained "
         "1.12x the tokens/s and scored 0.508 on dev against 0.585 shuffled (README)"))
+    shared_prefix: Switch = Field("auto", description=(
+        "where several chains answer one question, train them in one batch and run their prompt once, the "
+        "chains on its key/value cache (tagpr.rl.forward); auto: when a probe at start shows this model gives "
+        "the per-sequence logits that way. Not with packing; chains whose prompts all differ train as before"))
     resume_from: str | None = Field(None, description="an SFT epoch checkpoint folder to continue from")
     dev_loss_examples: int = Field(256, ge=0, description="dev examples (a seeded sample) whose loss is measured "
                                                           "after each epoch (0: all)")
     eval_limit: int = Field(0, ge=0, description="dev questions per task scored before and after training, "
                                                 "drawn across users (0: all)")
     lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _prompts_or_packing(self) -> SFTConfig:
+        if self.shared_prefix == "on" and self.packing:
+            raise ValueError("shared_prefix on needs packing false: packed rows hold no prompt to share")
+        return self
 
 
 class EngineConfig(Section):

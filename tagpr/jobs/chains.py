@@ -92,7 +92,8 @@ class GenerateAndLabel:
         return pd.DataFrame(rows)
 
 
-def _records(cfg: TagPRConfig, split: str, done: set[str]) -> list[dict[str, Any]]:
+def question_rows(cfg: TagPRConfig, split: str, done: set[str]) -> list[dict[str, Any]]:
+    """The split's questions not in ``done``, as rows for :class:`GenerateAndLabel`."""
     from tagpr.lamp.io import load_split
 
     rows = []
@@ -165,7 +166,7 @@ def generate(cfg: TagPRConfig, splits: Sequence[str] | None = None,
         flt = ChainFilter(tags, cfg.chains.min_score, cfg.reward.generation_metric)
         if chains_path.exists():
             flt.seen.update(flt.key(c["id"], c["task"], c["response"]) for c in map(json.loads, chains_path.open()))
-        todo = _records(cfg, split, done)
+        todo = question_rows(cfg, split, done)
         log(f"chains {split}: {len(todo)} questions to do, {len(done)} already done")
         if todo:
             ds = ray.data.from_items(todo).map_batches(

@@ -114,8 +114,9 @@ def _fit(cfg: TagPRConfig, records: ExampleSource, name: str, out: str | Path | 
                         cfg.run.seed)
     export_hf(ckpt, out)
     history = json.loads((ckpt / "trainer_state.json").read_text())
+    once = ", each prompt once for its chains" if history.get("shared_prefix") else ""
     log(f"{name}: epoch {history['epoch']}: train loss {history['train_loss']:.4f}, "
-        f"{history.get('tokens_per_s', 0.0):.0f} tokens/s")
+        f"{history.get('tokens_per_s', 0.0):.0f} tokens/s{once}")
     after = None
     if "after" in evaluations:
         after = evaluate_policy(str(out.resolve()), cfg, limit=s.eval_limit, on_task=dev_progress(f"after {name}"))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from tagpr.config import RLConfig
 from tagpr.rewards import weighted
+from tagpr.rl.forward import response_inputs
 from tagpr.rl.trajectory import Group, PromptRef, Trajectory
 
 
@@ -167,25 +168,19 @@ class PolicyBatch:
 
 
 def collate(rows: Sequence[Row], pad_id: int) -> PolicyBatch:
-    prompts: dict[tuple[int, ...], int] = {}
-    index = [prompts.setdefault(tuple(r.traj.prompt_token_ids), len(prompts)) for r in rows]
-    p = max(map(len, prompts))
-    t = max(1, max(len(r.traj.token_ids) for r in rows))
-    prompt_ids = torch.tensor([[pad_id] * (p - len(x)) + list(x) for x in prompts])
-    prompt_mask = torch.tensor([[0] * (p - len(x)) + [1] * len(x) for x in prompts])
-    resp, rattn, rmask, rlp = [], [], [], []
-    for r in rows:
-        out = r.traj.token_ids
-        if len(r.traj.logprobs) != len(out):  # TIS needs the sampler's logprob of every token
-            raise ValueError(f"{r.traj.prompt.key}: {len(r.traj.logprobs)} rollout logprobs for {len(out)} tokens")
-        rpad = t - len(out)
-        resp.append(list(out) + [pad_id] * rpad)
-        rattn.append([1] * len(out) + [0] * rpad)
-        rmask.append([float(r.weight > 0)] * len(out) + [0.0] * rpad)
-        rlp.append(list(r.traj.logprobs) + [0.0] * rpad)
-    return PolicyBatch(prompt_ids, prompt_mask, torch.tensor(index), torch.tensor(resp), torch.tensor(rattn),
-                       torch.tensor(rmask), torch.tensor(rlp), torch.tensor([r.advantage for r in rows]),
-                       _per_token(rows, "old_logprobs", t), _per_token(rows, "ref_logprobs", t))
+    for r in rows:  # TIS needs the sampler's logprob of every token
+        if len(r.traj.logprobs) != len(r.traj.token_ids):
+            raise ValueError(f"{r.traj.prompt.key}: {len(r.traj.logprobs)} rollout logprobs for "
+                             f"{len(r.traj.token_ids)} tokens")
+    inputs = response_inputs([r.traj.prompt_token_ids for r in rows], [r.traj.token_ids for r in rows], pad_id)
+    t = inputs["response_ids"].shape[1]
+    rmask = torch.tensor([[float(r.weight > 0)] * len(r.traj.token_ids) + [0.0] * (t - len(r.traj.token_ids))
+                          for r in rows])
+    rlp = torch.tensor([list(r.traj.logprobs) + [0.0] * (t - len(r.traj.logprobs)) for r in rows])
+    return PolicyBatch(**inputs, response_mask=rmask, rollout_logprobs=rlp,
+                       advantages=torch.tensor([r.advantage for r in rows]),
+                       old_logprobs=_per_token(rows, "old_logprobs", t),
+                       ref_logprobs=_per_token(rows, "ref_logprobs", t))
 
 
 def _per_token(rows: Sequence[Row], name: str, width: int) -> Tensor | None:

@@ -19,6 +19,7 @@ The wrapper is the module the training strategy wraps (DDP, DeepSpeed), so both 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -65,6 +66,21 @@ class ResponseLM(torch.nn.Module):
         return torch.cat([logits, rest.logits], 1)
 
 
+def response_inputs(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                    pad_id: int) -> dict[str, Tensor]:
+    """:class:`ResponseLM`'s keyword arguments for rows of (prompt, response) token ids: each distinct
+    prompt once, left-padded, with the index of the prompt each response continues, and the responses
+    right-padded."""
+    table: dict[tuple[int, ...], int] = {}
+    index = [table.setdefault(tuple(x), len(table)) for x in prompts]
+    p, t = max(map(len, table)), max(1, max(map(len, responses)))
+    return {"prompt_ids": torch.tensor([[pad_id] * (p - len(x)) + list(x) for x in table]),
+            "prompt_mask": torch.tensor([[0] * (p - len(x)) + [1] * len(x) for x in table]),
+            "prompt_index": torch.tensor(index),
+            "response_ids": torch.tensor([list(r) + [pad_id] * (t - len(r)) for r in responses]),
+            "response_attention": torch.tensor([[1] * len(r) + [0] * (t - len(r)) for r in responses])}
+
+
 def response_lm(lm: torch.nn.Module, mode: Switch) -> ResponseLM:
     """``lm`` wrapped for scoring; ``auto`` shares prompts when this model gives the per-sequence
     logits that way on a small probe (models whose attention or cache do not, fall back with a warning)."""
@@ -80,25 +96,21 @@ def response_lm(lm: torch.nn.Module, mode: Switch) -> ResponseLM:
 def probe_shared_prefix(lm: torch.nn.Module, atol: float = 1e-4) -> tuple[bool, str]:
     """Whether both paths agree on a batch mixing prompt and response lengths (and left padding),
     on the device ``lm`` is on."""
-    from tagpr.rl.batch import Row, collate
-    from tagpr.rl.trajectory import PromptRef, Trajectory
-
     vocab = lm.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(0)
     ids = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731
     prompts = [ids(7), ids(4)]
-    rows = [Row(Trajectory(PromptRef(i, str(i)), prompts[i % 2], ids(n), [0.0] * n, "", {}, 0, "probe"), 1.0)
-            for i, n in enumerate((3, 5, 1, 4))]
-    b = collate(rows, pad_id=0).to(next(lm.parameters()).device)
+    device = next(lm.parameters()).device
+    b = {k: v.to(device) for k, v in response_inputs([prompts[i % 2] for i in range(4)],
+                                                     [ids(n) for n in (3, 5, 1, 4)], pad_id=0).items()}
     training = lm.training
     lm.eval()  # no dropout between the two passes
     try:
-        got = ResponseLM(lm, True)(**b.model_inputs())
-        want = ResponseLM(lm, False)(**b.model_inputs())
+        got, want = ResponseLM(lm, True)(**b), ResponseLM(lm, False)(**b)
     except Exception as exc:  # noqa: BLE001  any failure means: not this way
         return False, f"{type(exc).__name__}: {exc}"
     finally:
         lm.train(training)
-    mask = b.response_attention.bool()
+    mask = b["response_attention"].bool()
     err = (got.float() - want.float()).abs()[mask].max().item()
     return err <= atol, f"max logit difference {err:.2e} on the probe"

@@ -15,6 +15,11 @@ from tagpr.tags import TagSet
 IGNORE = -100
 
 
+def prompt_length(labels: Sequence[int]) -> int:
+    """Tokens before the first target token: the example's prompt."""
+    return next((n for n, y in enumerate(labels) if y != IGNORE), len(labels))
+
+
 @dataclass
 class SFTData:
     input_ids: list[list[int]]
@@ -23,6 +28,13 @@ class SFTData:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def prompt_groups(self) -> list[list[int]]:
+        """Example indices by prompt, in first-seen order: several chains for one question share it."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, ids in enumerate(self.input_ids):
+            groups.setdefault(tuple(ids[:prompt_length(self.labels[i])]), []).append(i)
+        return list(groups.values())
 
 
 def read_chains(path: str | Path) -> list[dict[str, Any]]:
@@ -60,6 +72,17 @@ def collate(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int) 
         label_t[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
     return {"input_ids": input_ids, "labels": label_t, "attention_mask": mask}
+
+
+def collate_responses(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """The same examples as :func:`collate` as :class:`tagpr.rl.forward.ResponseLM`'s inputs (each
+    distinct prompt once) and ``labels``, the response tokens to predict (``IGNORE`` on padding)."""
+    from tagpr.rl.forward import response_inputs
+
+    cut = [prompt_length(y) for y in labels]
+    batch = response_inputs([x[:n] for x, n in zip(ids, cut)], [x[n:] for x, n in zip(ids, cut)], pad_id)
+    batch["labels"] = batch["response_ids"].masked_fill(batch["response_attention"] == 0, IGNORE)
+    return batch
 
 
 def collate_packed(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int,

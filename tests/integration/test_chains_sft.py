@@ -55,6 +55,7 @@ def test_sft_two_workers_then_resume_and_vllm_loads(small):
     generate(small, log=lambda _: None)
     first = train(small, log=lambda _: None, evaluate=False)
     assert first.history["epoch"] == 1 and first.history["dev_loss"] > 0
+    assert first.history["shared_prefix"]  # two chains per question: each prompt runs once for both
     state = Path(first.policy)
     assert (state / "model.safetensors").exists() and (state / "tokenizer.json").exists()
     ckpts = sorted(p for p in Path(small.run.root).glob("*-sft-*/ray_train/sft/checkpoint_*") if p.is_dir())
@@ -84,6 +85,7 @@ def test_sft_deepspeed_two_workers_then_resume(small, stage):
     generate(small, log=lambda _: None)
     ds = small.sft.model_copy(update={"strategy": "deepspeed", "zero_stage": stage, "num_workers": 2})
     first = train(small.model_copy(update={"sft": ds}), log=lambda _: None, evaluate=False)
+    assert first.history["shared_prefix"]
     ckpt = Path(first.policy).parent / "ray_train" / "sft"
     ckpt = sorted(p for p in ckpt.glob("checkpoint_*") if p.is_dir())[-1]
     assert len(list((ckpt / "deepspeed" / "state").glob("*optim_states.pt"))) == 2  # one partition per rank
@@ -105,6 +107,7 @@ def test_sft_lora_exports_merged_model_and_adapter(small):
     cfg = small.model_copy(update={"sft": small.sft.model_copy(update={
         "num_workers": 1, "lora": small.sft.lora.model_copy(update={"enabled": True})})})
     result = train(cfg, log=lambda _: None, evaluate=False)
+    assert result.history["shared_prefix"]
     out = Path(result.policy)
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "model.safetensors").exists()
     model, _ = load_policy(cfg.model, str(out))

@@ -134,3 +134,99 @@ def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch, caplog
         caplog.clear()
         assert ts.resolve_precision("bf16", cpu) == "bf16"
         assert ("emulated" in caplog.text) is not native
+
+
+def _chains(gen, shapes):
+    """Token ids and labels for (prompt id, prompt length, response length) triples: one prompt id, one prompt."""
+    prompts, ids, labels = {}, [], []
+    for key, n_prompt, n_target in shapes:
+        prompt = prompts.setdefault(key, torch.randint(1, 64, (n_prompt,), generator=gen).tolist())
+        target = torch.randint(1, 64, (n_target,), generator=gen).tolist()
+        ids.append(prompt + target)
+        labels.append([-100] * len(prompt) + target)
+    return ids, labels
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_batch_has_the_padded_batchs_loss_and_gradients(lora):
+    """Chains sharing a prompt, run as ResponseLM's prompt-once batch, give the padded HF batch's loss
+    and every parameter's gradient, for a batch mixing prompt and response lengths."""
+    from actors.train_strategy import DDPStrategy
+    from tagpr.config import SFTConfig
+    from tagpr.rl.forward import ResponseLM
+    from tagpr.sft.data import collate, collate_responses
+    from tagpr.sft.train import batch_loss
+
+    ids, labels = _chains(torch.Generator().manual_seed(3),
+                          [("a", 9, 5), ("b", 4, 2), ("a", 9, 1), ("c", 12, 7), ("a", 9, 3), ("b", 4, 6)])
+    results = []
+    for shared in (False, True):
+        lm = _lm("Qwen2", "sdpa")
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            torch.manual_seed(1)
+            lm = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                               init_lora_weights=False))
+        module = ResponseLM(lm, True) if shared else lm
+        stepper = DDPStrategy(module, SFTConfig(), 1e-3, 0.0, len(ids), world=1)
+        batch = collate_responses(ids, labels, 0) if shared else collate(ids, labels, 0)
+        if shared:
+            assert batch["prompt_ids"].shape[0] == 3
+        loss, n = batch_loss(stepper, batch)
+        loss.backward()
+        results.append((loss.detach(), n, {k: p.grad.clone() for k, p in lm.named_parameters() if p.requires_grad}))
+    (loss_a, n_a, grad_a), (loss_b, n_b, grad_b) = results
+    assert n_a == n_b == 24
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    assert grad_a.keys() == grad_b.keys() and len(grad_a) > 0
+    for k in grad_a:
+        torch.testing.assert_close(grad_b[k], grad_a[k], rtol=1e-5, atol=1e-7)
+
+
+def test_a_prompts_chains_stay_together_in_the_epoch_order(cfg):
+    lengths = [int(x) for x in torch.randint(10, 500, (60,), generator=torch.Generator().manual_seed(2))]
+    groups = [list(range(i, min(i + 3, 60))) for i in range(0, 60, 3)]
+    sft = cfg.sft.model_copy(update={"batch_size": 6, "length_grouping": 2})
+    order = epoch_order(lengths, sft, epoch=1, seed=5, groups=groups).tolist()
+    assert sorted(order) == list(range(60))
+    for g in groups:
+        at = order.index(g[0])
+        assert order[at:at + 3] == g
+    singles = epoch_order(lengths, sft.model_copy(update={"length_grouping": 0}), 1, 5)
+    assert torch.equal(singles, torch.randperm(60, generator=torch.Generator().manual_seed(6)))
+    ranks = [epoch_order(lengths, sft, 1, 5, rank, 2, groups).tolist() for rank in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == list(range(60)) and len(ranks[0]) == len(ranks[1]) == 30
+
+
+def test_sft_shares_prompts_only_where_chains_repeat_them(cfg, tagset, tmp_path):
+    import pydantic
+
+    from tagpr.config import SFTConfig
+    from tagpr.rl.forward import ResponseLM
+    from tagpr.sft.train import sft_module
+
+    model, tok = load_policy(cfg.model, str(build_tiny_policy(cfg.model, cfg.tags, tmp_path / "p")))
+    other = {**CHAIN, "input": CHAIN["input"].replace("starship", "submarine")}
+    distinct, repeated = (tokenize_chains(c, tok, tagset, 4, 256) for c in ([CHAIN, other], [CHAIN, other, CHAIN]))
+    assert repeated.prompt_groups() == [[0, 2], [1]]
+    assert sft_module(model, cfg.sft, distinct) is model
+    wrapped = sft_module(model, cfg.sft, repeated)
+    assert isinstance(wrapped, ResponseLM) and wrapped.shared_prefix and wrapped.lm is model
+    assert sft_module(model, cfg.sft.model_copy(update={"shared_prefix": "off"}), repeated) is model
+    assert sft_module(model, cfg.sft.model_copy(update={"packing": True}), repeated) is model
+    with pytest.raises(pydantic.ValidationError, match="packing"):
+        SFTConfig(shared_prefix="on", packing=True)
+
+
+def test_loop_learns_with_shared_prompts(cfg, tagset, tmp_path):
+    from tagpr.sft.train import sft_module
+
+    model, tok = load_policy(cfg.model, str(build_tiny_policy(cfg.model, cfg.tags, tmp_path / "p")))
+    other = {**CHAIN, "response": "<examine_examples>robots.</examine_examples><answer>comedy</answer>"}
+    data = tokenize_chains([CHAIN, other] * 4, tok, tagset, 4, 256)
+    sft = cfg.sft.model_copy(update={"epochs": 4, "batch_size": 4, "lr": 3e-3})
+    stepper = DDPStrategy(sft_module(model, sft, data), sft, sft.lr, 0.0, sft.batch_size, world=1)
+    before = eval_loss(stepper, data, 4, tok.pad_token_id, by_prompt=True)
+    history = train_epochs(stepper, data, data, sft, tok.pad_token_id, by_prompt=True)
+    assert history[-1]["dev_loss"] < before / 2 and history[-1]["tokens_per_s"] > 0
