@@ -193,10 +193,9 @@ def plot(result: dict, path: Path) -> None:
     ax.bar(list(paths), [paths[p]["tokens_per_s"] for p in paths], color=["grey", "tab:blue"] * (len(paths) // 2))
     ax.set_ylabel("training tokens/s (no padding)")
     if result["name"] == "sft_shared_prompts":
-        title = " ".join(f"{p}: {v['prompt_tokens_mean']:.0f}/{v['tokens_mean']:.0f}" for p, v in paths.items()
-                         if p.endswith("_on"))
-        ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads; prompt/all tokens "
-                     f"per chain {title}", fontsize=8)
+        on = [v for p, v in paths.items() if p.endswith("_on")]
+        ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads\nchains of about "
+                     f"{on[0]['tokens_mean']:.0f} tokens, {on[0]['prompt_tokens_mean']:.0f} of them prompt", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
     else:
         ax.set_title(f"SFT, batch {d['batch_size']}, {d['precision']}, {d['threads']} threads, "
