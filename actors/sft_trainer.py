@@ -41,7 +41,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.load_state(Path(cfg.resume_from))
         start_epoch = read_state(cfg.resume_from)["epoch"]
 
-    shared = isinstance(model, ResponseLM) and model.shared_prefix
+    by_prompt = isinstance(model, ResponseLM)
+    shared = by_prompt and model.shared_prefix
 
     def report(epoch: int, stats: dict) -> None:
         stats = {**stats, "shared_prefix": shared}
@@ -52,7 +53,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     on_step = (lambda done, total: report_progress("sft steps", done, total)) if rank == 0 else None
     train_epochs(strategy, train, dev, cfg, tokenizer.pad_token_id, start_epoch, rank, world, config["seed"],
-                 report, log=print if rank == 0 else None, on_step=on_step, by_prompt=isinstance(model, ResponseLM))
+                 report, log=print if rank == 0 else None, on_step=on_step, by_prompt=by_prompt)
     strategy.close()
 
 

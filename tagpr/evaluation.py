@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from tagpr.config import TagPRConfig
 from tagpr.engines import Engine, Sampling, make_engine
 from tagpr.lamp.io import Prompt, load_split
-from tagpr.lamp.metrics import label_index, rating_value, rouge, score_task
+from tagpr.lamp.metrics import gold_rating, label_index, rating_value, rouge, score_task
 from tagpr.lamp.tasks import LampTask, get_task
 from tagpr.rewards import RewardInput, format_valid, judge, r_format
 from tagpr.sft.data import prompt_text
@@ -170,5 +170,6 @@ def question_scores(task: LampTask, predictions: Mapping[str, str], golds: Mappi
         return {i: float(label_index(task.labels, predictions[i]) == label_index(task.labels, g))
                 for i, g in golds.items()}
     if task.task_type == "rating":
-        return {i: 1 - abs(rating_value(predictions[i], float(g)) - float(g)) / 4 for i, g in golds.items()}
+        values = {i: gold_rating(g) for i, g in golds.items()}
+        return {i: 1 - abs(rating_value(predictions[i], g) - g) / 4 for i, g in values.items()}
     return {i: rouge(predictions[i], g)[0] for i, g in golds.items()}

@@ -75,7 +75,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Score a predictions file, or generate one with ``--policy`` from a questions file (and score it
     when golds are given)."""
     from tagpr.lamp.io import iter_questions, load_outputs, write_outputs
-    from tagpr.lamp.metrics import score_task
+    from tagpr.lamp.metrics import official_names, score_task
     from tagpr.lamp.tasks import get_task
 
     task = get_task(args.task)
@@ -107,7 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         missing = sorted(set(golds) - set(preds))
         if args.policy and missing:
             raise TagPRError(f"--golds: {len(missing)} ids have no question in --questions (first: {missing[0]})")
-        result.update(n=len(golds), **score_task(task, preds, golds))
+        scored = {i: preds[i] for i in golds if i in preds} if args.policy else preds
+        scores = score_task(task, scored, golds, strict=not args.policy)
+        result.update(n=len(golds), **scores, **official_names(scores))
         if args.write_predictions and not args.policy:
             write_outputs(args.write_predictions, task.name, {i: preds[i] for i in golds})
     print(json.dumps(result, indent=1))

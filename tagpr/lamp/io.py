@@ -241,12 +241,13 @@ def load_outputs(path: str | os.PathLike[str], task: LampTask | None = None) -> 
             raise DataError(name, "expected an object", ref)
         if rid is None:
             raise DataError(name, "missing, or not a string or an integer", ref, "id")
-        output = rec.get("output")
-        if isinstance(output, bool) or not isinstance(output, (str, int, float)):
-            raise DataError(name, "missing or not a string", ref, "output")
+        if "output" not in rec:
+            raise DataError(name, "missing", ref, "output")
+        if isinstance(rec["output"], (list, dict)):
+            raise DataError(name, "a list or an object, not one output", ref, "output")
         if rid in out:
             raise DataError(name, "duplicate id", rid, "id")
-        out[rid] = str(output)
+        out[rid] = str(rec["output"])  # as LaMP's evaluator reads a scalar: null is "None", true is "True"
     return file_task, out
 
 

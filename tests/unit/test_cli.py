@@ -14,6 +14,7 @@ def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text()) and printed["mae"] == pytest.approx(5 / 3) and printed["n"] == 3
+    assert printed["MAE"] == printed["mae"] and printed["RMSE"] == printed["rmse"]  # LaMP's evaluator's keys
 
 
 @pytest.mark.parametrize(

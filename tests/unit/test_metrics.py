@@ -61,3 +61,51 @@ def test_sample_score_per_task_type():
     assert sample_score(get_task("LaMP_4"), "city the to returns rain", "rain returns to the city",
                         "mean_rouge1_rougeL") == pytest.approx(0.6)
     assert sample_score(get_task("LaMP_4"), None, "x") == 0.0
+
+
+def _file(tmp_path, name, task, outputs):
+    import json
+
+    path = tmp_path / name
+    path.write_text(json.dumps({"task": task, "golds": [{"id": i, "output": o} for i, o in outputs.items()]}))
+    return path
+
+
+def test_null_and_boolean_outputs_score_as_their_python_text(tmp_path):
+    """LaMP's evaluator reads an output with ``str()``: null is "None" (off the labels), true is "True"."""
+    task = get_task("LaMP_2")
+    golds = {"1": "comedy", "2": "sci-fi", "3": "comedy"}
+    _, preds = load_outputs(_file(tmp_path, "p.json", "LaMP_2", {"1": None, "2": True, "3": "comedy"}), task)
+    assert preds == {"1": "None", "2": "True", "3": "comedy"}
+    assert score_task(task, preds, golds)["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_prediction_ids_must_be_the_gold_ids():
+    with pytest.raises(TagPRError, match="1 prediction id.*not in the golds.*'9'"):
+        score_task(get_task("LaMP_2"), {"1": "comedy", "9": "comedy"}, {"1": "comedy"})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e39", "-3.5e38"])
+def test_a_rating_not_finite_in_float32_is_refused_in_a_file_and_unparseable_elsewhere(value):
+    task, golds = get_task("LaMP_3"), {"1": "2", "2": "5"}
+    with pytest.raises(TagPRError, match=f"id 1: prediction '{value}' is a number that is not finite in float32"):
+        score_task(task, {"1": value, "2": "5"}, golds, strict=True)
+    assert score_task(task, {"1": value, "2": "5"}, golds)["mae"] == pytest.approx(1.5)  # 2 -> worst end 5
+    assert rating_value(value, 2.0) == 5.0 and sample_score(task, value, "2") == 0.25
+
+
+def test_ratings_pass_through_float32():
+    import numpy as np
+
+    assert rating_value("3.3", 1.0) == float(np.float32(3.3)) != 3.3
+    assert rating_value("3e38", 1.0) == float(np.float32(3e38))  # finite in float32: taken at face value
+    scores = score_task(get_task("LaMP_3"), {"1": "3.3"}, {"1": "1"}, strict=True)
+    assert scores["mae"] == pytest.approx(float(np.float32(3.3)) - 1, abs=0)
+
+
+@pytest.mark.parametrize("gold", ["five", "", "nan"])
+def test_a_rating_gold_that_is_not_a_number_is_named(gold):
+    with pytest.raises(TagPRError, match=f"id 7: LaMP_3 gold '{gold}' is not a finite number"):
+        score_task(get_task("LaMP_3"), {"7": "3"}, {"7": gold})
+    with pytest.raises(ValueError, match="not a finite number"):
+        sample_score(get_task("LaMP_3"), "3", gold)
