@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tagpr.config import TaskName
 
@@ -62,6 +62,18 @@ class RewardItem(Strict):
     gold: str = Field(description="the gold output the task metric compares against")
     profile: Optional[list[dict[str, FieldValue]]] = None
     user_id: Optional[str] = Field(None, min_length=1, max_length=256)
+
+    @field_validator("gold")
+    @classmethod
+    def _scorable(cls, gold: str, info: ValidationInfo) -> str:
+        """A rating task's gold must be a number, or the task metric cannot score against it."""
+        from tagpr.lamp.metrics import gold_rating
+        from tagpr.lamp.tasks import get_task
+
+        task = info.data.get("task")
+        if task is not None and get_task(task).task_type == "rating":
+            gold_rating(gold)  # ValueError naming the value: a 422 on this field
+        return gold
 
     @classmethod
     def from_input(cls, x: RewardInput) -> "RewardItem":

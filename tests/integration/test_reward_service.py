@@ -153,6 +153,9 @@ BIG = "word " * 500
         ("/v1/score", {"items": [score_item(1.5)]}, 422, "items.0.response"),
         ("/v1/reward", {"stage": "warmup", "items": [{**score_item("x"), "gold": "y"}]}, 422, "stage"),
         ("/v1/reward", {"items": [score_item("x")]}, 422, "items.0.gold"),
+        ("/v1/reward", {"items": [{**score_item("x", task="LaMP_3", profile=[{"text": "fine", "score": "4"}]),
+                                   "gold": "five"}]}, 422, "items.0.gold"),  # a rating gold must be a number
+        ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_3", "gold": ""}']}, 422, "labels.0.gold"),
         ("/get_reward", {"query": ["a", "b"], "labels": ["x"]}, 422, "labels"),
         ("/get_reward", {"query": ["a"], "labels": ["plain gold, no task"]}, 422, "labels.0"),
         ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_2"}']}, 422, "labels.0.gold"),
