@@ -48,14 +48,29 @@ def test_chains_job_writes_and_resumes(small):
     assert resumed.splits["train"].dropped_this_run.get("duplicate", 0) >= 1
 
 
+def two_chains_per_question(cfg, out: Path):
+    """``cfg`` with ``chains.out`` a copy of its chains with a second chain per question (the gold
+    answer alone), so SFT trains each question's prompt once for both (``sft.shared_prefix``)."""
+    from tagpr.tags import TagSet
+
+    tags = TagSet(cfg.tags)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev"):
+        rows = [json.loads(line) for line in (Path(cfg.chains.out) / f"{split}.jsonl").open()]
+        rows += [{**r, "response": tags.render((), r["gold"])} for r in rows]
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return cfg.model_copy(update={"chains": cfg.chains.model_copy(update={"out": str(out)})})
+
+
 def test_sft_two_workers_then_resume_and_vllm_loads(small):
     from tagpr.jobs.chains import generate
     from tagpr.jobs.sft import train
 
     generate(small, log=lambda _: None)
+    small = two_chains_per_question(small, Path(small.run.root) / "chains-two-per-question")
     first = train(small, log=lambda _: None, evaluate=False)
     assert first.history["epoch"] == 1 and first.history["dev_loss"] > 0
-    assert first.history["shared_prefix"]  # two chains per question: each prompt runs once for both
+    assert first.history["shared_prefix"]  # each question's prompt ran once for its two chains
     state = Path(first.policy)
     assert (state / "model.safetensors").exists() and (state / "tokenizer.json").exists()
     ckpts = sorted(p for p in Path(small.run.root).glob("*-sft-*/ray_train/sft/checkpoint_*") if p.is_dir())
@@ -74,8 +89,9 @@ def test_sft_two_workers_then_resume_and_vllm_loads(small):
 
 
 @pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.slow), 3])
-def test_sft_deepspeed_two_workers_then_resume(small, stage):
-    """ZeRO-2/3 over gloo in two Ray Train workers; the second run resumes DeepSpeed's partitions."""
+def test_sft_deepspeed_two_workers_then_resume(small, stage, tmp_path):
+    """ZeRO-2/3 over gloo in two Ray Train workers, each question's prompt once for its two chains; the
+    second run resumes DeepSpeed's partitions."""
     import torch
 
     from tagpr.jobs.chains import generate
@@ -83,6 +99,7 @@ def test_sft_deepspeed_two_workers_then_resume(small, stage):
     from tagpr.models import load_policy
 
     generate(small, log=lambda _: None)
+    small = two_chains_per_question(small, tmp_path / "chains")
     ds = small.sft.model_copy(update={"strategy": "deepspeed", "zero_stage": stage, "num_workers": 2})
     first = train(small.model_copy(update={"sft": ds}), log=lambda _: None, evaluate=False)
     assert first.history["shared_prefix"]
@@ -98,12 +115,13 @@ def test_sft_deepspeed_two_workers_then_resume(small, stage):
     assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values()))
 
 
-def test_sft_lora_exports_merged_model_and_adapter(small):
+def test_sft_lora_exports_merged_model_and_adapter(small, tmp_path):
     from tagpr.jobs.chains import generate
     from tagpr.jobs.sft import train
     from tagpr.models import load_policy
 
     generate(small, log=lambda _: None)
+    small = two_chains_per_question(small, tmp_path / "chains")
     cfg = small.model_copy(update={"sft": small.sft.model_copy(update={
         "num_workers": 1, "lora": small.sft.lora.model_copy(update={"enabled": True})})})
     result = train(cfg, log=lambda _: None, evaluate=False)
