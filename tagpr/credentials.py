@@ -4,6 +4,7 @@ and Kubernetes mount secrets). Configs name the variable, never the value."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -26,3 +27,13 @@ def read_secret(name: str) -> str | None:
     if not value:
         raise TagPRError(f"${name}_FILE: {path} is empty")
     return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: resolvable from elsewhere
+        return False

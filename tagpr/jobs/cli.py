@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tagpr.config import dump_config, load_config, new_run_dir, write_resolved
-from tagpr.credentials import read_secret
+from tagpr.credentials import is_loopback, read_secret
 from tagpr.errors import TagPRError
 from tagpr.jobs import command
 from tagpr.jobs.command import console, load, print_baselines
@@ -202,6 +202,10 @@ def cmd_serve_prmu(args: argparse.Namespace) -> int:
     if args.token_env:
         overrides.append(f"service.token_env={args.token_env}")
     cfg = load_config(args.config, overrides)
+    token = read_secret(cfg.service.token_env)
+    if not token and not is_loopback(cfg.service.host) and not args.allow_unauthenticated:
+        raise TagPRError(f"--host {cfg.service.host} is reachable from other machines and ${cfg.service.token_env} "
+                         "holds no bearer token: set one, or pass --allow-unauthenticated to serve without")
     from actors.cluster import connect
     from services.reward.deploy import serve_reward
     from tagpr.prmu.checkpoint import load_meta
@@ -210,7 +214,7 @@ def cmd_serve_prmu(args: argparse.Namespace) -> int:
     with command.job_console(args, new_run_dir(cfg, "serve") / "logs") as logs:
         connect(cfg.cluster)
         url = serve_reward(cfg, args.checkpoint)
-        auth = f"bearer token from ${cfg.service.token_env}" if read_secret(cfg.service.token_env) else "no token"
+        auth = f"bearer token from ${cfg.service.token_env}" if token else "no token"
         logs.console.print(f"reward service {meta['version']} at {url} ({auth}); docs at {url}/docs")
         if args.detach:
             return 0

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default: service.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: service.port)")
     serve.add_argument("--token-env", help="env var holding the bearer token (default: service.token_env)")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve on a non-loopback --host without a bearer token (refused otherwise)")
     serve.add_argument("--detach", action="store_true", help="return after deploying (on a running cluster)")
     verbose_args(serve)
 

@@ -27,6 +27,8 @@ def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
         (["sft", "--set", "sft.resume_from=/no/such/ckpt"], "sft.resume_from: /no/such/ckpt is not an SFT epoch"),
         (["sft", "--set", "sft.strategy=zero"], "sft.strategy"),
         (["scale", "rollout", "-1"], "N must be >= 0"),
+        (["serve", "prmu", "--checkpoint", "ckpt", "--host", "0.0.0.0", "--token-env", "TAGPR_TEST_NO_TOKEN"],
+         "--host 0.0.0.0 is reachable from other machines"),
         (["eval", "--task", "LaMP_2", "--predictions", "p.json"], "--predictions needs --golds"),
         (["eval", "--task", "LaMP_2", "--predictions", "p", "--policy", "x"], "give --predictions"),
         (["eval", "--task", "LaMP_2", "--policy", "x"], "--policy needs --questions"),
@@ -78,3 +80,10 @@ def test_data_check_fails_then_skips(tmp_path, capsys):
     assert "record '2': field 'profile': missing" in capsys.readouterr().err
     assert main([*argv, "--skip-invalid"]) == 0
     assert "1 loaded, 1 skipped (1 profile: missing); no outputs file" in capsys.readouterr().out
+
+
+def test_loopback_hosts():
+    from tagpr.credentials import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "10.0.0.5", "::", "reward.internal"]))
