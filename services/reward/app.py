@@ -261,18 +261,20 @@ ERRORS = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"m
           503: {"model": ErrorResponse}}
 
 
-def _label_fields(label: str, task: Optional[str], i: int) -> dict[str, Any]:
-    text = label.strip()
-    if text.startswith("{"):
+def _label_fields(label: dict[str, Any] | str, task: Optional[str], i: int) -> dict[str, Any]:
+    fields: Any = label
+    if isinstance(label, str) and label.strip().startswith("{"):
         try:
-            fields = json.loads(text)
+            fields = json.loads(label)
         except json.JSONDecodeError as exc:
             raise ClientError(422, "invalid request", [(f"labels.{i}", f"invalid JSON: {exc.msg}")]) from None
         if not isinstance(fields, dict):
             raise ClientError(422, "invalid request", [(f"labels.{i}", "expected a JSON object")])
-        if task and "task" not in fields:
-            fields["task"] = task
-        return fields
+    if isinstance(fields, dict):
+        if "response" in fields:
+            raise ClientError(422, "invalid request", [
+                (f"labels.{i}.response", "not a label field: the response is query[i] after prompts[i]")])
+        return {"task": task, **fields} if task and "task" not in fields else dict(fields)
     if not task:
         raise ClientError(422, "invalid request", [
             (f"labels.{i}", 'a plain gold string needs ?task=LaMP_k; or send {"task": ..., "gold": ...}')])
@@ -428,14 +430,15 @@ class RewardIngress:
         """OpenRLHF's remote reward-model protocol: point ``--remote_rm_url`` here."""
         from services.reward.schemas import RewardItem
 
-        request.state.items = len(req.query)
-        n = len(req.query)
+        request.state.items = n = len(req.query)
         issues = [(k, f"has {len(v)} entries, query has {n}") for k, v in (("prompts", req.prompts),
                   ("labels", req.labels)) if v is not None and len(v) != n]
         if req.labels is None:
             issues.append(("labels", "required: the gold answers (JSON objects, or strings with ?task=)"))
         if issues:
             raise ClientError(422, "invalid request", issues)
+        if not n:
+            return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
         items = []
         for i, (query, label) in enumerate(zip(req.query, req.labels)):
             prompt = req.prompts[i] if req.prompts else ""
@@ -444,10 +447,9 @@ class RewardIngress:
             fields.setdefault("input", prompt)
             try:
                 items.append(RewardItem(response=response, **fields))
-            except (ValidationError, TypeError) as exc:
-                errors = exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
+            except ValidationError as exc:
                 raise ClientError(422, "invalid request", [
-                    (".".join([f"labels.{i}", *map(str, e["loc"])]), e["msg"]) for e in errors]) from None
+                    (".".join([f"labels.{i}", *map(str, e["loc"])]), e["msg"]) for e in exc.errors()]) from None
         out = await self.compute_rewards(stage, items)
         logs: dict[str, list[float]] = {}
         for r in out.results:

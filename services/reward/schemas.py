@@ -101,13 +101,14 @@ class RewardResponse(BaseModel):
 class OpenRLHFRequest(BaseModel):
     """OpenRLHF's remote reward-model request (``--remote_rm_url``).
 
-    Each label is a JSON object ``{"task", "gold", "input"?, "profile"?, "user_id"?}``, or the
-    plain gold string when the task is given as the ``task`` query parameter.
+    Each label is a JSON object ``{"task", "gold", "input"?, "profile"?, "user_id"?}`` (as a value, or
+    encoded in a string), or the plain gold string when the task is given as the ``task`` query
+    parameter. Empty lists (a client with several URLs sends them to some) get empty lists back.
     """
 
-    query: list[str] = Field(min_length=1, description="prompt + response texts")
+    query: list[str] = Field(description="prompt + response texts")
     prompts: Optional[list[str]] = None
-    labels: Optional[list[str]] = None
+    labels: Optional[list[Union[dict[str, Any], str]]] = None
 
 
 class OpenRLHFResponse(BaseModel):

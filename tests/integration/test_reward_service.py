@@ -134,6 +134,11 @@ def test_openrlhf_protocol(service):
     plain = client.post("/get_reward?task=LaMP_2&stage=exploratory",
                         json={"query": ["<answer>sci-fi</answer>"], "labels": ["sci-fi"]})
     assert plain.status_code == 200 and plain.json()["rewards"] == [1.0]
+    as_object = client.post("/get_reward", json={"query": [prompt + TAGGED.format("sci-fi")], "prompts": [prompt],
+                                                 "labels": [json.loads(label)]})  # the label as a JSON value
+    assert as_object.status_code == 200 and as_object.json()["rewards"] == body["rewards"][:1]
+    empty = client.post("/get_reward", json={"query": [], "prompts": [], "labels": []})  # a second URL's share
+    assert empty.status_code == 200 and empty.json() == {"rewards": [], "scores": [], "extra_logs": {}}
 
 
 BIG = "word " * 500
@@ -159,6 +164,8 @@ BIG = "word " * 500
         ("/get_reward", {"query": ["a", "b"], "labels": ["x"]}, 422, "labels"),
         ("/get_reward", {"query": ["a"], "labels": ["plain gold, no task"]}, 422, "labels.0"),
         ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_2"}']}, 422, "labels.0.gold"),
+        ("/get_reward", {"query": ["a"], "labels": [{"task": "LaMP_2", "gold": "x", "response": "y"}]}, 422,
+         "labels.0.response"),
         ("/v1/score", {"items": [score_item("x")] * 9}, 413, "items"),
         ("/v1/score", {"items": [score_item("x" * 2001)]}, 413, "items.0.response"),
         ("/v1/score", {"items": [score_item("x", profile=PROFILE * 11)]}, 413, "items.0.profile"),
