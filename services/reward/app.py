@@ -274,7 +274,7 @@ def _label_fields(label: dict[str, Any] | str, task: Optional[str], i: int) -> d
         if "response" in fields:
             raise ClientError(422, "invalid request", [
                 (f"labels.{i}.response", "not a label field: the response is query[i] after prompts[i]")])
-        return {"task": task, **fields} if task and "task" not in fields else dict(fields)
+        return {"task": task, **fields} if task else dict(fields)  # the label's own task wins
     if not task:
         raise ClientError(422, "invalid request", [
             (f"labels.{i}", 'a plain gold string needs ?task=LaMP_k; or send {"task": ..., "gold": ...}')])

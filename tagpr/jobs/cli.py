@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         missing = sorted(set(golds) - set(preds))
         if args.policy and missing:
             raise TagPRError(f"--golds: {len(missing)} ids have no question in --questions (first: {missing[0]})")
-        scored = {i: preds[i] for i in golds if i in preds} if args.policy else preds
+        scored = {i: preds[i] for i in golds} if args.policy else preds  # generated for every question
         scores = score_task(task, scored, golds, strict=not args.policy)
         result.update(n=len(golds), **scores, **official_names(scores))
         if args.write_predictions and not args.policy:

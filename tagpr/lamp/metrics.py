@@ -79,8 +79,9 @@ def classification_scores(labels: tuple[str, ...], preds: list[str], golds: list
     return {"accuracy": accuracy, "f1": float(f1)}
 
 
-def rating_scores(preds: list[str], golds: list[str]) -> dict[str, float]:
-    g = np.array([gold_rating(x) for x in golds])
+def rating_scores(preds: list[str], golds: list[float]) -> dict[str, float]:
+    """MAE and RMSE of ``preds`` against golds already read as numbers (:func:`gold_rating`)."""
+    g = np.array(golds)
     p = np.array([rating_value(x, y) for x, y in zip(preds, g)])
     err = p - g
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
@@ -113,16 +114,17 @@ def score_task(task: LampTask, predictions: Mapping[str, str], golds: Mapping[st
         assert task.labels is not None
         return classification_scores(task.labels, preds, refs)
     if task.task_type == "rating":
+        values = []
         for i in ids:
             try:
-                gold_rating(golds[i])
+                values.append(gold_rating(golds[i]))
             except ValueError as exc:
                 raise TagPRError(f"{task.name}: id {i}: {exc}") from None
             value = _number(predictions[i])
             if strict and value is not None and not math.isfinite(value):
                 raise TagPRError(f"{task.name}: id {i}: prediction {predictions[i]!r} is a number that is not "
                                  "finite in float32, which LaMP's evaluator fails on")
-        return rating_scores(preds, refs)
+        return rating_scores(preds, values)
     return generation_scores(preds, refs)
 
 
