@@ -529,6 +529,10 @@ class ServiceConfig(Section):
         "requests waiting for a busy replica; beyond it the service sheds load with 503 and Retry-After "
         "instead of letting requests time out"))
     retry_after_s: float = Field(1.0, ge=0, description="the Retry-After a shed request gets")
+    strip_tokens: list[str] | None = Field(None, description=(
+        "special-token strings cut from OpenRLHF queries before the tags are parsed (the EOS would be text "
+        "outside every section); unset: model.policy's tokenizer's special tokens when it can be read, else "
+        "common chat models' EOS, padding and turn markers"))
     limits: ServiceLimits = ServiceLimits()
 
 

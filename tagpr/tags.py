@@ -170,6 +170,10 @@ class TagSet:
         self.answer_tag = cfg.answer
         self.known = frozenset(self.primary) | {self.answer_tag}
 
+    def tokens(self) -> frozenset[str]:
+        """The opening and closing token of every known tag (text that is never a special token to strip)."""
+        return frozenset(f"<{p}{t}>" for t in self.known for p in ("", "/"))
+
     def required(self, task_type: TaskType) -> list[str]:
         req = list(self.cfg.required.get("always", []))
         req += [t for t in self.cfg.required.get(task_type, []) if t not in req]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import math
 import time
@@ -32,10 +31,10 @@ import ray
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.reward import openrlhf
 from services.reward.schemas import (
     ErrorResponse,
     ModelInfo,
@@ -46,8 +45,10 @@ from services.reward.schemas import (
     RewardValue,
     ScoreRequest,
     ScoreResponse,
+    field_path,
 )
 from tagpr.config import TagPRConfig
+from tagpr.credentials import presented_token
 from tagpr.lamp.io import Prompt
 from tagpr.lamp.tasks import get_task
 from tagpr.rewards import CompositeReward, FixedScores, Judged, RewardContext, RewardInput, gated, judge
@@ -136,10 +137,19 @@ class PRMUScorerDeployment:
                 log.exception("could not switch the PRMU checkpoint")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda reqs: sum(len(r) for r in reqs))
-    async def score_batch(self, requests: list[list[Any]]) -> list[Scored]:
+    async def score_batch(self, requests: list[list[Any]]) -> list[Scored | Exception]:
+        """One encoder pass over every request's items. If it fails, each request is scored alone,
+        so a request the scorer cannot take fails by itself and not the others batched with it."""
         scorer = self.scorer
+        loop = asyncio.get_running_loop()
         flat = [j for r in requests for j in r]  # judged responses; the checkpoint decides what it reads
-        scores = await asyncio.get_running_loop().run_in_executor(None, scorer.score, flat)
+        try:
+            scores = await loop.run_in_executor(None, scorer.score, flat)
+        except Exception:
+            if len(requests) == 1:
+                raise
+            log.warning("a batch of %d requests failed; scoring them one by one", len(requests))
+            return [await self._alone(scorer, r) for r in requests]
         self.metrics.batch(len(flat), scorer.version)
         out, i = [], 0
         for r in requests:
@@ -147,8 +157,19 @@ class PRMUScorerDeployment:
             i += len(r)
         return out
 
+    async def _alone(self, scorer: Any, judged: list[Any]) -> Scored | Exception:
+        try:
+            scores = await asyncio.get_running_loop().run_in_executor(None, scorer.score, judged)
+        except Exception as exc:  # handed to this request's caller only
+            return exc
+        self.metrics.batch(len(judged), scorer.version)
+        return Scored(scores, scorer.version, scorer.score_stats)
+
     async def score(self, judged: list[Any]) -> Scored:
-        return await self.score_batch(judged)
+        out = await self.score_batch(judged)
+        if isinstance(out, Exception):
+            raise out
+        return out
 
     def info(self) -> dict[str, Any]:
         m = self.scorer.meta
@@ -161,10 +182,34 @@ class PRMUScorerDeployment:
 
 app = FastAPI(
     title="TagPR reward service",
-    description="PRMU scores and the TagPR composite reward over HTTP. Send `Authorization: Bearer <token>` "
-    "when the service was started with a token.",
+    description="PRMU scores and the TagPR composite reward over HTTP. When the service was started with a "
+    "token, send it as `Authorization: Bearer <token>`, or as the password of HTTP Basic (any user name) for "
+    "clients that can only put it in the URL (`http://tagpr:<token>@host:port/get_reward`).",
     version="1",
 )
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document plus the two ways to send the token, so ``/docs`` can authorize; the
+    health routes stay open."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        spec.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "the service's token"},
+            "basic": {"type": "http", "scheme": "basic", "description": "any user name, the token as password"},
+        }
+        spec["security"] = [{"bearer": []}, {"basic": []}]
+        for path, ops in spec["paths"].items():
+            if path.endswith(OPEN_ROUTES):
+                for op in ops.values():
+                    op["security"] = []
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
+app.openapi = _openapi
 
 
 class BodyLimit:
@@ -204,6 +249,11 @@ class BodyLimit:
 app.add_middleware(BodyLimit)
 
 
+def _printable(field: str) -> str:
+    """A field path as JSON can carry it: a key holding a lone surrogate is shown escaped."""
+    return field.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     issues = []
@@ -211,9 +261,9 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
         if err.get("type") == "json_invalid":
             issues.append(("body", f"invalid JSON at position {err['loc'][-1]}: {err.get('ctx', {}).get('error', '')}"))
             continue
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        loc = [p for p in err.get("loc", ()) if p not in ("body", "[key]")]
         reason = err.get("msg", "invalid").removeprefix("Value error, ")
-        issues.append((".".join(loc) or "body", reason))
+        issues.append((_printable(field_path(*loc)) or "body", reason))
     return ClientError(422, "invalid request", issues).response()
 
 
@@ -222,8 +272,16 @@ async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
     return exc.response()
 
 
+# Why FastAPI could not read a JSON body that json.loads did not call malformed.
+BODY_ERRORS = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "JSON nested too deeply"}
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    cause = exc.__cause__
+    if exc.status_code == 400 and cause is not None:  # FastAPI's "error parsing the body": the 422 of bad JSON
+        reason = next((r for t, r in BODY_ERRORS.items() if isinstance(cause, t)), "not a JSON document")
+        return ClientError(422, "invalid request", [("body", reason)]).response()
     return ClientError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
 
 
@@ -240,12 +298,12 @@ async def _auth_and_metrics(request: Request, call_next):
     ingress = runtime.ingress
     start = time.perf_counter()
     if ingress is not None and ingress.token_sha256 and not request.url.path.endswith(OPEN_ROUTES):
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        digest = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+        token = presented_token(request.headers.get("authorization", ""))
+        digest = hashlib.sha256(token.encode()).hexdigest() if token is not None else ""
         if not hmac.compare_digest(digest, ingress.token_sha256):
-            response = ClientError(401, "unauthorized", [("Authorization", "missing or wrong bearer token")],
-                                   {"WWW-Authenticate": "Bearer"}).response()
+            response = ClientError(401, "unauthorized", [("Authorization", "missing or wrong token (Bearer, or the "
+                                                          "password of Basic)")],
+                                   {"WWW-Authenticate": 'Bearer, Basic realm="tagpr-reward"'}).response()
             ingress.metrics.observe(request.url.path, 401, time.perf_counter() - start)
             return response
     response = await call_next(request)
@@ -261,36 +319,18 @@ ERRORS = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"m
           503: {"model": ErrorResponse}}
 
 
-def _label_fields(label: dict[str, Any] | str, task: Optional[str], i: int) -> dict[str, Any]:
-    fields: Any = label
-    if isinstance(label, str) and label.strip().startswith("{"):
-        try:
-            fields = json.loads(label)
-        except json.JSONDecodeError as exc:
-            raise ClientError(422, "invalid request", [(f"labels.{i}", f"invalid JSON: {exc.msg}")]) from None
-        if not isinstance(fields, dict):
-            raise ClientError(422, "invalid request", [(f"labels.{i}", "expected a JSON object")])
-    if isinstance(fields, dict):
-        if "response" in fields:
-            raise ClientError(422, "invalid request", [
-                (f"labels.{i}.response", "not a label field: the response is query[i] after prompts[i]")])
-        return {"task": task, **fields} if task else dict(fields)  # the label's own task wins
-    if not task:
-        raise ClientError(422, "invalid request", [
-            (f"labels.{i}", 'a plain gold string needs ?task=LaMP_k; or send {"task": ..., "gold": ...}')])
-    return {"task": task, "gold": label}
-
-
 @serve.deployment(name="RewardIngress")
 @serve.ingress(app)
 class RewardIngress:
-    def __init__(self, scorer, config: dict[str, Any], token_sha256: Optional[str] = None):
+    def __init__(self, scorer, config: dict[str, Any], token_sha256: Optional[str] = None,
+                 strip_tokens: tuple[str, ...] = openrlhf.COMMON_SPECIAL_TOKENS):
         from services.reward.metrics import IngressMetrics
 
         self.scorer = scorer
         self.cfg = TagPRConfig.model_validate(config)
         self.limits = self.cfg.service.limits
         self.tags = TagSet(self.cfg.tags)
+        self.queries = openrlhf.QuerySplitter(strip_tokens, keep=self.tags.tokens())
         self.stages = {s.name: s.weights for s in self.cfg.rl.stages}
         self.token_sha256 = token_sha256
         self.retry_after = str(math.ceil(self.cfg.service.retry_after_s))
@@ -311,14 +351,17 @@ class RewardIngress:
             for name in texts:
                 value = getattr(item, name, None) or ""
                 if len(value) > lim.max_text_chars:
-                    issues.append((f"items.{i}.{name}", f"{len(value)} characters, limit {lim.max_text_chars}"))
+                    issues.append((field_path("items", i, name),
+                                   f"{len(value)} characters, limit {lim.max_text_chars}"))
             profile = item.profile or []
             if len(profile) > lim.max_profile_items:
-                issues.append((f"items.{i}.profile", f"{len(profile)} items, limit {lim.max_profile_items}"))
+                issues.append((field_path("items", i, "profile"),
+                               f"{len(profile)} items, limit {lim.max_profile_items}"))
             for j, p in enumerate(profile):
                 for key, value in p.items():
                     if isinstance(value, str) and len(value) > lim.max_text_chars:
-                        issues.append((f"items.{i}.profile.{j}.{key}", f"longer than {lim.max_text_chars} characters"))
+                        issues.append((field_path("items", i, "profile", j, key),
+                                       f"longer than {lim.max_text_chars} characters"))
         if issues:
             raise ClientError(413, "payload too large", issues)
 
@@ -329,7 +372,7 @@ class RewardIngress:
             for j, p in enumerate(item.profile):
                 for f in task.profile_fields:
                     if p.get(f) is None:
-                        issues.append((f"items.{i}.profile.{j}.{f}", f"missing (required for {task.name})"))
+                        issues.append((field_path("items", i, "profile", j, f), f"missing (required for {task.name})"))
             if issues:
                 raise ClientError(422, "invalid request", issues)
             if item.user_id:
@@ -338,8 +381,13 @@ class RewardIngress:
         if item.user_id and item.user_id in self.profiles:
             self.profiles.move_to_end(item.user_id)
             return tuple(self.profiles[item.user_id])
+        if needed and item.user_id:
+            raise ClientError(422, "invalid request", [(field_path("items", i, "user_id"),
+                                                        "unknown user: send its profile once")])
         if needed:
-            raise ClientError(422, "invalid request", [(f"items.{i}.user_id", "unknown user: send its profile once")])
+            raise ClientError(422, "invalid request", [(field_path("items", i, "profile"),
+                                                        "required: the stage weights the PRMU, which reads the user's "
+                                                        "profile (or a user_id whose profile was sent before)")])
         return ()
 
     def _input(self, item: Any, i: int, needs_profile: bool) -> RewardInput:
@@ -406,7 +454,10 @@ class RewardIngress:
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus exposition"},
         401: {"model": ErrorResponse}})
     async def metrics(self) -> Response:
-        """This replica's request counters in Prometheus' text format."""
+        """This ingress replica's series in Prometheus' text format:
+        ``tagpr_ingress_requests_total{route,code}`` (requests by route and status code) and the
+        histogram ``tagpr_ingress_latency_seconds{route}`` (``_bucket``, ``_sum``, ``_count``). Every
+        replica's series, the scorer's included, are on Ray's metrics endpoint (``ray_tagpr_*``)."""
         return PlainTextResponse(self.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS)
@@ -427,36 +478,18 @@ class RewardIngress:
     @app.post("/get_reward", response_model=OpenRLHFResponse, responses=ERRORS)
     async def get_reward(self, req: OpenRLHFRequest, request: Request, task: Optional[str] = None,
                          stage: Optional[str] = None) -> OpenRLHFResponse:
-        """OpenRLHF's remote reward-model protocol: point ``--remote_rm_url`` here."""
-        from services.reward.schemas import RewardItem
-
-        request.state.items = n = len(req.query)
-        issues = [(k, f"has {len(v)} entries, query has {n}") for k, v in (("prompts", req.prompts),
-                  ("labels", req.labels)) if v is not None and len(v) != n]
-        if req.labels is None:
-            issues.append(("labels", "required: the gold answers (JSON objects, or strings with ?task=)"))
-        if issues:
-            raise ClientError(422, "invalid request", issues)
-        if not n:
-            return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
-        items = []
-        for i, (query, label) in enumerate(zip(req.query, req.labels)):
-            prompt = req.prompts[i] if req.prompts else ""
-            response = query[len(prompt):] if prompt and query.startswith(prompt) else query
-            fields = _label_fields(label, task, i)
-            fields.setdefault("input", prompt)
-            try:
-                items.append(RewardItem(response=response, **fields))
-            except ValidationError as exc:
-                raise ClientError(422, "invalid request", [
-                    (".".join([f"labels.{i}", *map(str, e["loc"])]), e["msg"]) for e in exc.errors()]) from None
-        out = await self.compute_rewards(stage, items)
-        logs: dict[str, list[float]] = {}
-        for r in out.results:
-            for k in r.components:
-                logs.setdefault(k, [])
-        for r in out.results:
-            for k in logs:
-                logs[k].append(r.components.get(k, 0.0))
-        rewards = [r.reward for r in out.results]
-        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=logs)
+        """OpenRLHF's remote reward-model protocol: point ``--reward.remote_url`` (``--remote_rm_url``)
+        here. Errors name the OpenRLHF field: ``query[i]``, ``prompts[i]``, ``labels[i].gold``."""
+        request.state.items = len(req.query)
+        try:
+            batch = openrlhf.to_batch(req, task, self.queries)
+        except openrlhf.LabelError as exc:
+            raise ClientError(422, "invalid request", exc.issues) from None
+        if not batch.items:
+            return openrlhf.answer([])
+        try:
+            out = await self.compute_rewards(stage, batch.items)
+        except ClientError as exc:
+            exc.issues = [(batch.field(f), r) for f, r in exc.issues]
+            raise
+        return openrlhf.answer(out.results)

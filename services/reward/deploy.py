@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Optional
 
@@ -10,6 +11,7 @@ from tagpr.config import TagPRConfig
 from tagpr.credentials import read_secret
 
 APP_NAME = "tagpr-reward"
+log = logging.getLogger("tagpr.reward")
 
 
 def token_digest(token_env: str) -> Optional[str]:
@@ -23,6 +25,21 @@ def scorer_user_config(cfg: TagPRConfig) -> dict:
     s = cfg.service
     return {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s,
             "allow_hub": cfg.model.allow_hub}
+
+
+def strip_tokens(cfg: TagPRConfig) -> tuple[str, ...]:
+    """The strings the ingress cuts from OpenRLHF queries: ``service.strip_tokens``, else the policy
+    tokenizer's special tokens, else common chat models' special tokens."""
+    from services.reward import openrlhf
+
+    if cfg.service.strip_tokens is not None:
+        return tuple(cfg.service.strip_tokens)
+    found = openrlhf.special_tokens(cfg.model.policy, cfg.model.allow_hub)
+    if found:
+        log.info("OpenRLHF queries: stripping %s's special tokens %s", cfg.model.policy, found)
+        return tuple(found)
+    log.info("OpenRLHF queries: no tokenizer at %s; stripping common special tokens", cfg.model.policy)
+    return openrlhf.COMMON_SPECIAL_TOKENS
 
 
 def registry_name(app_name: str) -> str:
@@ -72,7 +89,7 @@ def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = N
     # the ingress takes no more than the scorer can hold, so overload is shed at the proxy (cheap)
     return RewardIngress.options(max_ongoing_requests=max(2 * s.max_batch_size, 8),
                                  max_queued_requests=s.max_queued_requests, backpressure_config=backpressure).bind(
-        scorer, cfg.model_dump(mode="json"), token_sha256)
+        scorer, cfg.model_dump(mode="json"), token_sha256, strip_tokens(cfg))
 
 
 def deploy(cfg: TagPRConfig, checkpoint: str, token_env: Optional[str] = None, batching: bool = True,

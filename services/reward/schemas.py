@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Union
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tagpr.config import TaskName
 
 if TYPE_CHECKING:
     from tagpr.rewards import RewardInput
 
-FieldValue = Optional[Union[str, int, float]]
+
+def field_path(*parts: Any) -> str:
+    """A field's path as errors name it: ``items[0].profile[2].text``, ``labels[3].gold``."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no encoder's tokenizer takes:
+    refused here, at the edge, so they never reach (and fail) a scorer batch shared with others."""
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise ValueError(f"lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}: not valid Unicode text")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+FieldValue = Annotated[Optional[Union[str, int, float]],
+                       AfterValidator(lambda v: _encodable(v) if isinstance(v, str) else v)]
 
 
 class Strict(BaseModel):
@@ -28,12 +52,12 @@ def _item_fields(x: RewardInput) -> dict[str, Any]:
 
 class ScoreItem(Strict):
     task: TaskName
-    input: str = Field(min_length=1, description="the LaMP input the response answers")
-    response: str = Field(description="the full response; its <answer> is scored when it parses")
-    profile: Optional[list[dict[str, FieldValue]]] = Field(
+    input: Text = Field(min_length=1, description="the LaMP input the response answers")
+    response: Text = Field(description="the full response; its <answer> is scored when it parses")
+    profile: Optional[list[dict[Text, FieldValue]]] = Field(
         None, description="the user's profile items in LaMP's shape; cached under user_id when both are given")
-    user_id: Optional[str] = Field(None, min_length=1, max_length=256,
-                                   description="a user whose profile an earlier request sent")
+    user_id: Optional[Text] = Field(None, min_length=1, max_length=256,
+                                    description="a user whose profile an earlier request sent")
 
     @model_validator(mode="after")
     def _who(self) -> "ScoreItem":
@@ -57,11 +81,11 @@ class ScoreResponse(BaseModel):
 
 class RewardItem(Strict):
     task: TaskName
-    input: str = Field("", description="the LaMP input; needed by stages that weight the PRMU")
-    response: str
-    gold: str = Field(description="the gold output the task metric compares against")
-    profile: Optional[list[dict[str, FieldValue]]] = None
-    user_id: Optional[str] = Field(None, min_length=1, max_length=256)
+    input: Text = Field("", description="the LaMP input; needed by stages that weight the PRMU")
+    response: Text
+    gold: Text = Field(min_length=1, description="the gold output the task metric compares against")
+    profile: Optional[list[dict[Text, FieldValue]]] = None
+    user_id: Optional[Text] = Field(None, min_length=1, max_length=256)
 
     @field_validator("gold")
     @classmethod
@@ -81,7 +105,7 @@ class RewardItem(Strict):
 
 
 class RewardRequest(Strict):
-    stage: Optional[str] = Field(None, description="RL stage whose weights apply (default: the first stage)")
+    stage: Optional[Text] = Field(None, description="RL stage whose weights apply (default: the first stage)")
     items: list[RewardItem] = Field(min_length=1)
 
 
@@ -106,9 +130,10 @@ class OpenRLHFRequest(BaseModel):
     parameter. Empty lists (a client with several URLs sends them to some) get empty lists back.
     """
 
-    query: list[str] = Field(description="prompt + response texts")
-    prompts: Optional[list[str]] = None
-    labels: Optional[list[Union[dict[str, Any], str]]] = None
+    query: list[Text] = Field(description="prompt + response, decoded with special tokens kept")
+    prompts: Optional[list[Text]] = None
+    labels: Optional[list[Union[dict[str, Any], Text]]] = Field(
+        None, description="the dataset's label per query: an object, a JSON-encoded object, or a plain gold")
 
 
 class OpenRLHFResponse(BaseModel):

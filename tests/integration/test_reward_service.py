@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import threading
 import time
 
+import aiohttp
 import httpx
 import pytest
+import requests
 import torch
 
 from actors.cluster import free_port
@@ -121,24 +125,133 @@ def test_cached_user_id(service):
     assert again.status_code == 200 and again.json()["scores"] == pytest.approx(first["scores"], abs=1e-5)
 
 
-def test_openrlhf_protocol(service):
+# ---------------------------------------------------------------- OpenRLHF conformance
+# Written from the protocol its client speaks (docs/reward-service.md, "OpenRLHF"): one item per
+# request and many at once (aiohttp), queries decoded with the special tokens kept, labels as the
+# dataset stores them, empty lists for the second of several URLs, the token in the URL (Basic).
+
+CHATML = "<|im_start|>user\nWhich tag does this movie relate to?<|im_end|>\n<|im_start|>assistant\n"
+LABEL = {"task": "LaMP_2", "gold": "sci-fi", "input": LAMP2_INPUT, "profile": PROFILE}
+WRONG = ("romance", "comedy", "action")
+
+
+def openrlhf_body(answers, label=LABEL, prompt=CHATML, eos="<|im_end|>"):
+    return {"query": [prompt + TAGGED.format(a) + eos for a in answers], "prompts": [prompt] * len(answers),
+            "labels": [label] * len(answers)}
+
+
+def openrlhf_answer(body, n):
+    """The answer OpenRLHF reads: rewards, scores and extra_logs, one finite number per query."""
+    assert set(body) == {"rewards", "scores", "extra_logs"}, body
+    assert len(body["rewards"]) == len(body["scores"]) == n
+    assert all(isinstance(x, float) and math.isfinite(x) for x in body["rewards"] + body["scores"])
+    assert all(len(v) == n for v in body["extra_logs"].values())
+    return body
+
+
+async def post_all(url, bodies):
+    async with aiohttp.ClientSession() as session:
+        async def one(body):
+            async with session.post(url, json=body) as r:
+                return r.status, await r.json()
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def test_openrlhf_one_item_per_request_at_concurrency_is_graded(service, serve_port):
     _, _, client = service
-    prompt = "<|im_start|>user\nWhich tag?<|im_end|>\n<|im_start|>assistant\n"
-    label = json.dumps({"task": "LaMP_2", "gold": "sci-fi", "input": LAMP2_INPUT, "profile": PROFILE})
-    r = client.post("/get_reward", json={"query": [prompt + TAGGED.format("sci-fi"), prompt + "<answer>x</answer>"],
-                                         "prompts": [prompt, prompt], "labels": [label, label]})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert len(body["rewards"]) == 2 and body["rewards"] == body["scores"]
-    assert body["rewards"][0] > body["rewards"][1] and body["extra_logs"]["format"] == [1.0, 0.0]
-    plain = client.post("/get_reward?task=LaMP_2&stage=exploratory",
-                        json={"query": ["<answer>sci-fi</answer>"], "labels": ["sci-fi"]})
-    assert plain.status_code == 200 and plain.json()["rewards"] == [1.0]
-    as_object = client.post("/get_reward", json={"query": [prompt + TAGGED.format("sci-fi")], "prompts": [prompt],
-                                                 "labels": [json.loads(label)]})  # the label as a JSON value
-    assert as_object.status_code == 200 and as_object.json()["rewards"] == body["rewards"][:1]
-    empty = client.post("/get_reward", json={"query": [], "prompts": [], "labels": []})  # a second URL's share
+    answers = ["sci-fi", *WRONG] * 4
+    results = asyncio.run(post_all(f"http://127.0.0.1:{serve_port}/get_reward", [openrlhf_body([a]) for a in answers]))
+    assert [status for status, _ in results] == [200] * len(answers)
+    got: dict[str, set] = {}
+    for a, (_, body) in zip(answers, results):
+        openrlhf_answer(body, 1)
+        assert body["extra_logs"]["format"] == [1.0]  # the EOS at the end of the query is not text outside tags
+        got.setdefault(a, set()).add((round(body["rewards"][0], 5), round(body["extra_logs"]["prmu"][0], 5)))
+    assert all(len(v) == 1 for v in got.values()), got  # one answer, one reward, however the requests batched
+    reward = {a: next(iter(v))[0] for a, v in got.items()}
+    prmu = {a: next(iter(v))[1] for a, v in got.items()}
+    assert all(reward["sci-fi"] > reward[a] for a in WRONG), reward
+    # R_PRMU of one item alone is graded by the PRMU's calibration, and the same as in a batch
+    assert len(set(prmu.values())) > 1 and all(0.0 < v < 1.0 for v in prmu.values()), prmu
+    together = openrlhf_answer(client.post("/get_reward", json=openrlhf_body(list(got))).json(), len(got))
+    assert together["extra_logs"]["prmu"] == pytest.approx([prmu[a] for a in got], abs=1e-4)
+
+
+@pytest.mark.parametrize("chat", ["chatml", "llama3", "mistral", "gemma"])
+def test_openrlhf_queries_ending_in_the_eos_score_as_the_bare_response(service, chat):
+    _, _, client = service
+    prompt, eos = {
+        "chatml": (CHATML, "<|im_end|>"),
+        "llama3": ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhich tag?<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+        "mistral": ("<s>[INST] Which tag? [/INST]", "</s>"),
+        "gemma": ("<bos><start_of_turn>user\nWhich tag?<end_of_turn>\n<start_of_turn>model\n", "<eos>"),
+    }[chat]
+    with_eos = client.post("/get_reward", json=openrlhf_body(["sci-fi", "romance"], prompt=prompt, eos=eos))
+    bare = client.post("/get_reward", json=openrlhf_body(["sci-fi", "romance"], prompt="", eos=""))
+    assert with_eos.status_code == bare.status_code == 200, with_eos.text
+    assert openrlhf_answer(with_eos.json(), 2)["extra_logs"]["format"] == [1.0, 1.0]
+    assert with_eos.json()["rewards"] == pytest.approx(bare.json()["rewards"], abs=1e-5)
+    truncated = {**openrlhf_body(["sci-fi"], prompt=prompt, eos=eos), "prompts": [prompt + "a longer original"]}
+    assert client.post("/get_reward", json=truncated).json()["rewards"] == pytest.approx(bare.json()["rewards"][:1],
+                                                                                          abs=1e-5)
+
+
+def test_openrlhf_labels_as_objects_encoded_strings_or_plain_golds(service):
+    _, _, client = service
+    as_object = client.post("/get_reward", json=openrlhf_body(["sci-fi", "romance"]))
+    as_string = client.post("/get_reward", json=openrlhf_body(["sci-fi", "romance"], label=json.dumps(LABEL)))
+    assert as_object.status_code == as_string.status_code == 200
+    assert as_object.json() == as_string.json()
+    plain = client.post("/get_reward?task=LaMP_2&stage=exploratory", json=openrlhf_body(["sci-fi", "romance"],
+                                                                                          label="sci-fi"))
+    assert plain.status_code == 200 and openrlhf_answer(plain.json(), 2)["rewards"][0] > plain.json()["rewards"][1]
+
+
+def test_openrlhf_several_urls_with_the_token_in_the_url(service, serve_port):
+    """Two URLs, the second holding the token as OpenRLHF users write it (``user:token@``): the client
+    splits a batch over them, some shards empty; aiohttp (current client) and requests (legacy)
+    both turn the URL's userinfo into HTTP Basic."""
+    secure = f"http://tagpr:s3cret-test-token@127.0.0.1:{serve_port}/secure/get_reward"
+    first = requests.post(f"http://127.0.0.1:{serve_port}/get_reward", json=openrlhf_body(["sci-fi", "romance"]))
+    empty = requests.post(secure, json={"query": [], "prompts": [], "labels": []})
+    assert first.status_code == 200 and openrlhf_answer(first.json(), 2)
     assert empty.status_code == 200 and empty.json() == {"rewards": [], "scores": [], "extra_logs": {}}
+    [(status, body)] = asyncio.run(post_all(secure, [openrlhf_body(["sci-fi", "romance"])]))
+    assert status == 200 and body == first.json()
+    assert requests.post(secure.replace("s3cret", "wrong"), json=openrlhf_body(["sci-fi"])).status_code == 401
+    assert requests.post(secure.replace("tagpr:s3cret-test-token@", ""), json=openrlhf_body(["x"])).status_code == 401
+
+
+def test_a_bad_request_never_fails_the_requests_batched_with_it(service):
+    cfg, _, client = service
+    good = {"items": [score_item(TAGGED.format("sci-fi"))]}
+    bad = {"items": [score_item(TAGGED.format("sci-fi\ud800"))]}
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=client.base_url, timeout=60) as c:
+            bodies = [good] * 6 + [bad] + [good] * 6
+            return await asyncio.gather(*(c.post("/v1/score", content=json.dumps(b),
+                                                 headers={"content-type": "application/json"}) for b in bodies))
+
+    statuses = [r.status_code for r in asyncio.run(burst())]
+    assert statuses == [200] * 6 + [422] + [200] * 6, statuses
+    # behind the edge, the scorer isolates a request its encoder cannot take from the rest of its batch
+    from ray import serve
+
+    scorer = serve.get_deployment_handle("PRMUScorer", app_name="reward-open")
+    reward = CompositeReward.for_stage(cfg, "exploratory")
+    ok = reward.judge(reward_input(score_item(TAGGED.format("sci-fi"))))
+    poison = reward.judge(reward_input(score_item(TAGGED.format("sci-fi\ud800"))))
+    calls = [scorer.score.remote([j]) for j in (ok, ok, poison, ok, ok)]
+    outcomes = []
+    for call in calls:
+        try:
+            outcomes.append(len(call.result(timeout_s=60).scores))
+        except Exception:
+            outcomes.append("failed")
+    assert outcomes == [1, 1, "failed", 1, 1], outcomes
 
 
 BIG = "word " * 500
@@ -148,33 +261,46 @@ BIG = "word " * 500
     "path, payload, status, field",
     [
         ("/v1/score", {"items": []}, 422, "items"),
-        ("/v1/score", {"items": [score_item("x", task="LaMP_9")]}, 422, "items.0.task"),
-        ("/v1/score", {"items": [{"task": "LaMP_2", "input": "x", "response": "y"}]}, 422, "items.0"),
+        ("/v1/score", {"items": [score_item("x", task="LaMP_9")]}, 422, "items[0].task"),
+        ("/v1/score", {"items": [{"task": "LaMP_2", "input": "x", "response": "y"}]}, 422, "items[0]"),
         ("/v1/score", {"items": [{"task": "LaMP_2", "input": "x", "response": "y", "user_id": "ghost"}]}, 422,
-         "items.0.user_id"),
-        ("/v1/score", {"items": [score_item("x", profile=[{"tag": "sci-fi"}])]}, 422, "items.0.profile.0.description"),
-        ("/v1/score", {"items": [score_item("x", extra=1)]}, 422, "items.0.extra"),
+         "items[0].user_id"),
+        ("/v1/score", {"items": [score_item("x", profile=[{"tag": "sci-fi"}])]}, 422,
+         "items[0].profile[0].description"),
+        ("/v1/score", {"items": [score_item("x", extra=1)]}, 422, "items[0].extra"),
         ("/v1/score", {"items": [score_item("x")], "checkpoint": "/etc/passwd"}, 422, "checkpoint"),  # no paths
-        ("/v1/score", {"items": [score_item(1.5)]}, 422, "items.0.response"),
+        ("/v1/score", {"items": [score_item(1.5)]}, 422, "items[0].response"),
         ("/v1/reward", {"stage": "warmup", "items": [{**score_item("x"), "gold": "y"}]}, 422, "stage"),
-        ("/v1/reward", {"items": [score_item("x")]}, 422, "items.0.gold"),
+        ("/v1/reward", {"items": [score_item("x")]}, 422, "items[0].gold"),
         ("/v1/reward", {"items": [{**score_item("x", task="LaMP_3", profile=[{"text": "fine", "score": "4"}]),
-                                   "gold": "five"}]}, 422, "items.0.gold"),  # a rating gold must be a number
-        ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_3", "gold": ""}']}, 422, "labels.0.gold"),
+                                   "gold": "five"}]}, 422, "items[0].gold"),  # a rating gold must be a number
+        ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_3", "gold": ""}']}, 422, "labels[0].gold"),
         ("/get_reward", {"query": ["a", "b"], "labels": ["x"]}, 422, "labels"),
-        ("/get_reward", {"query": ["a"], "labels": ["plain gold, no task"]}, 422, "labels.0"),
-        ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_2"}']}, 422, "labels.0.gold"),
+        ("/get_reward", {"query": ["a"], "labels": ["plain gold, no task"]}, 422, "labels[0]"),
+        ("/get_reward", {"query": ["a"], "labels": ['{"task": "LaMP_2"}']}, 422, "labels[0].gold"),
         ("/get_reward", {"query": ["a"], "labels": [{"task": "LaMP_2", "gold": "x", "response": "y"}]}, 422,
-         "labels.0.response"),
+         "labels[0].response"),
         ("/v1/score", {"items": [score_item("x")] * 9}, 413, "items"),
-        ("/v1/score", {"items": [score_item("x" * 2001)]}, 413, "items.0.response"),
-        ("/v1/score", {"items": [score_item("x", profile=PROFILE * 11)]}, 413, "items.0.profile"),
+        ("/v1/score", {"items": [score_item("bad \ud800 text")]}, 422, "items[0].response"),  # lone surrogates
+        ("/v1/score", {"items": [score_item("x", profile=[{"description": "a\udfff", "tag": "t"}])]}, 422,
+         "items[0].profile[0].description"),
+        ("/get_reward", {"query": ["<answer>x</answer>\ud83d"], "labels": ["x"]}, 422, "query[0]"),
+        ("/get_reward?task=LaMP_3", {"query": ["<answer>4</answer>"], "labels": [""]}, 422, "labels[0].gold"),
+        ("/get_reward", {"query": ["<answer>4</answer>"], "labels": [""]}, 422, "labels[0]"),  # no label key
+        ("/get_reward", {"query": ["<answer>x</answer>"], "labels": [{"task": "LaMP_2", "gold": "x"}]}, 422,
+         "labels[0].profile"),  # the guided stage weights the PRMU, which needs the user
+        ("/get_reward", {"query": ["<answer>x</answer>"],
+                         "labels": [{"task": "LaMP_2", "gold": "x", "user_id": "ghost"}]}, 422, "labels[0].user_id"),
+        ("/get_reward?stage=exploratory", {"query": ["x" * 2001], "labels": [{"task": "LaMP_2", "gold": "x"}]}, 413,
+         "query[0]"),
+        ("/v1/score", {"items": [score_item("x" * 2001)]}, 413, "items[0].response"),
+        ("/v1/score", {"items": [score_item("x", profile=PROFILE * 11)]}, 413, "items[0].profile"),
         ("/v1/score", {"items": [score_item(BIG * 6)] * 5}, 413, "body"),
     ],
 )
 def test_bad_input_is_a_client_error_and_the_service_keeps_serving(service, path, payload, status, field):
     _, _, client = service
-    r = client.post(path, json=payload)
+    r = client.post(path, content=json.dumps(payload), headers={"content-type": "application/json"})  # \u escapes
     assert r.status_code == status, r.text
     body = r.json()
     assert body["error"] and field in [i["field"] for i in body["issues"]], body
@@ -187,6 +313,10 @@ def test_openapi_documents_every_route(service):
     spec = client.get("/openapi.json").json()
     assert {"/v1/score", "/v1/reward", "/get_reward", "/healthz", "/readyz", "/v1/model"} <= set(spec["paths"])
     assert "ScoreRequest" in spec["components"]["schemas"] and client.get("/docs").status_code == 200
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"]["scheme"] == "bearer" and schemes["basic"]["scheme"] == "basic"
+    assert {"bearer": []} in spec["security"] and spec["paths"]["/healthz"]["get"]["security"] == []
+    assert "tagpr_ingress_requests_total" in spec["paths"]["/metrics"]["get"]["description"]
     # requests carry data only: no parameter or body field names a file
     names = {p["name"] for route in spec["paths"].values() for op in route.values() for p in op.get("parameters", [])}
     names |= {f for schema in spec["components"]["schemas"].values() for f in schema.get("properties", {})}
@@ -194,10 +324,21 @@ def test_openapi_documents_every_route(service):
     assert "stage" in names and not {f for f in names if pathlike & set(f.lower().split("_"))}, names
 
 
+@pytest.mark.parametrize("body, reason", [
+    (b'{"items": [', "invalid JSON"),
+    (b'{"items": ["\xff"]}', "not UTF-8"),
+    (b"[" * 30000 + b"]" * 30000, "nested too deeply"),
+])
+def test_an_unparseable_body_is_one_422_shape(service, body, reason):
+    _, _, client = service
+    for path in ("/v1/score", "/get_reward"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"] == "invalid request", r.text
+        assert [i["field"] for i in r.json()["issues"]] == ["body"] and reason in r.json()["issues"][0]["reason"]
+
+
 def test_malformed_json_and_wrong_method(service):
     _, _, client = service
-    r = client.post("/v1/score", content=b'{"items": [', headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["issues"][0]["field"] == "body"
     assert client.get("/v1/score").status_code == 405
     assert client.get("/nope").status_code == 404
 
@@ -207,7 +348,7 @@ def test_bearer_token(service):
     body = {"items": [score_item("sci-fi")]}
     assert client.get("/secure/healthz").status_code == 200
     missing = client.post("/secure/v1/score", json=body)
-    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
     wrong = client.post("/secure/v1/score", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     ok = client.post("/secure/v1/score", json=body, headers={"Authorization": "Bearer s3cret-test-token"})
