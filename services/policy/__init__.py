@@ -1,0 +1,1 @@
+"""The policy service: the trained policy answering users, OpenAI-compatible, on Ray Serve."""

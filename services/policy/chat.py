@@ -1,0 +1,146 @@
+"""The policy service's OpenAI-compatible edge, without Ray: a chat request turned into the TagPR
+question it asks (whose profile, which task, what input), and a policy response turned into the
+chat completion a client reads, whole or as server-sent events.
+
+Personalization rides on OpenAI's own ``user`` field, which names a user whose profile the
+service holds (:class:`tagpr.answering.ProfileStore`), or on the extension field ``tagpr``
+(``{"task", "profile"}``, sent by the ``openai`` client as ``extra_body``). The client's own
+system message is not used: the policy answers the prompt it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.reward.schemas import FieldValue, Text, field_path
+from tagpr.answering import Answer, ProfileStore
+from tagpr.config import TaskName
+from tagpr.lamp.io import Prompt
+from tagpr.lamp.tasks import get_task
+
+
+class ChatIssue(ValueError):
+    """A chat request the service cannot answer, as (field, reason) pairs."""
+
+    def __init__(self, issues: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{f}: {r}" for f, r in issues))
+        self.issues = issues
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...: accepted, not used
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[Text, list[TextPart], None] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class TagPRFields(BaseModel):
+    """The extension field ``tagpr``: what OpenAI's schema has no place for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Optional[TaskName] = Field(None, description="the LaMP task (default: the stored user's)")
+    profile: Optional[list[dict[Text, FieldValue]]] = Field(
+        None, description="the user's profile items in LaMP's shape; stored under `user` when both are given")
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request, with the fields the policy service reads; other OpenAI
+    fields are accepted and ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text
+    messages: list[ChatMessage] = Field(min_length=1)
+    user: Optional[Text] = Field(None, min_length=1, max_length=256, description="whose profile to answer with")
+    stream: bool = False
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy, as evaluation decodes")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    tagpr: Optional[TagPRFields] = None
+
+    def token_limit(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+def question_of(req: ChatCompletionRequest, store: ProfileStore) -> Prompt:
+    """The TagPR question a chat asks: the last user message is the LaMP input; the profile is
+    ``tagpr.profile`` when sent (and then stored under ``user``), else the stored ``user``'s; the
+    task is ``tagpr.task``, else the stored user's. Raises :class:`ChatIssue` naming the field."""
+    users = [m for m in req.messages if m.role == "user"]
+    if not users or not users[-1].text().strip():
+        raise ChatIssue([("messages", "needs a user message with the question (the LaMP input)")])
+    ext = req.tagpr or TagPRFields()
+    stored = store.get(req.user) if req.user else None
+    if ext.profile is None and stored is None:
+        raise ChatIssue([("user", f"unknown user {req.user!r}: send tagpr.profile and tagpr.task once" if req.user
+                          else "name a user whose profile the service holds, or send tagpr.profile and tagpr.task")])
+    task = ext.task or (stored.task if stored else None)
+    if task is None:
+        raise ChatIssue([("tagpr.task", "required with a profile sent inline")])
+    t = get_task(task)
+    if ext.profile is not None:
+        missing = [(field_path("tagpr", "profile", j, f), f"missing (required for {t.name})")
+                   for j, p in enumerate(ext.profile) for f in t.profile_fields if p.get(f) is None]
+        if missing:
+            raise ChatIssue(missing)
+        if req.user:
+            store.put(req.user, t.name, ext.profile)
+        profile = tuple(ext.profile)
+    else:
+        profile = stored.profile
+    return Prompt(req.user or "request", t.name, users[-1].text(), profile, user_id=req.user)
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def completion(answer: Answer, model: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
+               cid: str | None = None) -> dict[str, Any]:
+    """The whole answer as OpenAI's ``chat.completion``: the answer as ``content``, the tagged
+    reasoning as ``reasoning_content`` (as vLLM's reasoning parsers return it)."""
+    return {
+        "id": cid or completion_id(), "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
+                     "message": {"role": "assistant", "content": answer.content,
+                                 "reasoning_content": answer.reasoning}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def events(deltas: Iterator[dict[str, str]], model: str, finish_reason: str | None = None,
+           cid: str | None = None) -> Iterator[str]:
+    """Server-sent events of ``chat.completion.chunk``: the role first, one event per delta
+    (``{"reasoning_content": ...}`` or ``{"content": ...}``), the finish reason, then ``[DONE]``."""
+    cid, created = cid or completion_id(), int(time.time())
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant"})
+    for delta in deltas:
+        yield chunk(delta)
+    yield chunk({}, finish_reason or "stop")
+    yield "data: [DONE]\n\n"
