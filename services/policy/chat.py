@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.reward.schemas import FieldValue, Text, field_path
+from services.edge import FieldValue, Text, field_path
 from tagpr.answering import Answer, ProfileStore
 from tagpr.config import TaskName
 from tagpr.lamp.io import Prompt

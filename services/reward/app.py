@@ -18,25 +18,21 @@ gives 503 with ``Retry-After``; nothing a client sends produces a 500.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import math
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services import edge
+from services.edge import ERRORS, ClientError, ErrorResponse, field_path
 from services.reward import openrlhf
 from services.reward.schemas import (
-    ErrorResponse,
     ModelInfo,
     OpenRLHFRequest,
     OpenRLHFResponse,
@@ -45,32 +41,14 @@ from services.reward.schemas import (
     RewardValue,
     ScoreRequest,
     ScoreResponse,
-    field_path,
 )
 from tagpr.config import TagPRConfig
-from tagpr.credentials import presented_token
 from tagpr.lamp.io import Prompt
 from tagpr.lamp.tasks import get_task
 from tagpr.rewards import CompositeReward, FixedScores, Judged, RewardContext, RewardInput, gated, judge
 from tagpr.tags import TagSet
 
 log = logging.getLogger("tagpr.reward")
-
-OPEN_ROUTES = ("/healthz", "/readyz")  # path suffixes: the app may sit under a route prefix
-
-
-class ClientError(HTTPException):
-    """A request the service refuses: status, message, offending fields. An ``HTTPException`` so
-    that FastAPI passes it through unchanged even when raised while the body is being read."""
-
-    def __init__(self, status: int, error: str, issues: list[tuple[str, str]] = (), headers: dict | None = None):
-        super().__init__(status_code=status, detail=error, headers=headers)
-        self.status, self.error, self.issues = status, error, list(issues)
-
-    def response(self) -> JSONResponse:
-        body = ErrorResponse(error=self.error, issues=[{"field": f, "reason": r} for f, r in self.issues])
-        return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers or {})
-
 
 # ---------------------------------------------------------------- the scorer deployment
 
@@ -188,135 +166,7 @@ app = FastAPI(
     version="1",
 )
 
-
-def _openapi() -> dict[str, Any]:
-    """FastAPI's document plus the two ways to send the token, so ``/docs`` can authorize; the
-    health routes stay open."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        spec.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer", "description": "the service's token"},
-            "basic": {"type": "http", "scheme": "basic", "description": "any user name, the token as password"},
-        }
-        spec["security"] = [{"bearer": []}, {"basic": []}]
-        for path, ops in spec["paths"].items():
-            if path.endswith(OPEN_ROUTES):
-                for op in ops.values():
-                    op["security"] = []
-        app.openapi_schema = spec
-    return app.openapi_schema
-
-
-app.openapi = _openapi
-
-
-class BodyLimit:
-    """ASGI middleware: 413 once a request body exceeds ``service.limits.max_body_bytes``."""
-
-    def __init__(self, asgi):
-        self.asgi = asgi
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.asgi(scope, receive, send)
-        from services.reward import runtime
-
-        limit = runtime.ingress.limits.max_body_bytes if runtime.ingress else 8 << 20
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = ClientError(413, "payload too large", [("body", f"more than {limit} bytes")])
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await too_big.response()(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise too_big
-            return message
-
-        try:
-            await self.asgi(scope, counted, send)
-        except ClientError as exc:
-            await exc.response()(scope, receive, send)
-
-
-app.add_middleware(BodyLimit)
-
-
-def _printable(field: str) -> str:
-    """A field path as JSON can carry it: a key holding a lone surrogate is shown escaped."""
-    return field.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-@app.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    issues = []
-    for err in exc.errors():
-        if err.get("type") == "json_invalid":
-            issues.append(("body", f"invalid JSON at position {err['loc'][-1]}: {err.get('ctx', {}).get('error', '')}"))
-            continue
-        loc = [p for p in err.get("loc", ()) if p not in ("body", "[key]")]
-        reason = err.get("msg", "invalid").removeprefix("Value error, ")
-        issues.append((_printable(field_path(*loc)) or "body", reason))
-    return ClientError(422, "invalid request", issues).response()
-
-
-@app.exception_handler(ClientError)
-async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
-    return exc.response()
-
-
-# Why FastAPI could not read a JSON body that json.loads did not call malformed.
-BODY_ERRORS = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "JSON nested too deeply"}
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    cause = exc.__cause__
-    if exc.status_code == 400 and cause is not None:  # FastAPI's "error parsing the body": the 422 of bad JSON
-        reason = next((r for t, r in BODY_ERRORS.items() if isinstance(cause, t)), "not a JSON document")
-        return ClientError(422, "invalid request", [("body", reason)]).response()
-    return ClientError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
-
-
-@app.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s", request.url.path)
-    return ClientError(500, "internal error").response()
-
-
-@app.middleware("http")
-async def _auth_and_metrics(request: Request, call_next):
-    from services.reward import runtime
-
-    ingress = runtime.ingress
-    start = time.perf_counter()
-    if ingress is not None and ingress.token_sha256 and not request.url.path.endswith(OPEN_ROUTES):
-        token = presented_token(request.headers.get("authorization", ""))
-        digest = hashlib.sha256(token.encode()).hexdigest() if token is not None else ""
-        if not hmac.compare_digest(digest, ingress.token_sha256):
-            response = ClientError(401, "unauthorized", [("Authorization", "missing or wrong token (Bearer, or the "
-                                                          "password of Basic)")],
-                                   {"WWW-Authenticate": 'Bearer, Basic realm="tagpr-reward"'}).response()
-            ingress.metrics.observe(request.url.path, 401, time.perf_counter() - start)
-            return response
-    response = await call_next(request)
-    if ingress is not None:
-        items = getattr(request.state, "items", 0)
-        ingress.metrics.observe(request.url.path, response.status_code, time.perf_counter() - start, items)
-    return response
-
-
-# Everything the ingress class uses must be defined above it: @serve.ingress serializes the app
-# (and with it the routes' globals) when the class is decorated.
-ERRORS = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-          503: {"model": ErrorResponse}}
+edge.install(app, "reward")
 
 
 @serve.deployment(name="RewardIngress")
@@ -324,21 +174,16 @@ ERRORS = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"m
 class RewardIngress:
     def __init__(self, scorer, config: dict[str, Any], token_sha256: Optional[str] = None,
                  strip_tokens: tuple[str, ...] = openrlhf.COMMON_SPECIAL_TOKENS):
-        from services.reward.metrics import IngressMetrics
-
         self.scorer = scorer
         self.cfg = TagPRConfig.model_validate(config)
         self.limits = self.cfg.service.limits
         self.tags = TagSet(self.cfg.tags)
         self.queries = openrlhf.QuerySplitter(strip_tokens, keep=self.tags.tokens())
         self.stages = {s.name: s.weights for s in self.cfg.rl.stages}
-        self.token_sha256 = token_sha256
         self.retry_after = str(math.ceil(self.cfg.service.retry_after_s))
-        self.metrics = IngressMetrics()
+        self.edge = edge.Edge(token_sha256, self.limits.max_body_bytes, edge.IngressMetrics("reward"))
         self.profiles: OrderedDict[str, list[dict]] = OrderedDict()  # user_id -> profile, per ingress replica
-        from services.reward import runtime
-
-        runtime.ingress = self
+        edge.register("reward", self.edge)
 
     # ------------------------------------------------------------ input handling
 
@@ -458,7 +303,7 @@ class RewardIngress:
         ``tagpr_ingress_requests_total{route,code}`` (requests by route and status code) and the
         histogram ``tagpr_ingress_latency_seconds{route}`` (``_bucket``, ``_sum``, ``_count``). Every
         replica's series, the scorer's included, are on Ray's metrics endpoint (``ray_tagpr_*``)."""
-        return PlainTextResponse(self.metrics.exposition(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(self.edge.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS)
     async def score(self, req: ScoreRequest, request: Request) -> ScoreResponse:

@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from services.reward.schemas import OpenRLHFRequest, OpenRLHFResponse, RewardItem, field_path
+from services.edge import field_path
+from services.reward.schemas import OpenRLHFRequest, OpenRLHFResponse, RewardItem
 from tagpr.lamp.io import Prompt
 from tagpr.tags import TagSet
 

@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from services.edge import FieldValue, Text
 from tagpr.config import TaskName
 
 if TYPE_CHECKING:
     from tagpr.rewards import RewardInput
-
-
-def field_path(*parts: Any) -> str:
-    """A field's path as errors name it: ``items[0].profile[2].text``, ``labels[3].gold``."""
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _encodable(text: str) -> str:
-    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no encoder's tokenizer takes:
-    refused here, at the edge, so they never reach (and fail) a scorer batch shared with others."""
-    bad = _SURROGATE.search(text)
-    if bad:
-        raise ValueError(f"lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}: not valid Unicode text")
-    return text
-
-
-Text = Annotated[str, AfterValidator(_encodable)]
-FieldValue = Annotated[Optional[Union[str, int, float]],
-                       AfterValidator(lambda v: _encodable(v) if isinstance(v, str) else v)]
 
 
 class Strict(BaseModel):
@@ -149,13 +124,3 @@ class ModelInfo(BaseModel):
     created: Optional[str] = None
     config: dict
     metrics: dict = Field(default_factory=dict)
-
-
-class Issue(BaseModel):
-    field: str
-    reason: str
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    issues: list[Issue] = Field(default_factory=list)

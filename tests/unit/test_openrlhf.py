@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from services.edge import field_path
 from services.reward.openrlhf import (
     COMMON_SPECIAL_TOKENS,
     LabelError,
@@ -17,7 +18,7 @@ from services.reward.openrlhf import (
     special_tokens,
     to_batch,
 )
-from services.reward.schemas import OpenRLHFRequest, RewardValue, ScoreItem, field_path
+from services.reward.schemas import OpenRLHFRequest, RewardValue, ScoreItem
 from tagpr.config import load_config
 from tagpr.credentials import presented_token
 from tagpr.lamp.io import load_split
