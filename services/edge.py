@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tagpr.credentials import presented_token
+from tagpr.credentials import presented_token, read_secret
 
 log = logging.getLogger("tagpr.service")
 
@@ -139,6 +139,13 @@ class Edge:
 
 
 _EDGES: dict[str, Edge] = {}
+
+
+def token_digest(token_env: str) -> Optional[str]:
+    """sha256 of the token in ``$token_env`` (or the file ``$token_env_FILE``), for deploying a
+    service: the token itself never enters Serve's config."""
+    token = read_secret(token_env)
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
 def register(service: str, edge: Edge) -> None:

@@ -536,6 +536,23 @@ class ServiceConfig(Section):
     limits: ServiceLimits = ServiceLimits()
 
 
+class PolicyServiceConfig(Section):
+    """``tagpr serve policy``: the trained policy answering users over an OpenAI-compatible API. It
+    shares the cluster's Serve proxy with the reward service (the first one started binds
+    host:port), so the two need different route prefixes when both run."""
+
+    host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/", description="where the app's routes start on the Serve proxy")
+    token_env: str = Field("TAGPR_POLICY_TOKEN", description="env var holding the bearer token")
+    model_name: str = Field("tagpr-policy", min_length=1, description="the model id of /v1/models and requests")
+    max_batch_size: int = Field(16, ge=1, description="requests merged into one generate call")
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    num_replicas: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="default completion budget (unset: rollout.max_tokens)")
+    limits: ServiceLimits = ServiceLimits()
+
+
 class ClusterConfig(Section):
     address: str = Field("local", description="'local' starts Ray here; 'auto' or ray://host:port joins")
     namespace: str = "tagpr"
@@ -572,6 +589,7 @@ class TagPRConfig(Section):
     rollout: RolloutConfig = RolloutConfig()
     learner: LearnerConfig = LearnerConfig()
     service: ServiceConfig = ServiceConfig()
+    policy_service: PolicyServiceConfig = PolicyServiceConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.edge import FieldValue, Text, field_path
+from services.edge import FieldValue, Text
 from tagpr.answering import Answer, ProfileStore
 from tagpr.config import TaskName
 from tagpr.lamp.io import Prompt
@@ -82,32 +82,42 @@ class ChatCompletionRequest(BaseModel):
 
 
 def question_of(req: ChatCompletionRequest, store: ProfileStore) -> Prompt:
-    """The TagPR question a chat asks: the last user message is the LaMP input; the profile is
-    ``tagpr.profile`` when sent (and then stored under ``user``), else the stored ``user``'s; the
-    task is ``tagpr.task``, else the stored user's. Raises :class:`ChatIssue` naming the field."""
+    """The TagPR question a chat asks: the last user message is the LaMP input, and the user is
+    OpenAI's ``user`` field or the ``tagpr`` extension's profile (:func:`resolve`)."""
     users = [m for m in req.messages if m.role == "user"]
     if not users or not users[-1].text().strip():
         raise ChatIssue([("messages", "needs a user message with the question (the LaMP input)")])
     ext = req.tagpr or TagPRFields()
-    stored = store.get(req.user) if req.user else None
-    if ext.profile is None and stored is None:
-        raise ChatIssue([("user", f"unknown user {req.user!r}: send tagpr.profile and tagpr.task once" if req.user
-                          else "name a user whose profile the service holds, or send tagpr.profile and tagpr.task")])
-    task = ext.task or (stored.task if stored else None)
+    return resolve(store, users[-1].text(), req.user, ext.task, ext.profile,
+                   fields=("user", "tagpr.task", "tagpr.profile"))
+
+
+def resolve(store: ProfileStore, input_text: str, user: Optional[str], task: Optional[str],
+            profile: Optional[list[dict[str, Any]]], fields: tuple[str, str, str]) -> Prompt:
+    """A question for ``user``: a profile sent with the request wins (and is stored under the user
+    for later requests), else the stored user's; the task is the request's, else the stored
+    user's. Raises :class:`ChatIssue` naming the request's field (``fields``: user, task, profile)."""
+    user_field, task_field, profile_field = fields
+    stored = store.get(user) if user else None
+    if profile is None and stored is None:
+        send = f"send {profile_field} and {task_field}"
+        raise ChatIssue([(user_field, f"unknown user {user!r}: {send} once" if user
+                          else f"name a user whose profile the service holds, or {send}")])
+    task = task or (stored.task if stored else None)
     if task is None:
-        raise ChatIssue([("tagpr.task", "required with a profile sent inline")])
+        raise ChatIssue([(task_field, f"required with {profile_field}")])
     t = get_task(task)
-    if ext.profile is not None:
-        missing = [(field_path("tagpr", "profile", j, f), f"missing (required for {t.name})")
-                   for j, p in enumerate(ext.profile) for f in t.profile_fields if p.get(f) is None]
+    if profile is not None:
+        missing = [(f"{profile_field}[{j}].{f}", f"missing (required for {t.name})")
+                   for j, p in enumerate(profile) for f in t.profile_fields if p.get(f) is None]
         if missing:
             raise ChatIssue(missing)
-        if req.user:
-            store.put(req.user, t.name, ext.profile)
-        profile = tuple(ext.profile)
+        if user:
+            store.put(user, t.name, profile)
+        items = tuple(profile)
     else:
-        profile = stored.profile
-    return Prompt(req.user or "request", t.name, users[-1].text(), profile, user_id=req.user)
+        items = stored.profile
+    return Prompt(user or "request", t.name, input_text, items, user_id=user)
 
 
 def completion_id() -> str:

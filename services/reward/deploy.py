@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Optional
 
+from services.edge import token_digest
 from tagpr.config import TagPRConfig
-from tagpr.credentials import read_secret
 
 APP_NAME = "tagpr-reward"
 log = logging.getLogger("tagpr.reward")
-
-
-def token_digest(token_env: str) -> Optional[str]:
-    """sha256 of the bearer token in ``$token_env`` (or the file ``$token_env_FILE``); the token
-    itself never enters Serve's config."""
-    token = read_secret(token_env)
-    return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
 def scorer_user_config(cfg: TagPRConfig) -> dict:

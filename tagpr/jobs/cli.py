@@ -193,29 +193,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- serve
 
 
-def cmd_serve_prmu(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.host:
-        overrides.append(f"service.host={args.host}")
-    if args.port:
-        overrides.append(f"service.port={args.port}")
-    if args.token_env:
-        overrides.append(f"service.token_env={args.token_env}")
+def _serve(args: argparse.Namespace, section: str, extra: Sequence[str], start) -> int:
+    """Load the config with the command's overrides of ``section``, refuse a non-loopback host
+    without a token, deploy with ``start(cfg)`` (returns the URL and what it serves) and stay
+    until Ctrl-C."""
+    overrides = list(args.overrides) + list(extra)
+    for flag, key in (("host", "host"), ("port", "port"), ("token_env", "token_env")):
+        if getattr(args, flag):
+            overrides.append(f"{section}.{key}={getattr(args, flag)}")
     cfg = load_config(args.config, overrides)
-    token = read_secret(cfg.service.token_env)
-    if not token and not is_loopback(cfg.service.host) and not args.allow_unauthenticated:
-        raise TagPRError(f"--host {cfg.service.host} is reachable from other machines and ${cfg.service.token_env} "
-                         "holds no bearer token: set one, or pass --allow-unauthenticated to serve without")
+    s = getattr(cfg, section)
+    token = read_secret(s.token_env)
+    if not token and not is_loopback(s.host) and not args.allow_unauthenticated:
+        raise TagPRError(f"--host {s.host} is reachable from other machines and ${s.token_env} holds no bearer "
+                         "token: set one, or pass --allow-unauthenticated to serve without")
     from actors.cluster import connect
-    from services.reward.deploy import serve_reward
-    from tagpr.prmu.checkpoint import load_meta
 
-    meta = load_meta(args.checkpoint)
     with command.job_console(args, new_run_dir(cfg, "serve") / "logs") as logs:
         connect(cfg.cluster)
-        url = serve_reward(cfg, args.checkpoint)
-        auth = f"bearer token from ${cfg.service.token_env}" if token else "no token"
-        logs.console.print(f"reward service {meta['version']} at {url} ({auth}); docs at {url}/docs")
+        url, describe = start(cfg)
+        auth = f"bearer token from ${s.token_env}" if token else "no token"
+        logs.console.print(f"{describe} at {url} ({auth}); docs at {url}/docs")
         if args.detach:
             return 0
         try:
@@ -224,6 +222,31 @@ def cmd_serve_prmu(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             logs.console.print("stopping")
     return 0
+
+
+def cmd_serve_prmu(args: argparse.Namespace) -> int:
+    def start(cfg):
+        from services.reward.deploy import serve_reward
+        from tagpr.prmu.checkpoint import load_meta
+
+        version = load_meta(args.checkpoint)["version"]
+        return serve_reward(cfg, args.checkpoint), f"reward service {version}"
+
+    return _serve(args, "service", (), start)
+
+
+def cmd_serve_policy(args: argparse.Namespace) -> int:
+    if not (Path(args.policy) / "config.json").is_file():
+        raise TagPRError(f"--policy {args.policy}: not a policy folder (no config.json)")
+
+    def start(cfg):
+        from services.policy.deploy import serve_policy
+
+        return serve_policy(cfg, args.policy, args.profiles), f"policy {args.policy}"
+
+    extra = [f"policy_service.route_prefix={args.route_prefix}"] if args.route_prefix else []
+    extra += [f"policy_service.num_replicas={args.replicas}"] if args.replicas else []
+    return _serve(args, "policy_service", extra, start)
 
 
 # ---------------------------------------------------------------- tags

@@ -82,6 +82,17 @@ def _command(parent, name: str, help_text: str, handler: str,
     return p
 
 
+def service_args(p: argparse.ArgumentParser, section: str) -> None:
+    """What every ``tagpr serve`` command takes: where to bind, the token, staying attached."""
+    p.add_argument("--host", help=f"bind address (default: {section}.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help=f"port (default: {section}.port)")
+    p.add_argument("--token-env", help=f"env var holding the bearer token (default: {section}.token_env)")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve on a non-loopback --host without a bearer token (refused otherwise)")
+    p.add_argument("--detach", action="store_true", help="return after deploying (on a running cluster)")
+    verbose_args(p)
+
+
 def _subcommands(sub, name: str, help_text: str):
     return sub.add_parser(name, help=help_text).add_subparsers(dest="action", required=True)
 
@@ -163,16 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--address", default="auto", help="Ray address (default: auto; RAY_ADDRESS wins)")
     scale.add_argument("--timeout", type=float, default=120, help="seconds to wait for the job to apply it")
 
-    serve = _command(_subcommands(sub, "serve", "services"), "prmu",
-                     "serve the PRMU reward service over HTTP (Ray Serve)", f"{CLI}:cmd_serve_prmu")
+    services = _subcommands(sub, "serve", "services")
+    serve = _command(services, "prmu", "serve the PRMU reward service over HTTP (Ray Serve)", f"{CLI}:cmd_serve_prmu")
     serve.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
-    serve.add_argument("--host", help="bind address (default: service.host, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: service.port)")
-    serve.add_argument("--token-env", help="env var holding the bearer token (default: service.token_env)")
-    serve.add_argument("--allow-unauthenticated", action="store_true",
-                       help="serve on a non-loopback --host without a bearer token (refused otherwise)")
-    serve.add_argument("--detach", action="store_true", help="return after deploying (on a running cluster)")
-    verbose_args(serve)
+    service_args(serve, "service")
+    policy = _command(services, "policy", "serve the trained policy: OpenAI-compatible chat, personalized per user "
+                      "(Ray Serve)", f"{CLI}:cmd_serve_policy")
+    policy.add_argument("--policy", required=True, help="policy folder (an SFT or RL stage's output)")
+    policy.add_argument("--profiles", help="LaMP data root whose question files give users' profiles")
+    policy.add_argument("--route-prefix", help="where the routes start (default: policy_service.route_prefix, /)")
+    policy.add_argument("--replicas", type=int, help="policy server replicas (default: policy_service.num_replicas)")
+    service_args(policy, "policy_service")
 
     tags = _command(_subcommands(sub, "tags", "the tagged-thought format"), "check",
                     "parse a response and list violated tag constraints", f"{CLI}:cmd_tags_check")

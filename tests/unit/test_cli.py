@@ -29,6 +29,7 @@ def test_eval_prints_and_writes_scores(fixtures_dir, tmp_path, capsys):
         (["scale", "rollout", "-1"], "N must be >= 0"),
         (["serve", "prmu", "--checkpoint", "ckpt", "--host", "0.0.0.0", "--token-env", "TAGPR_TEST_NO_TOKEN"],
          "--host 0.0.0.0 is reachable from other machines"),
+        (["serve", "policy", "--policy", "tests", "--token-env", "TAGPR_TEST_NO_TOKEN"], "not a policy folder"),
         (["eval", "--task", "LaMP_2", "--predictions", "p.json"], "--predictions needs --golds"),
         (["eval", "--task", "LaMP_2", "--predictions", "p", "--policy", "x"], "give --predictions"),
         (["eval", "--task", "LaMP_2", "--policy", "x"], "--policy needs --questions"),

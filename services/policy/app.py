@@ -1,0 +1,222 @@
+"""The policy service as a Ray Serve application: the trained policy answering users.
+
+Two deployments:
+
+- ``PolicyServer``: a generation engine over the policy folder, through the project's engine
+  adapter (:func:`tagpr.engines.make_engine`: vLLM, or transformers with ``rollout.engine.kind:
+  hf``); concurrent requests are merged by ``@serve.batch`` into one generate call per sampling
+  setting. It builds each prompt exactly as training and evaluation do
+  (:func:`tagpr.sft.data.prompt_text`), so a greedy answer here is the one ``tagpr eval --policy``
+  scores.
+- ``PolicyIngress``: the FastAPI app: OpenAI's ``/v1/chat/completions`` (whole or streamed as
+  server-sent events) and ``/v1/models``, the typed ``/v1/answer``, health checks and metrics. It
+  resolves whose profile a request means (:class:`tagpr.answering.ProfileStore`: LaMP files given
+  at start, and profiles requests send) and splits the response into the answer and its tagged
+  reasoning. The HTTP edge (errors, limits, token, metrics) is :mod:`services.edge`.
+
+The engine adapter generates a response whole, so a stream carries the reasoning and the answer
+once generation ends: its time to first token is the whole generation's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from ray import serve
+
+from services import edge
+from services.edge import ERRORS, ClientError, ErrorResponse
+from services.policy.chat import ChatCompletionRequest, ChatIssue, completion, events, question_of, resolve
+from services.policy.schemas import AnswerRequest, AnswerResponse, Section
+from tagpr.answering import Answer, ProfileStore
+from tagpr.config import TagPRConfig
+from tagpr.engines.base import Sampling
+from tagpr.lamp.io import Prompt
+from tagpr.tags import TagSet
+
+log = logging.getLogger("tagpr.policy")
+RETRY_AFTER = "1"  # seconds: a replica restarting or loading the policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """One generated response and its token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@serve.deployment(name="PolicyServer")
+class PolicyServer:
+    def __init__(self, policy: str, config: dict[str, Any]):
+        from tagpr.engines import make_engine
+
+        self.cfg = TagPRConfig.model_validate(config)
+        self.tags = TagSet(self.cfg.tags)
+        self.policy = policy
+        self.engine = make_engine(self.cfg.rollout.engine, policy, self.cfg.model.dtype)
+        log.info("policy %s loaded (%s engine)", policy, self.cfg.rollout.engine.kind)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.generate_batch.set_max_batch_size(int(user_config.get("max_batch_size", 16)))
+        self.generate_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.02)))
+
+    def _prompt(self, q: Prompt) -> str:
+        from tagpr.sft.data import prompt_text
+
+        return prompt_text(self.engine.tokenizer, self.tags, q.task, q.input, q.profile,
+                           self.cfg.data.prompt_profile_items)
+
+    def _run(self, requests: list[tuple[Prompt, Sampling]]) -> list[Reply]:
+        """One generate call per sampling setting among the batch's requests, in request order."""
+        texts = [self._prompt(q) for q, _ in requests]
+        out: list[Optional[Reply]] = [None] * len(requests)
+        for sampling in dict.fromkeys(s for _, s in requests):
+            idx = [i for i, (_, s) in enumerate(requests) if s == sampling]
+            for i, g in zip(idx, self.engine.generate([texts[i] for i in idx], sampling)):
+                c = g.completions[0]
+                prompt_tokens = len(self.engine.tokenizer(texts[i], add_special_tokens=False)["input_ids"])
+                out[i] = Reply(c.text, prompt_tokens, len(c.token_ids), c.finish_reason)
+        return out
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def generate_batch(self, requests: list[tuple[Prompt, Sampling]]) -> list[Reply]:
+        return await asyncio.get_running_loop().run_in_executor(None, self._run, requests)
+
+    async def generate(self, question: Prompt, sampling: Sampling) -> Reply:
+        return await self.generate_batch((question, sampling))
+
+    def info(self) -> dict[str, Any]:
+        return {"policy": self.policy, "engine": self.cfg.rollout.engine.kind}
+
+
+app = FastAPI(
+    title="TagPR policy service",
+    description="The trained TagPR policy answering users: OpenAI-compatible chat completions personalized by "
+    "OpenAI's `user` field (a user whose profile the service holds) or the `tagpr` extension field (`task`, "
+    "`profile`), and the typed `/v1/answer`. With a token, send `Authorization: Bearer <token>` (or the token as "
+    "the password of HTTP Basic).",
+    version="1",
+)
+edge.install(app, "policy")
+
+
+@serve.deployment(name="PolicyIngress")
+@serve.ingress(app)
+class PolicyIngress:
+    def __init__(self, server, config: dict[str, Any], token_sha256: Optional[str] = None,
+                 profiles: Optional[str] = None):
+        self.server = server
+        self.cfg = TagPRConfig.model_validate(config)
+        self.svc = self.cfg.policy_service
+        self.tags = TagSet(self.cfg.tags)
+        self.store = ProfileStore.from_lamp(profiles, self.cfg.data.tasks) if profiles else ProfileStore()
+        self.model = self.svc.model_name
+        self.max_tokens = self.svc.max_tokens or self.cfg.rollout.max_tokens
+        self.edge = edge.Edge(token_sha256, self.svc.limits.max_body_bytes, edge.IngressMetrics("policy"))
+        edge.register("policy", self.edge)
+
+    # ------------------------------------------------------------ answering
+
+    def _check(self, q: Prompt, fields: tuple[str, str]) -> None:
+        """413 for an input or profile over ``policy_service.limits`` (``fields``: input, profile)."""
+        lim, (input_field, profile_field) = self.svc.limits, fields
+        issues = []
+        if len(q.input) > lim.max_text_chars:
+            issues.append((input_field, f"{len(q.input)} characters, limit {lim.max_text_chars}"))
+        if len(q.profile) > lim.max_profile_items:
+            issues.append((profile_field, f"{len(q.profile)} items, limit {lim.max_profile_items}"))
+        issues += [(f"{profile_field}[{j}].{k}", f"longer than {lim.max_text_chars} characters")
+                   for j, p in enumerate(q.profile) for k, v in p.items()
+                   if isinstance(v, str) and len(v) > lim.max_text_chars]
+        if issues:
+            raise ClientError(413, "payload too large", issues)
+
+    def _sampling(self, temperature: float, top_p: float, max_tokens: Optional[int]) -> Sampling:
+        return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens or self.max_tokens,
+                        stop=tuple(self.cfg.rollout.stop), logprobs=False)
+
+    async def _reply(self, q: Prompt, sampling: Sampling) -> Reply:
+        try:
+            return await self.server.generate.remote(q, sampling)
+        except Exception as exc:  # replica restarting, overloaded
+            log.warning("policy server unavailable: %s", exc)
+            raise ClientError(503, "policy server unavailable", headers={"Retry-After": RETRY_AFTER}) from None
+
+    def _known_model(self, model: str) -> None:
+        if model != self.model:
+            raise ClientError(404, "model not found", [("model", f"this service serves {self.model!r}")])
+
+    # ------------------------------------------------------------ routes
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> dict:
+        try:
+            info = await asyncio.wait_for(self.server.info.remote(), timeout=5)
+        except Exception:
+            raise ClientError(503, "policy not loaded", headers={"Retry-After": RETRY_AFTER}) from None
+        return {"status": "ready", **info}
+
+    @app.get("/v1/models", responses=ERRORS)
+    async def models(self) -> dict:
+        """OpenAI's model list: the one policy this service serves."""
+        return {"object": "list", "data": [{"id": self.model, "object": "model", "created": int(time.time()),
+                                            "owned_by": "tagpr"}]}
+
+    @app.get("/metrics", responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus exposition"},
+        401: {"model": ErrorResponse}})
+    async def metrics(self) -> Response:
+        """This ingress replica's ``tagpr_ingress_requests_total{route,code}`` and
+        ``tagpr_ingress_latency_seconds{route}`` in Prometheus' text format."""
+        return PlainTextResponse(self.edge.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/chat/completions", responses=ERRORS)
+    async def chat(self, req: ChatCompletionRequest, request: Request) -> Response:
+        """OpenAI's chat completion for the user named by ``user`` (or the ``tagpr`` extension's
+        profile): the answer as ``content``, the tagged reasoning as ``reasoning_content``;
+        ``stream: true`` sends them as server-sent events."""
+        self._known_model(req.model)
+        try:
+            q = question_of(req, self.store)
+        except ChatIssue as exc:
+            raise ClientError(422, "invalid request", exc.issues) from None
+        self._check(q, ("messages", "tagpr.profile"))
+        request.state.items = 1
+        reply = await self._reply(q, self._sampling(req.temperature, req.top_p, req.token_limit(self.max_tokens)))
+        answer = Answer.of(reply.text, self.tags, q.task)
+        if not req.stream:
+            return completion(answer, self.model, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason)
+        deltas = [d for d in ({"reasoning_content": answer.reasoning}, {"content": answer.content})
+                  if next(iter(d.values()))]
+        return StreamingResponse(events(iter(deltas), self.model, reply.finish_reason), media_type="text/event-stream")
+
+    @app.post("/v1/answer", response_model=AnswerResponse, responses=ERRORS)
+    async def answer(self, req: AnswerRequest, request: Request) -> AnswerResponse:
+        """The TagPR answer for a user: the answer, the tagged reasoning, its sections and whether
+        the format holds."""
+        try:
+            q = resolve(self.store, req.input, req.user_id, req.task, req.profile,
+                        fields=("user_id", "task", "profile"))
+        except ChatIssue as exc:
+            raise ClientError(422, "invalid request", exc.issues) from None
+        self._check(q, ("input", "profile"))
+        request.state.items = 1
+        reply = await self._reply(q, self._sampling(req.temperature, 1.0, req.max_tokens))
+        a = Answer.of(reply.text, self.tags, q.task)
+        return AnswerResponse(answer=a.content, reasoning=a.reasoning, format_valid=a.format_valid, task=q.task,
+                              sections=[Section(tag=t, text=x) for t, x in a.sections], model=self.model,
+                              finish_reason=reply.finish_reason)
+
