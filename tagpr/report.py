@@ -11,6 +11,7 @@ Inputs are plain dicts (evaluations from :func:`tagpr.evaluation.evaluate_policy
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,20 @@ def _fmt(value: float | None, pct: bool = False, sign: bool = False) -> str:
 
 def _interval(i: dict[str, Any]) -> str:
     return f"{_fmt(i['estimate'], sign=True)} [{_fmt(i['low'], sign=True)}, {_fmt(i['high'], sign=True)}]"
+
+
+def serving_commands(policy: str, profiles: str, user: str, question: str, model: str) -> list[str]:
+    """The command that serves ``policy`` with the users of ``profiles``, and one request asking
+    it for ``user`` (docs/serving.md)."""
+    body = json.dumps({"model": model, "user": user, "messages": [{"role": "user", "content": question}]})
+    return [f"tagpr serve policy --policy {shlex.quote(policy)} --profiles {shlex.quote(profiles)}",
+            f"curl -s 127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d {shlex.quote(body)}"]
+
+
+def serving_section(commands: list[str]) -> str:
+    """The report's last section: :func:`serving_commands` in a shell block."""
+    return "\n".join(["## Ask the trained policy", "", "Serve it with every user's profile from the data, then ask "
+                      "it for one of them (docs/serving.md):", "", "```bash", *commands, "```", ""])
 
 
 def render_markdown(report: dict[str, Any], title: str, notes: list[str] | None = None,

@@ -176,7 +176,17 @@ def step_report(ctx: RunContext) -> ReportResult:
     staleness over steps, tag distribution."""
     from actors.progress import dev_progress
     from tagpr.evaluation import evaluate_policy, question_ids
-    from tagpr.report import build_report, plot_report, prmu_distribution, prmu_note, read_metrics, render_markdown
+    from tagpr.lamp.io import load_split
+    from tagpr.report import (
+        build_report,
+        plot_report,
+        prmu_distribution,
+        prmu_note,
+        read_metrics,
+        render_markdown,
+        serving_commands,
+        serving_section,
+    )
 
     cfg = ctx.cfg
     limit = cfg.run.report_eval_limit
@@ -221,7 +231,14 @@ def step_report(ctx: RunContext) -> ReportResult:
             f"{r['sync_frac']:.0%}, held back by the buffer {r['blocked_frac']:.0%}"
             for name, r in split.items()) + ".")
     (ctx.run_dir / "report.json").write_text(json.dumps({**report, "evaluations": evaluations}, indent=1))
-    (ctx.run_dir / "report.md").write_text(render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots))
+    markdown = render_markdown(report, f"TagPR run {ctx.run_dir.name}", notes, plots)
+    ask = []
+    if final := policies["rl"] or policies["sft"]:  # the report ends with how to ask the trained policy
+        q = load_split(cfg.data.root, cfg.data.tasks[0], cfg.data.dev_split, cfg.data.skip_invalid).questions[0]
+        ask = serving_commands(str(Path(final).resolve()), str(Path(cfg.data.root).resolve()), q.user_id or q.id,
+                               q.input, cfg.policy_service.model_name)
+        markdown += "\n" + serving_section(ask)
+    (ctx.run_dir / "report.md").write_text(markdown)
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")
     ctx.log("report: dev task score " + ", ".join(f"{p} {v['task_score']:.3f}" for p, v in report["summary"].items())
             + "".join(f"; {c['policy']} - {c['against']} {i['estimate']:+.3f} [{i['low']:+.3f}, {i['high']:+.3f}]"
@@ -231,6 +248,8 @@ def step_report(ctx: RunContext) -> ReportResult:
     if one := [o for o in report["one_answer"] if o["policy"] in ("sft", "rl")]:
         ctx.log("report: one answer for every question: " + ", ".join(
             f"{o['policy']} {o['task']} ({o['answer'][:20]!r})" for o in one))
+    if ask:
+        ctx.log("report: ask the trained policy:\n" + "\n".join(ask))
     return ReportResult(report=str(ctx.run_dir / "report.md"), headline=report["headline"], summary=report["summary"])
 
 

@@ -140,7 +140,9 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
                                   evaluations={"start": fake_evaluation(ids, 0.5),
                                                "exploratory": rl_eval})}
     out = step_report(ctx)
-    assert lines[-1] == "report: one answer for every question: rl LaMP_3 ('3')"
+    assert lines[-2] == "report: one answer for every question: rl LaMP_3 ('3')"
+    assert lines[-1].startswith("report: ask the trained policy:\ntagpr serve policy --policy ")
+    assert f"--policy {Path('rl').resolve()} " in lines[-1] and "/v1/chat/completions" in lines[-1]  # RL's policy
     assert out.headline["label"] == "RL vs direct-answer reference"
     assert out.headline["average"] == pytest.approx((0.5 + 0.8 / 2.4) / 2)  # accuracy 0.4 -> 0.6, MAE 2.4 -> 1.6
     report = json.loads((ctx.run_dir / "report.json").read_text())
@@ -149,6 +151,7 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
     md = (ctx.run_dir / "report.md").read_text()
     assert "8 dev questions per task, drawn across all users (seed 0)" in md and "| LaMP_2 | 8 | +0.100" in md
     assert (ctx.run_dir / "dev_metrics.png").stat().st_size > 0
+    assert md.rstrip().endswith("```") and "## Ask the trained policy" in md
 
 
 def test_the_report_scores_again_what_was_scored_on_other_questions(report_ctx, monkeypatch):

@@ -14,6 +14,8 @@ from tagpr.report import (
     prmu_note,
     relative_improvement,
     render_markdown,
+    serving_commands,
+    serving_section,
 )
 
 N = 40
@@ -170,3 +172,18 @@ def test_prmu_score_distribution_is_summarised_and_plotted(tmp_path):
     assert "prmu_scores.png" in names and (tmp_path / "prmu_scores.png").stat().st_size > 0
     assert prmu_distribution(learner[-1:]) is None
     assert "prmu_scores.png" not in plot_report(report, learner[-1:], [], {}, None, tmp_path)
+
+
+def test_the_serving_commands_ask_for_a_user_in_a_request_the_service_reads(tmp_path):
+    import shlex
+
+    from services.policy.chat import ChatCompletionRequest
+
+    question = "Which tag? description: a film with \"quotes\" and 'apostrophes'"
+    serve, curl = serving_commands(str(tmp_path / "my policy"), "data/synthetic", "u 7", question, "tagpr-policy")
+    assert shlex.split(serve)[:6] == ["tagpr", "serve", "policy", "--policy", str(tmp_path / "my policy"),
+                                      "--profiles"]
+    body = shlex.split(curl)[-1]
+    req = ChatCompletionRequest.model_validate_json(body)
+    assert (req.user, req.messages[-1].content, req.model) == ("u 7", question, "tagpr-policy")
+    assert serving_section([serve, curl]).rstrip().endswith("```")
