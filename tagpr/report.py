@@ -114,11 +114,13 @@ def _interval(i: dict[str, Any]) -> str:
     return f"{_fmt(i['estimate'], sign=True)} [{_fmt(i['low'], sign=True)}, {_fmt(i['high'], sign=True)}]"
 
 
-def serving_commands(policy: str, profiles: str, user: str, question: str, model: str) -> list[str]:
-    """The command that serves ``policy`` with the users of ``profiles``, and one request asking
-    it for ``user`` (docs/serving.md)."""
+def serving_commands(config: str, policy: str, profiles: str, user: str, question: str, model: str) -> list[str]:
+    """The command that serves ``policy`` with the run's ``config`` (so the prompt is the one it
+    was trained on) and the users of ``profiles``, and one request asking it for ``user``
+    (docs/serving.md)."""
     body = json.dumps({"model": model, "user": user, "messages": [{"role": "user", "content": question}]})
-    return [f"tagpr serve policy --policy {shlex.quote(policy)} --profiles {shlex.quote(profiles)}",
+    return [f"tagpr serve policy --config {shlex.quote(config)} --policy {shlex.quote(policy)} "
+            f"--profiles {shlex.quote(profiles)}",
             f"curl -s 127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d {shlex.quote(body)}"]
 
 

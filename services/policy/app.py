@@ -23,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any, Optional
 
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from ray import serve
 
-from services import edge
+from services import edge, swap
 from services.edge import ERRORS, ClientError, ErrorResponse
 from services.policy.chat import ChatCompletionRequest, ChatIssue, completion, events, question_of, resolve
 from services.policy.schemas import AnswerRequest, AnswerResponse, Section
@@ -56,13 +58,25 @@ class Reply:
 
 @serve.deployment(name="PolicyServer")
 class PolicyServer:
-    def __init__(self, policy: str, config: dict[str, Any]):
-        from tagpr.engines import make_engine
-
+    def __init__(self, registry: str, config: dict[str, Any], poll_s: float = 1.0):
         self.cfg = TagPRConfig.model_validate(config)
         self.tags = TagSet(self.cfg.tags)
-        self.policy = policy
-        self.engine = make_engine(self.cfg.rollout.engine, policy, self.cfg.model.dtype)
+        self.engine, self.policy = None, ""
+        self._engine_lock = threading.Lock()  # held by a generate call; a swap waits for it
+        self.load(ray.get(ray.get_actor(registry).get.remote()))
+        self._watch = asyncio.get_event_loop().create_task(
+            swap.follow(registry, lambda: self.policy, self.load, "policy", poll_s))
+
+    def load(self, policy: str) -> None:
+        """A new policy's engine, built beside the serving one and switched in between two generate
+        calls; the old engine is closed then (on a GPU, both must fit while the new one loads)."""
+        from tagpr.engines import make_engine
+
+        engine = make_engine(self.cfg.rollout.engine, policy, self.cfg.model.dtype)
+        with self._engine_lock:
+            old, self.engine, self.policy = self.engine, engine, policy
+        if old is not None:
+            old.close()
         log.info("policy %s loaded (%s engine)", policy, self.cfg.rollout.engine.kind)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -76,6 +90,10 @@ class PolicyServer:
                            self.cfg.data.prompt_profile_items)
 
     def _run(self, requests: list[tuple[Prompt, Sampling]]) -> list[Reply]:
+        with self._engine_lock:
+            return self._generate(requests)
+
+    def _generate(self, requests: list[tuple[Prompt, Sampling]]) -> list[Reply]:
         """One generate call per sampling setting among the batch's requests, in request order."""
         texts = [self._prompt(q) for q, _ in requests]
         out: list[Optional[Reply]] = [None] * len(requests)

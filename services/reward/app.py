@@ -4,10 +4,8 @@ Two deployments:
 
 - ``PRMUScorer``: holds the PRMU and scores lists of judged responses; concurrent calls are
   merged by ``@serve.batch`` (batch size counted in items), and it autoscales on ongoing
-  requests. Which checkpoint to serve lives in a small named actor (``CheckpointRegistry``);
-  every replica watches it and, when it changes, loads the new model beside the old one and
-  swaps it in one assignment, so a batch already running finishes on the model it started with
-  and no replica is replaced (a redeploy would restart them and could strand requests).
+  requests. A new checkpoint is swapped in without replacing a replica (:mod:`services.swap`):
+  a batch already running finishes on the model it started with.
 - ``RewardIngress``: the FastAPI app. It validates requests, parses tagged responses, computes
   the TagPR composite reward (``tagpr.rewards``) and asks the scorer for PRMU scores.
 
@@ -29,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
-from services import edge
+from services import edge, swap
 from services.edge import ERRORS, ClientError, ErrorResponse, field_path
 from services.reward import openrlhf
 from services.reward.schemas import (
@@ -53,20 +51,6 @@ log = logging.getLogger("tagpr.reward")
 # ---------------------------------------------------------------- the scorer deployment
 
 
-@ray.remote(num_cpus=0)
-class CheckpointRegistry:
-    """The checkpoint an application should serve; scorer replicas poll it."""
-
-    def __init__(self, checkpoint: str):
-        self.checkpoint = checkpoint
-
-    def set(self, checkpoint: str) -> None:
-        self.checkpoint = checkpoint
-
-    def get(self) -> str:
-        return self.checkpoint
-
-
 @dataclass(frozen=True)
 class Scored:
     """Raw PRMU scores of one request, the checkpoint's version and its training-set statistics."""
@@ -85,9 +69,9 @@ class PRMUScorerDeployment:
         self.checkpoint: Optional[str] = None
         self.allow_hub = False
         self.metrics = ScorerMetrics()
-        self.registry = ray.get_actor(registry)
-        self.load(ray.get(self.registry.get.remote()))
-        self._watch = asyncio.get_event_loop().create_task(self._watch_registry(poll_s))
+        self.load(ray.get(ray.get_actor(registry).get.remote()))
+        self._watch = asyncio.get_event_loop().create_task(
+            swap.follow(registry, lambda: self.checkpoint, self.load, "PRMU checkpoint", poll_s))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.score_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
@@ -102,17 +86,6 @@ class PRMUScorerDeployment:
         self.scorer, self.checkpoint = scorer, checkpoint  # one assignment: in-flight batches keep theirs
         self.metrics.model(scorer.version, previous)
         log.info("PRMU %s loaded from %s", scorer.version, checkpoint)
-
-    async def _watch_registry(self, poll_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(poll_s)
-            try:
-                wanted = await self.registry.get.remote()
-                if wanted != self.checkpoint:
-                    await loop.run_in_executor(None, self.load, wanted)
-            except Exception:  # a bad checkpoint keeps the current model serving
-                log.exception("could not switch the PRMU checkpoint")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda reqs: sum(len(r) for r in reqs))
     async def score_batch(self, requests: list[list[Any]]) -> list[Scored | Exception]:

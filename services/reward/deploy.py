@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 from services.edge import token_digest
@@ -39,16 +38,10 @@ def registry_name(app_name: str) -> str:
 
 
 def _registry(app_name: str, checkpoint: str):
-    """The app's checkpoint registry (a detached named actor), created or pointed at ``checkpoint``."""
-    import ray
+    """The app's checkpoint registry (:mod:`services.swap`), created or pointed at ``checkpoint``."""
+    from services import swap
 
-    from services.reward.app import CheckpointRegistry
-
-    path = os.path.abspath(checkpoint)
-    actor = CheckpointRegistry.options(name=registry_name(app_name), lifetime="detached",
-                                       get_if_exists=True).remote(path)
-    ray.get(actor.set.remote(path))
-    return actor
+    swap.point(registry_name(app_name), checkpoint)
 
 
 def build_app(cfg: TagPRConfig, checkpoint: str, token_sha256: Optional[str] = None, batching: bool = True,

@@ -195,8 +195,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, section: str, extra: Sequence[str], start) -> int:
     """Load the config with the command's overrides of ``section``, refuse a non-loopback host
-    without a token, deploy with ``start(cfg)`` (returns the URL and what it serves) and stay
-    until Ctrl-C."""
+    without a token, deploy with ``start(cfg)`` (returns the URL, what it serves, and whether to
+    stay: a command that only changed a running service returns) and stay until Ctrl-C."""
     overrides = list(args.overrides) + list(extra)
     for flag, key in (("host", "host"), ("port", "port"), ("token_env", "token_env")):
         if getattr(args, flag):
@@ -211,10 +211,10 @@ def _serve(args: argparse.Namespace, section: str, extra: Sequence[str], start) 
 
     with command.job_console(args, new_run_dir(cfg, "serve") / "logs") as logs:
         connect(cfg.cluster)
-        url, describe = start(cfg)
+        url, describe, stay = start(cfg)
         auth = f"bearer token from ${s.token_env}" if token else "no token"
         logs.console.print(f"{describe} at {url} ({auth}); docs at {url}/docs")
-        if args.detach:
+        if args.detach or not stay:
             return 0
         try:
             while True:
@@ -230,19 +230,22 @@ def cmd_serve_prmu(args: argparse.Namespace) -> int:
         from tagpr.prmu.checkpoint import load_meta
 
         version = load_meta(args.checkpoint)["version"]
-        return serve_reward(cfg, args.checkpoint), f"reward service {version}"
+        return serve_reward(cfg, args.checkpoint), f"reward service {version}", True
 
     return _serve(args, "service", (), start)
 
 
 def cmd_serve_policy(args: argparse.Namespace) -> int:
-    if not (Path(args.policy) / "config.json").is_file():
-        raise TagPRError(f"--policy {args.policy}: not a policy folder (no config.json)")
+    """Deploy the policy service, or, where the cluster already runs it, swap the new policy in."""
+    from services.policy import deploy
+
+    deploy.check_policy(args.policy)
 
     def start(cfg):
-        from services.policy.deploy import serve_policy
-
-        return serve_policy(cfg, args.policy, args.profiles), f"policy {args.policy}"
+        if deploy.running():
+            seconds = deploy.swap_policy(args.policy)
+            return deploy.url(cfg), f"policy {args.policy} swapped in after {seconds:.0f} s", False
+        return deploy.serve_policy(cfg, args.policy, args.profiles), f"policy {args.policy}", True
 
     extra = [f"policy_service.route_prefix={args.route_prefix}"] if args.route_prefix else []
     extra += [f"policy_service.num_replicas={args.replicas}"] if args.replicas else []

@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--checkpoint", required=True, help="PRMU checkpoint folder")
     service_args(serve, "service")
     policy = _command(services, "policy", "serve the trained policy: OpenAI-compatible chat, personalized per user "
-                      "(Ray Serve)", f"{CLI}:cmd_serve_policy")
+                      "(Ray Serve); where it already runs, swap in the new policy", f"{CLI}:cmd_serve_policy")
     policy.add_argument("--policy", required=True, help="policy folder (an SFT or RL stage's output)")
     policy.add_argument("--profiles", help="LaMP data root whose question files give users' profiles")
     policy.add_argument("--route-prefix", help="where the routes start (default: policy_service.route_prefix, /)")

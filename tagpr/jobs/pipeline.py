@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from tagpr.config import TagPRConfig, new_run_dir
+from tagpr.config import RESOLVED_NAME, TagPRConfig, new_run_dir
 from tagpr.jobs import command
 from tagpr.records import Record
 from tagpr.registry import Registry
@@ -235,8 +235,9 @@ def step_report(ctx: RunContext) -> ReportResult:
     ask = []
     if final := policies["rl"] or policies["sft"]:  # the report ends with how to ask the trained policy
         q = load_split(cfg.data.root, cfg.data.tasks[0], cfg.data.dev_split, cfg.data.skip_invalid).questions[0]
-        ask = serving_commands(str(Path(final).resolve()), str(Path(cfg.data.root).resolve()), q.user_id or q.id,
-                               q.input, cfg.policy_service.model_name)
+        ask = serving_commands(str((ctx.run_dir / RESOLVED_NAME).resolve()), str(Path(final).resolve()),
+                               str(Path(cfg.data.root).resolve()), q.user_id or q.id, q.input,
+                               cfg.policy_service.model_name)
         markdown += "\n" + serving_section(ask)
     (ctx.run_dir / "report.md").write_text(markdown)
     ctx.log(f"report: {ctx.run_dir / 'report.md'}")

@@ -123,3 +123,34 @@ def test_a_wrong_token_is_refused(policy_service):
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
     assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_new_policy_is_swapped_in_under_traffic_without_a_failed_request(policy_service, answering_policy,
+                                                                          tiny_policy):
+    import threading
+
+    from services.policy.deploy import swap_policy
+
+    cfg, url, _ = policy_service
+    q = dev_question(cfg)
+    body = {"input": q.input, "user_id": q.user_id or q.id}
+    statuses, policies, stop = [], [], threading.Event()
+
+    def traffic():
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            while not stop.is_set():
+                statuses.append(c.post("/v1/answer", json=body).status_code)
+                policies.append(c.get("/readyz").json().get("policy"))
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(statuses) >= 3, 60)
+    seconds = swap_policy(str(tiny_policy), name="policy")
+    assert wait_for(lambda: policies and policies[-1] == str(tiny_policy), 30)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert seconds < 120 and set(statuses) == {200}, sorted(set(statuses))
+    assert policies[0] == str(answering_policy) and str(tiny_policy) in policies
+    swap_policy(str(answering_policy), name="policy")

@@ -141,7 +141,8 @@ def test_the_report_reuses_evaluations_of_the_same_questions_and_heads_with_the_
                                                "exploratory": rl_eval})}
     out = step_report(ctx)
     assert lines[-2] == "report: one answer for every question: rl LaMP_3 ('3')"
-    assert lines[-1].startswith("report: ask the trained policy:\ntagpr serve policy --policy ")
+    assert lines[-1].startswith(f"report: ask the trained policy:\ntagpr serve policy --config "
+                                f"{(ctx.run_dir / 'tagpr_config.yaml').resolve()} --policy ")
     assert f"--policy {Path('rl').resolve()} " in lines[-1] and "/v1/chat/completions" in lines[-1]  # RL's policy
     assert out.headline["label"] == "RL vs direct-answer reference"
     assert out.headline["average"] == pytest.approx((0.5 + 0.8 / 2.4) / 2)  # accuracy 0.4 -> 0.6, MAE 2.4 -> 1.6

@@ -180,9 +180,10 @@ def test_the_serving_commands_ask_for_a_user_in_a_request_the_service_reads(tmp_
     from services.policy.chat import ChatCompletionRequest
 
     question = "Which tag? description: a film with \"quotes\" and 'apostrophes'"
-    serve, curl = serving_commands(str(tmp_path / "my policy"), "data/synthetic", "u 7", question, "tagpr-policy")
-    assert shlex.split(serve)[:6] == ["tagpr", "serve", "policy", "--policy", str(tmp_path / "my policy"),
-                                      "--profiles"]
+    serve, curl = serving_commands("run/tagpr_config.yaml", str(tmp_path / "my policy"), "data/synthetic", "u 7",
+                                   question, "tagpr-policy")
+    assert shlex.split(serve) == ["tagpr", "serve", "policy", "--config", "run/tagpr_config.yaml", "--policy",
+                                  str(tmp_path / "my policy"), "--profiles", "data/synthetic"]
     body = shlex.split(curl)[-1]
     req = ChatCompletionRequest.model_validate_json(body)
     assert (req.user, req.messages[-1].content, req.model) == ("u 7", question, "tagpr-policy")
