@@ -92,6 +92,15 @@ class ClientError(HTTPException):
         return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers or {})
 
 
+class RequestIssues(ValueError):
+    """Mistakes in a request that its schema lets through, as (field, reason) pairs; raised by the
+    services' pure request handling and answered as a 422 by the edge."""
+
+    def __init__(self, issues: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{f}: {r}" for f, r in issues))
+        self.issues = issues
+
+
 # ---------------------------------------------------------------- per-replica state
 
 
@@ -228,6 +237,10 @@ async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
     return exc.response()
 
 
+async def _request_issues(request: Request, exc: RequestIssues) -> JSONResponse:
+    return ClientError(422, "invalid request", exc.issues).response()
+
+
 # Why FastAPI could not read a JSON body that json.loads did not call malformed.
 BODY_ERRORS = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "JSON nested too deeply"}
 
@@ -271,6 +284,7 @@ def install(app: FastAPI, service: str) -> FastAPI:
     app.add_middleware(BodyLimit, service=service)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(ClientError, _client_error)
+    app.add_exception_handler(RequestIssues, _request_issues)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.middleware("http")(functools.partial(_auth_and_metrics, service))

@@ -34,7 +34,7 @@ from ray import serve
 
 from services import edge, swap
 from services.edge import ERRORS, ClientError, ErrorResponse
-from services.policy.chat import ChatCompletionRequest, ChatIssue, completion, events, question_of, resolve
+from services.policy.chat import ChatCompletionRequest, completion, events, question_of, resolve
 from services.policy.schemas import AnswerRequest, AnswerResponse, Section
 from tagpr.answering import Answer, ProfileStore
 from tagpr.config import TagPRConfig
@@ -207,10 +207,7 @@ class PolicyIngress:
         profile): the answer as ``content``, the tagged reasoning as ``reasoning_content``;
         ``stream: true`` sends them as server-sent events."""
         self._known_model(req.model)
-        try:
-            q = question_of(req, self.store)
-        except ChatIssue as exc:
-            raise ClientError(422, "invalid request", exc.issues) from None
+        q = question_of(req, self.store)  # RequestIssues: a 422 naming the field
         self._check(q, ("messages", "tagpr.profile"))
         request.state.items = 1
         reply = await self._reply(q, self._sampling(req.temperature, req.top_p, req.token_limit(self.max_tokens)))
@@ -225,11 +222,7 @@ class PolicyIngress:
     async def answer(self, req: AnswerRequest, request: Request) -> AnswerResponse:
         """The TagPR answer for a user: the answer, the tagged reasoning, its sections and whether
         the format holds."""
-        try:
-            q = resolve(self.store, req.input, req.user_id, req.task, req.profile,
-                        fields=("user_id", "task", "profile"))
-        except ChatIssue as exc:
-            raise ClientError(422, "invalid request", exc.issues) from None
+        q = resolve(self.store, req.input, req.user_id, req.task, req.profile, fields=("user_id", "task", "profile"))
         self._check(q, ("input", "profile"))
         request.state.items = 1
         reply = await self._reply(q, self._sampling(req.temperature, 1.0, req.max_tokens))

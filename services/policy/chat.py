@@ -18,19 +18,11 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.edge import FieldValue, Text
+from services.edge import FieldValue, RequestIssues, Text
 from tagpr.answering import Answer, ProfileStore
 from tagpr.config import TaskName
 from tagpr.lamp.io import Prompt
 from tagpr.lamp.tasks import get_task
-
-
-class ChatIssue(ValueError):
-    """A chat request the service cannot answer, as (field, reason) pairs."""
-
-    def __init__(self, issues: list[tuple[str, str]]):
-        super().__init__("; ".join(f"{f}: {r}" for f, r in issues))
-        self.issues = issues
 
 
 class TextPart(BaseModel):
@@ -86,7 +78,7 @@ def question_of(req: ChatCompletionRequest, store: ProfileStore) -> Prompt:
     OpenAI's ``user`` field or the ``tagpr`` extension's profile (:func:`resolve`)."""
     users = [m for m in req.messages if m.role == "user"]
     if not users or not users[-1].text().strip():
-        raise ChatIssue([("messages", "needs a user message with the question (the LaMP input)")])
+        raise RequestIssues([("messages", "needs a user message with the question (the LaMP input)")])
     ext = req.tagpr or TagPRFields()
     return resolve(store, users[-1].text(), req.user, ext.task, ext.profile,
                    fields=("user", "tagpr.task", "tagpr.profile"))
@@ -96,22 +88,22 @@ def resolve(store: ProfileStore, input_text: str, user: Optional[str], task: Opt
             profile: Optional[list[dict[str, Any]]], fields: tuple[str, str, str]) -> Prompt:
     """A question for ``user``: a profile sent with the request wins (and is stored under the user
     for later requests), else the stored user's; the task is the request's, else the stored
-    user's. Raises :class:`ChatIssue` naming the request's field (``fields``: user, task, profile)."""
+    user's. Raises :class:`RequestIssues` naming the request's field (``fields``: user, task, profile)."""
     user_field, task_field, profile_field = fields
     stored = store.get(user) if user else None
     if profile is None and stored is None:
         send = f"send {profile_field} and {task_field}"
-        raise ChatIssue([(user_field, f"unknown user {user!r}: {send} once" if user
+        raise RequestIssues([(user_field, f"unknown user {user!r}: {send} once" if user
                           else f"name a user whose profile the service holds, or {send}")])
     task = task or (stored.task if stored else None)
     if task is None:
-        raise ChatIssue([(task_field, f"required with {profile_field}")])
+        raise RequestIssues([(task_field, f"required with {profile_field}")])
     t = get_task(task)
     if profile is not None:
         missing = [(f"{profile_field}[{j}].{f}", f"missing (required for {t.name})")
                    for j, p in enumerate(profile) for f in t.profile_fields if p.get(f) is None]
         if missing:
-            raise ChatIssue(missing)
+            raise RequestIssues(missing)
         if user:
             store.put(user, t.name, profile)
         items = tuple(profile)

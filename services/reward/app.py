@@ -299,10 +299,7 @@ class RewardIngress:
         """OpenRLHF's remote reward-model protocol: point ``--reward.remote_url`` (``--remote_rm_url``)
         here. Errors name the OpenRLHF field: ``query[i]``, ``prompts[i]``, ``labels[i].gold``."""
         request.state.items = len(req.query)
-        try:
-            batch = openrlhf.to_batch(req, task, self.queries)
-        except openrlhf.LabelError as exc:
-            raise ClientError(422, "invalid request", exc.issues) from None
+        batch = openrlhf.to_batch(req, task, self.queries)  # RequestIssues: a 422 naming the OpenRLHF field
         if not batch.items:
             return openrlhf.answer([])
         try:

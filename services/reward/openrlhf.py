@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from services.edge import field_path
+from services.edge import RequestIssues, field_path
 from services.reward.schemas import OpenRLHFRequest, OpenRLHFResponse, RewardItem
 from tagpr.lamp.io import Prompt
 from tagpr.tags import TagSet
@@ -116,25 +116,17 @@ def label_fields(label: Any, task: Optional[str], i: int) -> dict[str, Any]:
         try:
             fields = json.loads(label)
         except json.JSONDecodeError as exc:
-            raise LabelError([(where, f"invalid JSON: {exc.msg}")]) from None
+            raise RequestIssues([(where, f"invalid JSON: {exc.msg}")]) from None
         if not isinstance(fields, dict):
-            raise LabelError([(where, "expected a JSON object")])
+            raise RequestIssues([(where, "expected a JSON object")])
     if isinstance(fields, dict):
         if "response" in fields:
-            raise LabelError([(f"{where}.response", "not a label field: the response is query[i] after prompts[i]")])
+            raise RequestIssues([(f"{where}.response", "not a label field: the response is query[i] after prompts[i]")])
         return {"task": task, **fields} if task else dict(fields)  # the label's own task wins
     if not task:
         reason = "empty: the dataset row has no label; " if label == "" else "a plain gold string needs ?task=LaMP_k; "
-        raise LabelError([(where, reason + 'or label rows {"task": ..., "gold": ...}')])
+        raise RequestIssues([(where, reason + 'or label rows {"task": ..., "gold": ...}')])
     return {"task": task, "gold": label}
-
-
-class LabelError(ValueError):
-    """Client mistakes in an OpenRLHF request, as (field, reason) pairs."""
-
-    def __init__(self, issues: list[tuple[str, str]]):
-        super().__init__("; ".join(f"{f}: {r}" for f, r in issues))
-        self.issues = issues
 
 
 @dataclass
@@ -163,7 +155,7 @@ _ITEM_FIELD = re.compile(r"items\[(\d+)\](?:\.(\w+))?(.*)")
 
 
 def to_batch(req: OpenRLHFRequest, task: Optional[str], splitter: QuerySplitter) -> Batch:
-    """The reward items of a request; every mistake raises :class:`LabelError` naming the
+    """The reward items of a request; every mistake raises :class:`RequestIssues` naming the
     OpenRLHF field (``query[i]``, ``prompts[i]``, ``labels[i].gold``)."""
     n = len(req.query)
     issues = [(k, f"has {len(v)} entries, query has {n}") for k, v in (("prompts", req.prompts),
@@ -171,7 +163,7 @@ def to_batch(req: OpenRLHFRequest, task: Optional[str], splitter: QuerySplitter)
     if req.labels is None:
         issues.append(("labels", "required: the gold answers (JSON objects, or strings with ?task=)"))
     if issues:
-        raise LabelError(issues)
+        raise RequestIssues(issues)
     batch = Batch([], [])
     for i, (query, label) in enumerate(zip(req.query, req.labels)):
         prompt = req.prompts[i] if req.prompts else ""
@@ -181,7 +173,7 @@ def to_batch(req: OpenRLHFRequest, task: Optional[str], splitter: QuerySplitter)
         try:
             batch.items.append(RewardItem(response=splitter.response(query, prompt), **fields))
         except ValidationError as exc:
-            raise LabelError([(batch.field(field_path("items", i, *e["loc"])), e["msg"].removeprefix(
+            raise RequestIssues([(batch.field(field_path("items", i, *e["loc"])), e["msg"].removeprefix(
                 "Value error, ")) for e in exc.errors()]) from None
     return batch
 

@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from services.edge import field_path
+from services.edge import RequestIssues, field_path
 from services.reward.openrlhf import (
     COMMON_SPECIAL_TOKENS,
-    LabelError,
     QuerySplitter,
     answer,
     dataset_row,
@@ -101,7 +100,7 @@ def test_label_mistakes_name_the_openrlhf_field(label, task, field, reason):
     if field is None:
         label_fields(label, task, 4)
         return
-    with pytest.raises(LabelError) as err:
+    with pytest.raises(RequestIssues) as err:
         label_fields(label, task, 4)
     assert err.value.issues[0][0] == field and reason in err.value.issues[0][1]
 
@@ -137,13 +136,13 @@ def test_a_batch_reads_input_from_the_label_or_else_from_the_prompt():
     (None, "labels", "required"),
 ])
 def test_batch_mistakes_name_the_openrlhf_field(labels, field, reason):
-    with pytest.raises(LabelError) as err:
+    with pytest.raises(RequestIssues) as err:
         to_batch(request(["<answer>4</answer>"], labels), None, SPLIT)
     assert [f for f, _ in err.value.issues] == [field] and reason in err.value.issues[0][1], err.value.issues
 
 
 def test_a_lone_surrogate_is_refused_where_it_stands():
-    with pytest.raises(LabelError) as err:
+    with pytest.raises(RequestIssues) as err:
         to_batch(request(["ok"], [{"task": "LaMP_2", "gold": "x", "input": "a\ud800"}]), None, SPLIT)
     assert err.value.issues[0][0] == "labels[0].input" and "U+D800" in err.value.issues[0][1]
     with pytest.raises(ValueError, match="lone surrogate U\\+DC00 at character 2"):

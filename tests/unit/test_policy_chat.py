@@ -8,7 +8,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from services.policy.chat import ChatCompletionRequest, ChatIssue, completion, events, question_of
+from services.edge import RequestIssues
+from services.policy.chat import ChatCompletionRequest, completion, events, question_of
 from tagpr.answering import Answer, ProfileStore, UserProfile
 
 PROFILE = [{"id": "1", "description": "A starship crew.", "tag": "sci-fi"}]
@@ -53,7 +54,7 @@ def test_the_last_user_message_is_the_input_and_content_parts_are_text():
     ({"user": "u1", "messages": [{"role": "system", "content": "only a system message"}]}, "messages", "user message"),
 ])
 def test_requests_that_cannot_be_answered_name_the_field(kw, field, reason):
-    with pytest.raises(ChatIssue) as err:
+    with pytest.raises(RequestIssues) as err:
         question_of(chat(**kw), store())
     assert err.value.issues[0][0] == field and reason in err.value.issues[0][1]
 
