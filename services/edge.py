@@ -21,6 +21,7 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional, Union
 
@@ -90,6 +91,18 @@ class ClientError(HTTPException):
     def response(self) -> JSONResponse:
         body = ErrorResponse(error=self.error, issues=[{"field": f, "reason": r} for f, r in self.issues])
         return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers or {})
+
+
+def size_issues(limits: Any, texts: Mapping[str, str], profile: Sequence[Mapping[str, Any]],
+                profile_field: str) -> list[tuple[str, str]]:
+    """Fields over a service's ``limits`` (``ServiceLimits``): each text of ``texts`` (field ->
+    text), the number of profile items, and each profile item's texts; a 413 for the caller."""
+    chars, items = limits.max_text_chars, limits.max_profile_items
+    issues = [(f, f"{len(t)} characters, limit {chars}") for f, t in texts.items() if len(t) > chars]
+    if len(profile) > items:
+        issues.append((profile_field, f"{len(profile)} items, limit {items}"))
+    return issues + [(f"{profile_field}[{j}].{k}", f"longer than {chars} characters")
+                     for j, p in enumerate(profile) for k, v in p.items() if isinstance(v, str) and len(v) > chars]
 
 
 class RequestIssues(ValueError):

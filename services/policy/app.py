@@ -101,8 +101,7 @@ class PolicyServer:
             idx = [i for i, (_, s) in enumerate(requests) if s == sampling]
             for i, g in zip(idx, self.engine.generate([texts[i] for i in idx], sampling)):
                 c = g.completions[0]
-                prompt_tokens = len(self.engine.tokenizer(texts[i], add_special_tokens=False)["input_ids"])
-                out[i] = Reply(c.text, prompt_tokens, len(c.token_ids), c.finish_reason)
+                out[i] = Reply(c.text, len(g.prompt_token_ids), len(c.token_ids), c.finish_reason)
         return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
@@ -146,15 +145,8 @@ class PolicyIngress:
 
     def _check(self, q: Prompt, fields: tuple[str, str]) -> None:
         """413 for an input or profile over ``policy_service.limits`` (``fields``: input, profile)."""
-        lim, (input_field, profile_field) = self.svc.limits, fields
-        issues = []
-        if len(q.input) > lim.max_text_chars:
-            issues.append((input_field, f"{len(q.input)} characters, limit {lim.max_text_chars}"))
-        if len(q.profile) > lim.max_profile_items:
-            issues.append((profile_field, f"{len(q.profile)} items, limit {lim.max_profile_items}"))
-        issues += [(f"{profile_field}[{j}].{k}", f"longer than {lim.max_text_chars} characters")
-                   for j, p in enumerate(q.profile) for k, v in p.items()
-                   if isinstance(v, str) and len(v) > lim.max_text_chars]
+        input_field, profile_field = fields
+        issues = edge.size_issues(self.svc.limits, {input_field: q.input}, q.profile, profile_field)
         if issues:
             raise ClientError(413, "payload too large", issues)
 

@@ -164,22 +164,9 @@ class RewardIngress:
         lim = self.limits
         if len(items) > lim.max_batch_items:
             raise ClientError(413, "payload too large", [("items", f"{len(items)} items, limit {lim.max_batch_items}")])
-        issues = []
-        for i, item in enumerate(items):
-            for name in texts:
-                value = getattr(item, name, None) or ""
-                if len(value) > lim.max_text_chars:
-                    issues.append((field_path("items", i, name),
-                                   f"{len(value)} characters, limit {lim.max_text_chars}"))
-            profile = item.profile or []
-            if len(profile) > lim.max_profile_items:
-                issues.append((field_path("items", i, "profile"),
-                               f"{len(profile)} items, limit {lim.max_profile_items}"))
-            for j, p in enumerate(profile):
-                for key, value in p.items():
-                    if isinstance(value, str) and len(value) > lim.max_text_chars:
-                        issues.append((field_path("items", i, "profile", j, key),
-                                       f"longer than {lim.max_text_chars} characters"))
+        issues = [issue for i, item in enumerate(items) for issue in edge.size_issues(
+            lim, {field_path("items", i, name): getattr(item, name, None) or "" for name in texts},
+            item.profile or [], field_path("items", i, "profile"))]
         if issues:
             raise ClientError(413, "payload too large", issues)
 
