@@ -96,3 +96,49 @@ class Answer:
         return cls(content=checked.answer or "", reasoning=reasoning.strip(),
                    sections=tuple((s.tag, s.text) for s in checked.parsed.sections if s.tag != tags.answer_tag),
                    format_valid=bool(format_valid(checked, t)))
+
+
+class AnswerStream:
+    """A response arriving in pieces, split as it comes into ``reasoning_content`` and ``content``
+    deltas: the reasoning is the text before the first ``<answer>``, the content the text inside it.
+
+    Text that may still turn out to be part of a tag (``<ans``), and whitespace that may end a
+    section, is held back until the next piece decides it, so for a response with one answer
+    section at its end the joined deltas equal :meth:`Answer.of`'s ``reasoning`` and ``content``.
+    A stream cannot take text back: for a malformed response (no answer, or one that is not last)
+    it still splits at the first ``<answer>``, where :meth:`Answer.of` reads the whole text.
+    """
+
+    def __init__(self, tags: TagSet):
+        self.opening, self.closing = f"<{tags.answer_tag}>", f"</{tags.answer_tag}>"
+        self.field, self.pending, self.started = "reasoning_content", "", False
+
+    def _emit(self, text: str) -> list[dict[str, str]]:
+        text = text if self.started else text.lstrip()
+        self.started = self.started or bool(text)
+        return [{self.field: text}] if text else []
+
+    def feed(self, text: str) -> list[dict[str, str]]:
+        """The deltas ``text`` decides, in order."""
+        if self.field == "":
+            return []
+        self.pending += text
+        marker = self.opening if self.field == "reasoning_content" else self.closing
+        at = self.pending.find(marker)
+        if at >= 0:
+            out, rest = self._emit(self.pending[:at].rstrip()), self.pending[at + len(marker):]
+            self.pending, self.started = "", False
+            self.field = "content" if self.field == "reasoning_content" else ""
+            return out + self.feed(rest)
+        keep = next((k for k in range(min(len(marker) - 1, len(self.pending)), 0, -1)
+                     if marker.startswith(self.pending[-k:])), 0)
+        settled = self.pending[: len(self.pending) - keep]
+        decided = settled.rstrip()
+        self.pending = self.pending[len(decided):]
+        return self._emit(decided)
+
+    def close(self) -> list[dict[str, str]]:
+        """The deltas held back when the response ends."""
+        out = self._emit(self.pending.rstrip()) if self.field else []
+        self.pending, self.field = "", ""
+        return out

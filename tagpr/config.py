@@ -546,11 +546,30 @@ class PolicyServiceConfig(Section):
     route_prefix: str = Field("/", pattern=r"^/", description="where the app's routes start on the Serve proxy")
     token_env: str = Field("TAGPR_POLICY_TOKEN", description="env var holding the bearer token")
     model_name: str = Field("tagpr-policy", min_length=1, description="the model id of /v1/models and requests")
-    max_batch_size: int = Field(16, ge=1, description="requests merged into one generate call")
-    batch_wait_timeout_s: float = Field(0.02, ge=0)
-    num_replicas: int = Field(1, ge=1)
+    backend: Literal["serve_llm", "adapter"] = Field("serve_llm", description=(
+        "serve_llm: Ray Serve's LLM serving (vLLM's async engine, continuous batching, tokens streamed as "
+        "generated); adapter: a Serve deployment over the project's engine adapter (whole responses; the one "
+        "that runs rollout.engine.kind hf)"))
+    max_batch_size: int = Field(16, ge=1, description="adapter: requests merged into one generate call")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="adapter: how long a batch waits to fill")
+    min_replicas: int = Field(1, ge=1, description="engine replicas (each holds the policy)")
+    max_replicas: int = Field(1, ge=1, description="above min_replicas: Serve autoscales between the two")
+    target_ongoing_requests: float = Field(16, gt=0, description="autoscaling: requests in flight per replica")
     max_tokens: int | None = Field(None, ge=1, description="default completion budget (unset: rollout.max_tokens)")
     limits: ServiceLimits = ServiceLimits()
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> "PolicyServiceConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+    def replicas(self) -> dict[str, Any]:
+        """Serve's deployment options for the engine replicas: a fixed count, or autoscaling."""
+        if self.max_replicas == self.min_replicas:
+            return {"num_replicas": self.min_replicas}
+        return {"autoscaling_config": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                       "target_ongoing_requests": self.target_ongoing_requests}}
 
 
 class ClusterConfig(Section):

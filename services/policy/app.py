@@ -1,30 +1,25 @@
 """The policy service as a Ray Serve application: the trained policy answering users.
 
-Two deployments:
+``PolicyIngress`` is the FastAPI app: OpenAI's ``/v1/chat/completions`` (whole or streamed as
+server-sent events) and ``/v1/models``, the typed ``/v1/answer``, health checks and metrics. It
+resolves whose profile a request means (:class:`tagpr.answering.ProfileStore`: LaMP files given at
+start, and profiles requests send), asks the backend (:mod:`services.policy.backends`: Ray Serve's
+``LLMServer``, or ``PolicyServer`` below) for the response, and splits it into the answer and its
+tagged reasoning, as it arrives when streaming. The HTTP edge (errors, limits, token, metrics) is
+:mod:`services.edge`.
 
-- ``PolicyServer``: a generation engine over the policy folder, through the project's engine
-  adapter (:func:`tagpr.engines.make_engine`: vLLM, or transformers with ``rollout.engine.kind:
-  hf``); concurrent requests are merged by ``@serve.batch`` into one generate call per sampling
-  setting. It builds each prompt exactly as training and evaluation do
-  (:func:`tagpr.sft.data.prompt_text`), so a greedy answer here is the one ``tagpr eval --policy``
-  scores.
-- ``PolicyIngress``: the FastAPI app: OpenAI's ``/v1/chat/completions`` (whole or streamed as
-  server-sent events) and ``/v1/models``, the typed ``/v1/answer``, health checks and metrics. It
-  resolves whose profile a request means (:class:`tagpr.answering.ProfileStore`: LaMP files given
-  at start, and profiles requests send) and splits the response into the answer and its tagged
-  reasoning. The HTTP edge (errors, limits, token, metrics) is :mod:`services.edge`.
-
-The engine adapter generates a response whole, so a stream carries the reasoning and the answer
-once generation ends: its time to first token is the whole generation's.
+``PolicyServer`` is the ``adapter`` backend: a generation engine over the policy folder through
+the project's engine adapter (:func:`tagpr.engines.make_engine`); concurrent requests are merged
+by ``@serve.batch`` into one generate call per sampling setting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Optional
 
 import ray
@@ -34,6 +29,7 @@ from ray import serve
 
 from services import edge, swap
 from services.edge import ERRORS, ClientError, ErrorResponse
+from services.policy.backends import BACKENDS, BackendError, Piece, build_prompt
 from services.policy.chat import ChatCompletionRequest, completion, events, question_of, resolve
 from services.policy.schemas import AnswerRequest, AnswerResponse, Section
 from tagpr.answering import Answer, ProfileStore
@@ -46,21 +42,10 @@ log = logging.getLogger("tagpr.policy")
 RETRY_AFTER = "1"  # seconds: a replica restarting or loading the policy
 
 
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """One generated response and its token counts."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-
-
 @serve.deployment(name="PolicyServer")
 class PolicyServer:
     def __init__(self, registry: str, config: dict[str, Any], poll_s: float = 1.0):
         self.cfg = TagPRConfig.model_validate(config)
-        self.tags = TagSet(self.cfg.tags)
         self.engine, self.policy = None, ""
         self._engine_lock = threading.Lock()  # held by a generate call; a swap waits for it
         self.load(ray.get(ray.get_actor(registry).get.remote()))
@@ -83,32 +68,26 @@ class PolicyServer:
         self.generate_batch.set_max_batch_size(int(user_config.get("max_batch_size", 16)))
         self.generate_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.02)))
 
-    def _prompt(self, q: Prompt) -> str:
-        from tagpr.sft.data import prompt_text
-
-        return prompt_text(self.engine.tokenizer, self.tags, q.task, q.input, q.profile,
-                           self.cfg.data.prompt_profile_items)
-
-    def _run(self, requests: list[tuple[Prompt, Sampling]]) -> list[Reply]:
+    def _run(self, requests: list[tuple[Prompt, Sampling]]) -> list[Piece]:
         with self._engine_lock:
             return self._generate(requests)
 
-    def _generate(self, requests: list[tuple[Prompt, Sampling]]) -> list[Reply]:
+    def _generate(self, requests: list[tuple[Prompt, Sampling]]) -> list[Piece]:
         """One generate call per sampling setting among the batch's requests, in request order."""
-        texts = [self._prompt(q) for q, _ in requests]
-        out: list[Optional[Reply]] = [None] * len(requests)
+        texts = [build_prompt(self.engine.tokenizer, self.cfg, q) for q, _ in requests]
+        out: list[Optional[Piece]] = [None] * len(requests)
         for sampling in dict.fromkeys(s for _, s in requests):
             idx = [i for i, (_, s) in enumerate(requests) if s == sampling]
             for i, g in zip(idx, self.engine.generate([texts[i] for i in idx], sampling)):
                 c = g.completions[0]
-                out[i] = Reply(c.text, len(g.prompt_token_ids), len(c.token_ids), c.finish_reason)
+                out[i] = Piece(c.text, c.finish_reason, len(g.prompt_token_ids), len(c.token_ids))
         return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, requests: list[tuple[Prompt, Sampling]]) -> list[Reply]:
+    async def generate_batch(self, requests: list[tuple[Prompt, Sampling]]) -> list[Piece]:
         return await asyncio.get_running_loop().run_in_executor(None, self._run, requests)
 
-    async def generate(self, question: Prompt, sampling: Sampling) -> Reply:
+    async def generate(self, question: Prompt, sampling: Sampling) -> Piece:
         return await self.generate_batch((question, sampling))
 
     def info(self) -> dict[str, Any]:
@@ -129,11 +108,11 @@ edge.install(app, "policy")
 @serve.deployment(name="PolicyIngress")
 @serve.ingress(app)
 class PolicyIngress:
-    def __init__(self, server, config: dict[str, Any], token_sha256: Optional[str] = None,
+    def __init__(self, server, config: dict[str, Any], policy: str, token_sha256: Optional[str] = None,
                  profiles: Optional[str] = None):
-        self.server = server
         self.cfg = TagPRConfig.model_validate(config)
         self.svc = self.cfg.policy_service
+        self.backend = BACKENDS.get(self.svc.backend)(server, self.cfg, policy)
         self.tags = TagSet(self.cfg.tags)
         self.store = ProfileStore.from_lamp(profiles, self.cfg.data.tasks) if profiles else ProfileStore()
         self.model = self.svc.model_name
@@ -154,12 +133,35 @@ class PolicyIngress:
         return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens or self.max_tokens,
                         stop=tuple(self.cfg.rollout.stop), logprobs=False)
 
-    async def _reply(self, q: Prompt, sampling: Sampling) -> Reply:
+    async def _pieces(self, q: Prompt, sampling: Sampling, input_field: str) -> AsyncIterator[Piece]:
+        """The backend's pieces of the response, the first one awaited before this returns, so that
+        an engine refusing the request is a 4xx naming ``input_field`` and one not running is a 503,
+        not a stream that breaks after its 200."""
+        stream = self.backend.pieces(q, sampling)
         try:
-            return await self.server.generate.remote(q, sampling)
+            first = await anext(stream)
+        except BackendError as exc:
+            if 400 <= exc.status < 500:
+                raise ClientError(exc.status, "request refused by the engine", [(input_field, exc.message)]) from None
+            log.warning("policy engine error: %s", exc.message)
+            raise ClientError(503, "policy engine error", headers={"Retry-After": RETRY_AFTER}) from None
         except Exception as exc:  # replica restarting, overloaded
             log.warning("policy server unavailable: %s", exc)
             raise ClientError(503, "policy server unavailable", headers={"Retry-After": RETRY_AFTER}) from None
+
+        async def rest() -> AsyncIterator[Piece]:
+            yield first
+            async for piece in stream:
+                yield piece
+
+        return rest()
+
+    @staticmethod
+    async def _whole(pieces: AsyncIterator[Piece]) -> Piece:
+        texts, last = [], Piece("")
+        async for last in pieces:
+            texts.append(last.text)
+        return Piece("".join(texts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
 
     def _known_model(self, model: str) -> None:
         if model != self.model:
@@ -174,7 +176,7 @@ class PolicyIngress:
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz(self) -> dict:
         try:
-            info = await asyncio.wait_for(self.server.info.remote(), timeout=5)
+            info = await asyncio.wait_for(self.backend.info(), timeout=5)
         except Exception:
             raise ClientError(503, "policy not loaded", headers={"Retry-After": RETRY_AFTER}) from None
         return {"status": "ready", **info}
@@ -202,13 +204,13 @@ class PolicyIngress:
         q = question_of(req, self.store)  # RequestIssues: a 422 naming the field
         self._check(q, ("messages", "tagpr.profile"))
         request.state.items = 1
-        reply = await self._reply(q, self._sampling(req.temperature, req.top_p, req.token_limit(self.max_tokens)))
+        sampling = self._sampling(req.temperature, req.top_p, req.token_limit(self.max_tokens))
+        pieces = await self._pieces(q, sampling, "messages")
+        if req.stream:
+            return StreamingResponse(events(pieces, self.tags, self.model), media_type="text/event-stream")
+        reply = await self._whole(pieces)
         answer = Answer.of(reply.text, self.tags, q.task)
-        if not req.stream:
-            return completion(answer, self.model, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason)
-        deltas = [d for d in ({"reasoning_content": answer.reasoning}, {"content": answer.content})
-                  if next(iter(d.values()))]
-        return StreamingResponse(events(iter(deltas), self.model, reply.finish_reason), media_type="text/event-stream")
+        return completion(answer, self.model, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason)
 
     @app.post("/v1/answer", response_model=AnswerResponse, responses=ERRORS)
     async def answer(self, req: AnswerRequest, request: Request) -> AnswerResponse:
@@ -217,7 +219,7 @@ class PolicyIngress:
         q = resolve(self.store, req.input, req.user_id, req.task, req.profile, fields=("user_id", "task", "profile"))
         self._check(q, ("input", "profile"))
         request.state.items = 1
-        reply = await self._reply(q, self._sampling(req.temperature, 1.0, req.max_tokens))
+        reply = await self._whole(await self._pieces(q, self._sampling(req.temperature, 1.0, req.max_tokens), "input"))
         a = Answer.of(reply.text, self.tags, q.task)
         return AnswerResponse(answer=a.content, reasoning=a.reasoning, format_valid=a.format_valid, task=q.task,
                               sections=[Section(tag=t, text=x) for t, x in a.sections], model=self.model,

@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.edge import FieldValue, RequestIssues, Text
-from tagpr.answering import Answer, ProfileStore
+from services.policy.backends import Piece
+from tagpr.answering import Answer, AnswerStream, ProfileStore
 from tagpr.config import TaskName
 from tagpr.lamp.io import Prompt
 from tagpr.lamp.tasks import get_task
+from tagpr.tags import TagSet
 
 
 class TextPart(BaseModel):
@@ -130,10 +132,10 @@ def completion(answer: Answer, model: str, prompt_tokens: int, completion_tokens
     }
 
 
-def events(deltas: Iterator[dict[str, str]], model: str, finish_reason: str | None = None,
-           cid: str | None = None) -> Iterator[str]:
-    """Server-sent events of ``chat.completion.chunk``: the role first, one event per delta
-    (``{"reasoning_content": ...}`` or ``{"content": ...}``), the finish reason, then ``[DONE]``."""
+async def events(pieces: AsyncIterator[Piece], tags: TagSet, model: str, cid: str | None = None) -> AsyncIterator[str]:
+    """Server-sent events of ``chat.completion.chunk`` as the response's pieces arrive: the role
+    first, then ``{"reasoning_content": ...}`` and ``{"content": ...}`` deltas
+    (:class:`tagpr.answering.AnswerStream`), the finish reason, then ``[DONE]``."""
     cid, created = cid or completion_id(), int(time.time())
 
     def chunk(delta: dict[str, str], finish: str | None = None) -> str:
@@ -142,7 +144,12 @@ def events(deltas: Iterator[dict[str, str]], model: str, finish_reason: str | No
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant"})
-    for delta in deltas:
+    split, finish = AnswerStream(tags), None
+    async for piece in pieces:
+        for delta in split.feed(piece.text):
+            yield chunk(delta)
+        finish = piece.finish_reason or finish
+    for delta in split.close():
         yield chunk(delta)
-    yield chunk({}, finish_reason or "stop")
+    yield chunk({}, finish or "stop")
     yield "data: [DONE]\n\n"

@@ -24,23 +24,43 @@ def check_policy(policy: str) -> None:
 
 def build_app(cfg: TagPRConfig, policy: str, token_sha256: Optional[str] = None, profiles: Optional[str] = None,
               name: str = APP_NAME):
-    """The application: the batching policy server behind the FastAPI ingress."""
-    from services import swap
-    from services.policy.app import PolicyIngress, PolicyServer
+    """The application: the FastAPI ingress in front of the configured backend's engine
+    deployment (:mod:`services.policy.backends`)."""
+    from services.policy.app import PolicyIngress
     from tagpr.answering import ProfileStore
 
     check_policy(policy)
-    swap.point(registry_name(name), policy)
+    s = cfg.policy_service
+    if s.backend == "serve_llm" and cfg.rollout.engine.kind != "vllm":
+        raise TagPRError(f"policy_service.backend serve_llm runs vLLM; rollout.engine.kind "
+                         f"{cfg.rollout.engine.kind} needs policy_service.backend=adapter")
     if profiles:
         ProfileStore.from_lamp(profiles, cfg.data.tasks)  # fail here, not in a replica
+    policy = os.path.abspath(policy)
+    config = cfg.model_dump(mode="json")
+    server = _engine(cfg, policy, name, config)
+    return PolicyIngress.options(num_replicas=1, max_ongoing_requests=max(4 * s.max_batch_size, 64)).bind(
+        server, config, policy, token_sha256, os.path.abspath(profiles) if profiles else None)
+
+
+def _engine(cfg: TagPRConfig, policy: str, name: str, config: dict):
     s = cfg.policy_service
-    server = PolicyServer.options(
-        num_replicas=s.num_replicas, max_ongoing_requests=max(2 * s.max_batch_size, 8),
+    if s.backend == "serve_llm":
+        from ray.serve.llm import build_llm_deployment
+
+        from services.policy.backends import llm_config
+
+        return build_llm_deployment(llm_config(cfg, policy))
+    from services import swap
+    from services.policy.app import PolicyServer
+
+    swap.point(registry_name(name), policy)
+    return PolicyServer.options(
+        max_ongoing_requests=max(2 * s.max_batch_size, 8),
         ray_actor_options={"num_cpus": cfg.rollout.num_cpus, "num_gpus": cfg.rollout.num_gpus},
         user_config={"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s},
-    ).bind(registry_name(name), cfg.model_dump(mode="json"))
-    return PolicyIngress.options(num_replicas=1, max_ongoing_requests=max(4 * s.max_batch_size, 16)).bind(
-        server, cfg.model_dump(mode="json"), token_sha256, os.path.abspath(profiles) if profiles else None)
+        **s.replicas(),
+    ).bind(registry_name(name), config)
 
 
 def deploy(cfg: TagPRConfig, policy: str, profiles: Optional[str] = None, token_env: Optional[str] = None,
@@ -59,10 +79,12 @@ def running(name: str = APP_NAME) -> bool:
     return name in serve.status().applications
 
 
-def swap_policy(policy: str, name: str = APP_NAME, timeout_s: float = 600.0) -> float:
-    """Serve ``policy`` in the running application without failed requests: its replicas load it
-    beside the current engine and switch between two generate calls. Returns the seconds until a
-    replica answers with it."""
+def swap_policy(cfg: TagPRConfig, policy: str, profiles: Optional[str] = None, name: str = APP_NAME,
+                timeout_s: float = 600.0) -> float:
+    """Serve ``policy`` in the running application without failed requests; returns the seconds
+    until it answers with it. ``adapter``: its replicas load the policy beside the current engine
+    and switch between two generate calls. ``serve_llm``: a redeploy, which Serve rolls out while
+    the old replicas finish their requests and new ones wait in the queue."""
     from ray import serve
 
     from services import swap
@@ -70,6 +92,9 @@ def swap_policy(policy: str, name: str = APP_NAME, timeout_s: float = 600.0) -> 
     check_policy(policy)
     path = os.path.abspath(policy)
     start = time.monotonic()
+    if cfg.policy_service.backend == "serve_llm":
+        deploy(cfg, path, profiles, name=name)
+        return time.monotonic() - start
     swap.point(registry_name(name), path)
     server = serve.get_deployment_handle("PolicyServer", app_name=name)
     while server.info.remote().result()["policy"] != path:

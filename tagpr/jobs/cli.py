@@ -243,12 +243,16 @@ def cmd_serve_policy(args: argparse.Namespace) -> int:
 
     def start(cfg):
         if deploy.running():
-            seconds = deploy.swap_policy(args.policy)
+            seconds = deploy.swap_policy(cfg, args.policy, args.profiles)
             return deploy.url(cfg), f"policy {args.policy} swapped in after {seconds:.0f} s", False
         return deploy.serve_policy(cfg, args.policy, args.profiles), f"policy {args.policy}", True
 
     extra = [f"policy_service.route_prefix={args.route_prefix}"] if args.route_prefix else []
-    extra += [f"policy_service.num_replicas={args.replicas}"] if args.replicas else []
+    if args.replicas:
+        extra += [f"policy_service.min_replicas={args.replicas}",
+                  f"policy_service.max_replicas={max(args.replicas, args.max_replicas or 0)}"]
+    extra += [f"policy_service.max_replicas={args.max_replicas}"] if args.max_replicas else []
+    extra += [f"policy_service.backend={args.backend}"] if args.backend else []
     return _serve(args, "policy_service", extra, start)
 
 

@@ -183,7 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--policy", required=True, help="policy folder (an SFT or RL stage's output)")
     policy.add_argument("--profiles", help="LaMP data root whose question files give users' profiles")
     policy.add_argument("--route-prefix", help="where the routes start (default: policy_service.route_prefix, /)")
-    policy.add_argument("--replicas", type=int, help="policy server replicas (default: policy_service.num_replicas)")
+    policy.add_argument("--replicas", type=int, help="engine replicas, each holding the policy (default: "
+                        "policy_service.min_replicas)")
+    policy.add_argument("--max-replicas", type=int, help="autoscale between --replicas and this many replicas on "
+                        "requests in flight (policy_service.target_ongoing_requests each)")
+    policy.add_argument("--backend", choices=["serve_llm", "adapter"], help="serve_llm: Ray Serve LLM (vLLM's async "
+                        "engine, streamed tokens); adapter: the project's engine adapter (default: "
+                        "policy_service.backend)")
     service_args(policy, "policy_service")
 
     tags = _command(_subcommands(sub, "tags", "the tagged-thought format"), "check",

@@ -22,8 +22,9 @@ TOKEN = "policy-test-token"
 
 @pytest.fixture(scope="module")
 def policy_service(prmu_job, answering_policy, serve_port):
-    """The answering policy served with the PRMU job's LaMP files as profiles, behind a token, on
-    the transformers engine (the same engine and greedy decoding as evaluation below)."""
+    """The answering policy served by the ``adapter`` backend with the PRMU job's LaMP files as
+    profiles, behind a token, on the transformers engine (the same engine and greedy decoding as
+    evaluation below)."""
     from ray import serve
 
     from services.policy.deploy import deploy
@@ -34,7 +35,7 @@ def policy_service(prmu_job, answering_policy, serve_port):
         "rollout": base.rollout.model_copy(update={
             "num_cpus": 0.5, "max_tokens": 48, "engine": base.rollout.engine.model_copy(update={"kind": "hf"})}),
         "policy_service": base.policy_service.model_copy(update={
-            "limits": base.policy_service.limits.model_copy(update={"max_text_chars": 2000})}),
+            "backend": "adapter", "limits": base.policy_service.limits.model_copy(update={"max_text_chars": 2000})}),
     })
     os.environ[TOKEN_ENV] = TOKEN
     deploy(cfg, str(answering_policy), profiles=cfg.data.root, token_env=TOKEN_ENV, name="policy",
@@ -146,11 +147,11 @@ def test_a_new_policy_is_swapped_in_under_traffic_without_a_failed_request(polic
     for t in threads:
         t.start()
     assert wait_for(lambda: len(statuses) >= 3, 60)
-    seconds = swap_policy(str(tiny_policy), name="policy")
+    seconds = swap_policy(cfg, str(tiny_policy), name="policy")
     assert wait_for(lambda: policies and policies[-1] == str(tiny_policy), 30)
     stop.set()
     for t in threads:
         t.join()
     assert seconds < 120 and set(statuses) == {200}, sorted(set(statuses))
     assert policies[0] == str(answering_policy) and str(tiny_policy) in policies
-    swap_policy(str(answering_policy), name="policy")
+    swap_policy(cfg, str(answering_policy), name="policy")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tagpr.answering import Answer, ProfileStore, UserProfile
+from tagpr.answering import Answer, AnswerStream, ProfileStore, UserProfile
 from tagpr.errors import DataError, TagPRError
 from tagpr.lamp.io import load_split
 
@@ -66,3 +66,34 @@ def test_sent_profiles_are_kept_within_capacity_and_never_evict_the_files_users(
     assert store.get("c") is None and store.get("b") is not None and len(store) == 3
     with pytest.raises(TagPRError):
         store.put("e", "LaMP_9", [])
+
+
+RESPONSES = [
+    "<examine_examples>Past films are sci-fi.</examine_examples>\n<answer> sci-fi </answer>",
+    "<answer>comedy</answer>",
+    "  <identify_preference>likes <an odd> films</identify_preference> <answer>dark comedy</answer>\n",
+]
+
+
+@pytest.mark.parametrize("text", RESPONSES)
+def test_a_stream_split_anywhere_gives_what_the_whole_response_gives(tagset, text):
+    """Every way of cutting the response into two or three pieces: the joined deltas are the
+    reasoning and the answer :meth:`Answer.of` reads from the whole text."""
+    whole = Answer.of(text, tagset, "LaMP_2")
+    cuts = [(i, j) for i in range(len(text) + 1) for j in range(i, len(text) + 1)]
+    for i, j in cuts:
+        stream = AnswerStream(tagset)
+        deltas = [d for part in (text[:i], text[i:j], text[j:]) for d in stream.feed(part)] + stream.close()
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == whole.reasoning, (i, j)
+        assert "".join(d.get("content", "") for d in deltas) == whole.content, (i, j)
+        assert all(len(d) == 1 and next(iter(d.values())) for d in deltas)
+
+
+def test_a_stream_sends_reasoning_before_the_response_ends(tagset):
+    stream = AnswerStream(tagset)
+    assert stream.feed("<examine_examples>Past films") == [{"reasoning_content": "<examine_examples>Past films"}]
+    assert stream.feed(" are sci-fi.</examine_examples> <ans") == [
+        {"reasoning_content": " are sci-fi.</examine_examples>"}]
+    assert stream.feed("wer>sci") == [{"content": "sci"}]
+    assert stream.feed("-fi</answer> trailing") == [{"content": "-fi"}]
+    assert stream.close() == []

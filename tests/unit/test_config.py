@@ -209,3 +209,13 @@ def test_a_registered_plug_in_is_accepted_by_name(monkeypatch):
         load_config(None, ["rl.loss=mine"])
     Registry("policy loss").add("mine", object())
     assert load_config(None, ["rl.loss=mine"]).rl.loss == "mine"
+
+
+def test_policy_replicas_are_a_count_or_an_autoscaling_range():
+    fixed = load_config(None, ["policy_service.min_replicas=2", "policy_service.max_replicas=2"]).policy_service
+    assert fixed.replicas() == {"num_replicas": 2}
+    scaled = load_config(None, ["policy_service.max_replicas=3"]).policy_service
+    assert scaled.replicas() == {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3,
+                                                        "target_ongoing_requests": 16}}
+    with pytest.raises(ConfigError, match="max_replicas"):
+        load_config(None, ["policy_service.min_replicas=3", "policy_service.max_replicas=2"])

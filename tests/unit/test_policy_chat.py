@@ -3,12 +3,14 @@ answers to chat completions and server-sent events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from pydantic import ValidationError
 
 from services.edge import RequestIssues
+from services.policy.backends import BackendError, Piece, event_body
 from services.policy.chat import ChatCompletionRequest, completion, events, question_of
 from tagpr.answering import Answer, ProfileStore, UserProfile
 
@@ -83,12 +85,39 @@ def test_a_completion_carries_the_answer_and_the_reasoning_apart(tagset):
                        "reasoning_content": "<examine_examples>Past films are sci-fi.</examine_examples>"}
 
 
-def test_events_are_openai_chunks_ending_in_done():
-    lines = list(events(iter([{"reasoning_content": "<examine_examples>x</examine_examples>"},
-                              {"content": "sci-fi"}]), "tagpr", "length"))
+def test_events_are_openai_chunks_ending_in_done(tagset):
+    async def pieces():
+        for text in ("<examine_examples>x</examine_", "examples> <ans", "wer>sci-", "fi</answer>"):
+            yield Piece(text)
+        yield Piece("", "length", 40, 12)
+
+    async def collect():
+        return [line async for line in events(pieces(), tagset, "tagpr")]
+
+    lines = asyncio.run(collect())
     assert lines[-1] == "data: [DONE]\n\n" and all(x.startswith("data: ") and x.endswith("\n\n") for x in lines)
     chunks = [json.loads(x[6:]) for x in lines[:-1]]
     assert {c["id"] for c in chunks} == {chunks[0]["id"]} and {c["object"] for c in chunks} == {"chat.completion.chunk"}
     deltas = [c["choices"][0]["delta"] for c in chunks]
-    assert deltas[0] == {"role": "assistant"} and deltas[2] == {"content": "sci-fi"}
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "length"]
+    assert deltas == [{"role": "assistant"}, {"reasoning_content": "<examine_examples>x</examine_"},
+                      {"reasoning_content": "examples>"}, {"content": "sci-"}, {"content": "fi"}, {}]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 5 + ["length"]
+
+
+def test_the_llm_servers_events_are_read_and_its_errors_raised():
+    chunk = {"choices": [{"index": 0, "text": "sci", "finish_reason": None}]}
+    assert event_body(f"data: {json.dumps(chunk)}\n\n") == chunk
+    assert event_body("data: [DONE]\n\n") is None
+    with pytest.raises(BackendError) as refused:
+        event_body('data: {"error": {"message": "prompt is longer than the context", "code": 400}}\n\n')
+    assert refused.value.status == 400 and "context" in refused.value.message
+
+    class Info:  # the shape of vLLM's ErrorResponse.error, sent as an object instead of text
+        message, code = "engine dead", 503
+
+    class Error:
+        error = Info()
+
+    with pytest.raises(BackendError) as dead:
+        event_body(Error())
+    assert dead.value.status == 503
