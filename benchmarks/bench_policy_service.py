@@ -171,7 +171,7 @@ def _serve(cfg, policy: Path, port: int, questions: list, backend: str) -> dict:
         out.update(ttft_s=ttft, ttft_p50_s=statistics.median(ttft), ttft_p99_s=_percentile(ttft, 0.99))
         if backend == "serve_llm":
             handle = serve.get_deployment_handle(f"LLMServer:{model}", app_name=name)
-            out["handle"] = asyncio.run(_handle_load(BACKENDS.get(backend)(handle, cfg, str(policy)), questions, cfg))
+            out["handle"] = asyncio.run(_handle_load(BACKENDS.get(backend)(handle, cfg), questions, cfg))
     finally:
         serve.delete(name)
     return out
@@ -203,7 +203,8 @@ def run() -> dict:
     # machine while the engine ran alone cannot flatter the ratio
     raw = max(raw_before, raw_after, key=lambda r: r["tokens_per_s"])
     default = backends[cfg.policy_service.backend]
-    details = {"raw": raw, "raw_runs": [raw_before, raw_after], "backends": backends, "backend": cfg.policy_service.backend, "concurrency": CONCURRENCY,
+    details = {"raw": raw, "raw_runs": [raw_before, raw_after], "backends": backends,
+               "backend": cfg.policy_service.backend, "concurrency": CONCURRENCY,
                "max_tokens": MAX_TOKENS, "engine": cfg.rollout.engine.kind,
                "ratios": {b: r["service"]["tokens_per_s"] / raw["tokens_per_s"] for b, r in backends.items()},
                "handle_ratio": backends["serve_llm"]["handle"]["tokens_per_s"] / raw["tokens_per_s"],

@@ -29,7 +29,7 @@ from ray import serve
 
 from services import edge, swap
 from services.edge import ERRORS, ClientError, ErrorResponse
-from services.policy.backends import BACKENDS, BackendError, Piece, build_prompt
+from services.policy.backends import BACKENDS, BackendError, Piece
 from services.policy.chat import ChatCompletionRequest, completion, events, question_of, resolve
 from services.policy.schemas import AnswerRequest, AnswerResponse, Section
 from tagpr.answering import Answer, ProfileStore
@@ -42,10 +42,17 @@ log = logging.getLogger("tagpr.policy")
 RETRY_AFTER = "1"  # seconds: a replica restarting or loading the policy
 
 
+def refusal(exc: Exception) -> Exception:
+    """The engines raise ``ValueError`` for input they cannot take (a prompt over the context):
+    the request's fault, a 4xx; anything else stays the server's."""
+    return BackendError(400, str(exc)) if isinstance(exc, ValueError) else exc
+
+
 @serve.deployment(name="PolicyServer")
 class PolicyServer:
     def __init__(self, registry: str, config: dict[str, Any], poll_s: float = 1.0):
         self.cfg = TagPRConfig.model_validate(config)
+        self.tags = TagSet(self.cfg.tags)
         self.engine, self.policy = None, ""
         self._engine_lock = threading.Lock()  # held by a generate call; a swap waits for it
         self.load(ray.get(ray.get_actor(registry).get.remote()))
@@ -74,7 +81,10 @@ class PolicyServer:
 
     def _generate(self, requests: list[tuple[Prompt, Sampling]]) -> list[Piece]:
         """One generate call per sampling setting among the batch's requests, in request order."""
-        texts = [build_prompt(self.engine.tokenizer, self.cfg, q) for q, _ in requests]
+        from tagpr.sft.data import prompt_text
+
+        texts = [prompt_text(self.engine.tokenizer, self.tags, q.task, q.input, q.profile,
+                             self.cfg.data.prompt_profile_items) for q, _ in requests]
         out: list[Optional[Piece]] = [None] * len(requests)
         for sampling in dict.fromkeys(s for _, s in requests):
             idx = [i for i, (_, s) in enumerate(requests) if s == sampling]
@@ -84,11 +94,28 @@ class PolicyServer:
         return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, requests: list[tuple[Prompt, Sampling]]) -> list[Piece]:
-        return await asyncio.get_running_loop().run_in_executor(None, self._run, requests)
+    async def generate_batch(self, requests: list[tuple[Prompt, Sampling]]) -> list[Piece | Exception]:
+        """A batch that fails is run again one request at a time, so that one bad request (a prompt
+        over the engine's context) fails alone and not its neighbours."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self._run, requests)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [refusal(exc)]
+            log.warning("a batch of %d requests failed; generating them one by one", len(requests))
+        return [await self._alone(r) for r in requests]
+
+    async def _alone(self, request: tuple[Prompt, Sampling]) -> Piece | Exception:
+        try:
+            return (await asyncio.get_running_loop().run_in_executor(None, self._run, [request]))[0]
+        except Exception as exc:  # handed to this request's caller only
+            return refusal(exc)
 
     async def generate(self, question: Prompt, sampling: Sampling) -> Piece:
-        return await self.generate_batch((question, sampling))
+        out = await self.generate_batch((question, sampling))
+        if isinstance(out, Exception):
+            raise out
+        return out
 
     def info(self) -> dict[str, Any]:
         return {"policy": self.policy, "engine": self.cfg.rollout.engine.kind}
@@ -108,11 +135,11 @@ edge.install(app, "policy")
 @serve.deployment(name="PolicyIngress")
 @serve.ingress(app)
 class PolicyIngress:
-    def __init__(self, server, config: dict[str, Any], policy: str, token_sha256: Optional[str] = None,
+    def __init__(self, server, config: dict[str, Any], token_sha256: Optional[str] = None,
                  profiles: Optional[str] = None):
         self.cfg = TagPRConfig.model_validate(config)
         self.svc = self.cfg.policy_service
-        self.backend = BACKENDS.get(self.svc.backend)(server, self.cfg, policy)
+        self.backend = BACKENDS.get(self.svc.backend)(server, self.cfg)
         self.tags = TagSet(self.cfg.tags)
         self.store = ProfileStore.from_lamp(profiles, self.cfg.data.tasks) if profiles else ProfileStore()
         self.model = self.svc.model_name
@@ -133,21 +160,24 @@ class PolicyIngress:
         return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens or self.max_tokens,
                         stop=tuple(self.cfg.rollout.stop), logprobs=False)
 
+    @staticmethod
+    def _failure(exc: Exception, input_field: str) -> ClientError:
+        """What a client hears of a failed generation: a refusal by the engine (e.g. a prompt over its
+        context) is a 4xx naming ``input_field``; an engine error or a replica that is restarting or
+        overloaded is a 503 to retry."""
+        if isinstance(exc, BackendError) and 400 <= exc.status < 500:
+            return ClientError(exc.status, "request refused by the engine", [(input_field, exc.message)])
+        log.warning("policy generation failed: %s", exc)
+        return ClientError(503, "policy server unavailable", headers={"Retry-After": RETRY_AFTER})
+
     async def _pieces(self, q: Prompt, sampling: Sampling, input_field: str) -> AsyncIterator[Piece]:
         """The backend's pieces of the response, the first one awaited before this returns, so that
-        an engine refusing the request is a 4xx naming ``input_field`` and one not running is a 503,
-        not a stream that breaks after its 200."""
+        a failure to start is an HTTP error (:meth:`_failure`), not a stream that breaks after its 200."""
         stream = self.backend.pieces(q, sampling)
         try:
             first = await anext(stream)
-        except BackendError as exc:
-            if 400 <= exc.status < 500:
-                raise ClientError(exc.status, "request refused by the engine", [(input_field, exc.message)]) from None
-            log.warning("policy engine error: %s", exc.message)
-            raise ClientError(503, "policy engine error", headers={"Retry-After": RETRY_AFTER}) from None
-        except Exception as exc:  # replica restarting, overloaded
-            log.warning("policy server unavailable: %s", exc)
-            raise ClientError(503, "policy server unavailable", headers={"Retry-After": RETRY_AFTER}) from None
+        except Exception as exc:
+            raise self._failure(exc, input_field) from None
 
         async def rest() -> AsyncIterator[Piece]:
             yield first
@@ -156,11 +186,16 @@ class PolicyIngress:
 
         return rest()
 
-    @staticmethod
-    async def _whole(pieces: AsyncIterator[Piece]) -> Piece:
+    async def _whole(self, q: Prompt, sampling: Sampling, input_field: str) -> Piece:
+        """The whole response of a request that is not streamed."""
         texts, last = [], Piece("")
-        async for last in pieces:
-            texts.append(last.text)
+        try:
+            async for last in await self._pieces(q, sampling, input_field):
+                texts.append(last.text)
+        except ClientError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc, input_field) from None
         return Piece("".join(texts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
 
     def _known_model(self, model: str) -> None:
@@ -205,10 +240,10 @@ class PolicyIngress:
         self._check(q, ("messages", "tagpr.profile"))
         request.state.items = 1
         sampling = self._sampling(req.temperature, req.top_p, req.token_limit(self.max_tokens))
-        pieces = await self._pieces(q, sampling, "messages")
         if req.stream:
+            pieces = await self._pieces(q, sampling, "messages")
             return StreamingResponse(events(pieces, self.tags, self.model), media_type="text/event-stream")
-        reply = await self._whole(pieces)
+        reply = await self._whole(q, sampling, "messages")
         answer = Answer.of(reply.text, self.tags, q.task)
         return completion(answer, self.model, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason)
 
@@ -219,7 +254,7 @@ class PolicyIngress:
         q = resolve(self.store, req.input, req.user_id, req.task, req.profile, fields=("user_id", "task", "profile"))
         self._check(q, ("input", "profile"))
         request.state.items = 1
-        reply = await self._whole(await self._pieces(q, self._sampling(req.temperature, 1.0, req.max_tokens), "input"))
+        reply = await self._whole(q, self._sampling(req.temperature, 1.0, req.max_tokens), "input")
         a = Answer.of(reply.text, self.tags, q.task)
         return AnswerResponse(answer=a.content, reasoning=a.reasoning, format_valid=a.format_valid, task=q.task,
                               sections=[Section(tag=t, text=x) for t, x in a.sections], model=self.model,

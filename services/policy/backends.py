@@ -11,9 +11,8 @@
   generate call, which returns whole responses, so a stream's first token comes with its last. A
   new policy loads in place beside the serving one.
 
-Both yield :class:`Piece`\\ s to the ingress; the TagPR prompt is built in the backend, from the
-tokenizer of the policy it serves, with :func:`tagpr.sft.data.prompt_text` as training and
-evaluation build it.
+Both yield :class:`Piece`\\ s to the ingress, and both build the prompt next to the engine, with
+the served policy's chat template over the TagPR messages, as training and evaluation build it.
 """
 
 from __future__ import annotations
@@ -51,35 +50,32 @@ class BackendError(Exception):
         self.status, self.message = status, message
 
 
-def build_prompt(tokenizer, cfg: TagPRConfig, q: Prompt) -> str:
-    from tagpr.sft.data import prompt_text
-
-    return prompt_text(tokenizer, TagSet(cfg.tags), q.task, q.input, q.profile, cfg.data.prompt_profile_items)
-
-
 BACKENDS: Registry[type] = Registry("policy backend")
 
 
 @BACKENDS.register("serve_llm")
 class ServeLLM:
-    """The ingress's client of an ``LLMServer`` deployment (vLLM's OpenAI completions protocol)."""
+    """The ingress's client of an ``LLMServer`` deployment: OpenAI's chat protocol with the TagPR
+    messages (:func:`tagpr.prompts.messages`), which the engine turns into the prompt with the
+    served policy's own chat template, as :func:`tagpr.sft.data.prompt_text` does. Nothing here
+    depends on which policy is served, so a redeploy with a new one leaves the ingress as it is."""
 
-    def __init__(self, handle, cfg: TagPRConfig, policy: str):
-        from transformers import AutoTokenizer
-
-        self.handle, self.cfg, self.policy = handle, cfg, policy
-        self.tokenizer = AutoTokenizer.from_pretrained(policy)
+    def __init__(self, handle, cfg: TagPRConfig):
+        self.handle, self.cfg, self.tags = handle, cfg, TagSet(cfg.tags)
 
     async def pieces(self, q: Prompt, sampling: Sampling) -> AsyncIterator[Piece]:
-        from ray.serve.llm.openai_api_models import CompletionRequest
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-        req = CompletionRequest(
-            model=self.cfg.policy_service.model_name, prompt=build_prompt(self.tokenizer, self.cfg, q),
+        from tagpr.prompts import messages
+
+        req = ChatCompletionRequest(
+            model=self.cfg.policy_service.model_name,
+            messages=messages(self.tags, q.task, q.input, q.profile, self.cfg.data.prompt_profile_items),
             max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop=list(sampling.stop), include_stop_str_in_output=sampling.include_stop, seed=sampling.seed,
             stream=True, stream_options={"include_usage": True})
         finish, usage = None, {}
-        async for batch in self.handle.options(stream=True).completions.remote(req):
+        async for batch in self.handle.options(stream=True).chat.remote(req):
             for event in batch if isinstance(batch, list) else [batch]:
                 body = event_body(event)
                 if body is None:
@@ -87,13 +83,15 @@ class ServeLLM:
                 usage = body.get("usage") or usage
                 for choice in body.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
-                    if choice.get("text"):
-                        yield Piece(choice["text"])
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield Piece(text)
         yield Piece("", finish or "stop", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
     async def info(self) -> dict[str, Any]:
         await self.handle.check_health.remote()
-        return {"policy": self.policy, "backend": "serve_llm", "engine": "vllm"}
+        config = await self.handle.llm_config.remote()
+        return {"policy": config.model_loading_config.model_source, "backend": "serve_llm", "engine": "vllm"}
 
 
 def event_body(event: Any) -> Optional[dict[str, Any]]:
@@ -117,7 +115,7 @@ def event_body(event: Any) -> Optional[dict[str, Any]]:
 class Adapter:
     """The ingress's client of :class:`services.policy.app.PolicyServer`: one piece per response."""
 
-    def __init__(self, handle, cfg: TagPRConfig, policy: str):
+    def __init__(self, handle, cfg: TagPRConfig):
         self.handle = handle
 
     async def pieces(self, q: Prompt, sampling: Sampling) -> AsyncIterator[Piece]:
@@ -142,10 +140,13 @@ def llm_config(cfg: TagPRConfig, policy: str):
         kwargs.pop(own, None)
     s = cfg.policy_service
     deployment: dict[str, Any] = s.replicas()
+    # Serve replaces a deployment's replicas on a redeploy only when its options change, not its
+    # arguments: the folder in the replicas' environment makes a new policy a new version
+    env = {"TAGPR_POLICY": os.path.abspath(policy)}
     extra: dict[str, Any] = {}
     if cpu:
         deployment["ray_actor_options"] = {"num_cpus": 0}
-        extra = {"placement_group_config": {"bundles": [{"CPU": max(cfg.rollout.num_cpus, 1)}]},
-                 "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib)}}}
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.kv_cache_gib)
+        extra["placement_group_config"] = {"bundles": [{"CPU": cfg.rollout.num_cpus}]}
     return LLMConfig(model_loading_config={"model_id": s.model_name, "model_source": os.path.abspath(policy)},
-                     engine_kwargs=kwargs, deployment_config=deployment, **extra)
+                     engine_kwargs=kwargs, deployment_config=deployment, runtime_env={"env_vars": env}, **extra)

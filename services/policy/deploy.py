@@ -40,7 +40,7 @@ def build_app(cfg: TagPRConfig, policy: str, token_sha256: Optional[str] = None,
     config = cfg.model_dump(mode="json")
     server = _engine(cfg, policy, name, config)
     return PolicyIngress.options(num_replicas=1, max_ongoing_requests=max(4 * s.max_batch_size, 64)).bind(
-        server, config, policy, token_sha256, os.path.abspath(profiles) if profiles else None)
+        server, config, token_sha256, os.path.abspath(profiles) if profiles else None)
 
 
 def _engine(cfg: TagPRConfig, policy: str, name: str, config: dict):

@@ -45,6 +45,10 @@ class HFEngine(Engine):
     @torch.no_grad()
     def generate(self, prompts: Sequence[EngineInput], sampling: Sampling) -> list[Generation]:
         gens = [Generation(self._ids(p)) for p in prompts]
+        for g in gens:  # as vLLM refuses them
+            if len(g.prompt_token_ids) >= self.cfg.max_model_len:
+                raise ValueError(f"the prompt ({len(g.prompt_token_ids)} tokens) does not fit the engine's "
+                                 f"max_model_len ({self.cfg.max_model_len})")
         rows = [g for g in gens for _ in range(sampling.n)]
         seed = sampling.seed if sampling.seed is not None else self.cfg.seed
         gen = torch.Generator(device=self.device).manual_seed(seed)

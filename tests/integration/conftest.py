@@ -39,6 +39,19 @@ def prmu_job(ray_cluster, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def preference_policy(tiny_policy, tmp_path_factory):
+    """The tiny policy fine-tuned (one process, no Ray) to answer a LaMP-2 question with the tag its
+    user's profile prefers (:mod:`tests.integration.preference`); returns the config it was trained
+    with (serving must show the same number of profile items) and the folder."""
+    from tagpr.config import load_config
+
+    from .preference import train_preference_policy
+
+    cfg = load_config(None, ["data.prompt_profile_items=4"])
+    return cfg, train_preference_policy(cfg, tiny_policy, tmp_path_factory.mktemp("preference-policy"))
+
+
+@pytest.fixture(scope="session")
 def answering_policy(prmu_job, tiny_policy, tmp_path_factory):
     """The tiny policy fine-tuned briefly (one process, no Ray) to answer ``<answer>label</answer>``
     on the PRMU job's data: its samples are format-valid and differ in correctness, so RL tests get

@@ -33,7 +33,8 @@ def policy_service(prmu_job, answering_policy, serve_port):
     cfg = base.model_copy(update={
         "data": base.data.model_copy(update={"prompt_profile_items": 4}),
         "rollout": base.rollout.model_copy(update={
-            "num_cpus": 0.5, "max_tokens": 48, "engine": base.rollout.engine.model_copy(update={"kind": "hf"})}),
+            "num_cpus": 0.5, "max_tokens": 48,
+            "engine": base.rollout.engine.model_copy(update={"kind": "hf", "max_model_len": 1024})}),
         "policy_service": base.policy_service.model_copy(update={
             "backend": "adapter", "limits": base.policy_service.limits.model_copy(update={"max_text_chars": 2000})}),
     })
@@ -116,6 +117,22 @@ def test_bad_requests_are_client_errors_and_the_service_keeps_serving(policy_ser
     assert r.status_code == status, r.text
     assert any(i["field"].startswith(field) for i in r.json()["issues"]), r.json()
     assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def test_a_prompt_over_the_context_fails_alone_in_its_batch(policy_service):
+    """Sent together, so the server batches them: the one prompt the engine cannot take is a 400
+    naming the input; the others are answered."""
+    import concurrent.futures
+
+    cfg, url, _ = policy_service
+    q = dev_question(cfg)
+    bodies = [{"input": q.input, "user_id": q.user_id or q.id} for _ in range(5)]
+    bodies[2] = {**bodies[2], "input": "x " * 1000}  # within the 2,000-character limit, over 1,024 tokens
+    with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            replies = list(pool.map(lambda b: c.post("/v1/answer", json=b), bodies))
+    assert [r.status_code for r in replies] == [200, 200, 400, 200, 200], [r.text for r in replies]
+    assert replies[2].json()["issues"][0]["field"] == "input" and "max_model_len" in replies[2].text
 
 
 def test_a_wrong_token_is_refused(policy_service):
