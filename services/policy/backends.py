@@ -46,8 +46,11 @@ class BackendError(Exception):
     than the model's context) or could not run it."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
+        super().__init__(status, message)  # both in args: Ray re-creates it from them in the caller
         self.status, self.message = status, message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 BACKENDS: Registry[type] = Registry("policy backend")
