@@ -137,19 +137,19 @@ def llm_config(cfg: TagPRConfig, policy: str):
     from tagpr.engines.vllm_engine import engine_kwargs, on_cpu
 
     cpu = on_cpu()
-    engine = cfg.rollout.engine
-    kwargs = engine_kwargs(os.path.abspath(policy), cfg.model.dtype, engine, cpu)
+    engine, policy = cfg.rollout.engine, os.path.abspath(policy)
+    kwargs = engine_kwargs(policy, cfg.model.dtype, engine, cpu)
     for own in ("model", "tokenizer", "distributed_executor_backend"):  # the LLMServer's to set
         kwargs.pop(own, None)
     s = cfg.policy_service
     deployment: dict[str, Any] = s.replicas()
     # Serve replaces a deployment's replicas on a redeploy only when its options change, not its
     # arguments: the folder in the replicas' environment makes a new policy a new version
-    env = {"TAGPR_POLICY": os.path.abspath(policy)}
+    env = {"TAGPR_POLICY": policy}
     extra: dict[str, Any] = {}
     if cpu:
         deployment["ray_actor_options"] = {"num_cpus": 0}
         env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.kv_cache_gib)
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.rollout.num_cpus}]}
-    return LLMConfig(model_loading_config={"model_id": s.model_name, "model_source": os.path.abspath(policy)},
+    return LLMConfig(model_loading_config={"model_id": s.model_name, "model_source": policy},
                      engine_kwargs=kwargs, deployment_config=deployment, runtime_env={"env_vars": env}, **extra)
