@@ -10,7 +10,8 @@ side by side:
   with ``CONCURRENCY`` clients each sending one chat completion at a time over HTTP (the user's
   profile inline);
 - for ``serve_llm``, the same load sent straight to the ``LLMServer`` deployment's handle, without
-  the HTTP proxy and the ingress: where the cost of serving sits.
+  the HTTP proxy and the ingress, each response asked for whole (as the HTTP load's are) and as a
+  stream of chunks: where the cost of serving sits.
 
 Figure: completion tokens/s through the default backend's service / the raw engine (target
 >= 0.9). Beside it, time to first token of streamed requests, p50 and p99, per backend.
@@ -126,8 +127,9 @@ async def _first_tokens(url: str, questions: list, model: str) -> list[float]:
     return out
 
 
-async def _handle_load(backend, questions: list, cfg) -> dict:
-    """The HTTP load's shape sent to the backend's client in this process (no proxy, no ingress)."""
+async def _handle_load(backend, questions: list, stream: bool) -> dict:
+    """The HTTP load's shape sent to the backend's client in this process (no proxy, no ingress),
+    each response asked for whole or as a stream of chunks."""
     from tagpr.engines.base import Sampling
 
     sampling = Sampling(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=False)
@@ -138,7 +140,7 @@ async def _handle_load(backend, questions: list, cfg) -> dict:
         nonlocal tokens, requests
         i = k
         while time.perf_counter() < deadline:
-            async for piece in backend.pieces(questions[i % len(questions)], sampling):
+            async for piece in backend.pieces(questions[i % len(questions)], sampling, stream):
                 tokens += piece.completion_tokens
             requests += 1
             i += CONCURRENCY
@@ -171,7 +173,9 @@ def _serve(cfg, policy: Path, port: int, questions: list, backend: str) -> dict:
         out.update(ttft_s=ttft, ttft_p50_s=statistics.median(ttft), ttft_p99_s=_percentile(ttft, 0.99))
         if backend == "serve_llm":
             handle = serve.get_deployment_handle(f"LLMServer:{model}", app_name=name)
-            out["handle"] = asyncio.run(_handle_load(BACKENDS.get(backend)(handle, cfg), questions, cfg))
+            client = BACKENDS.get(backend)(handle, cfg)
+            out["handle"] = asyncio.run(_handle_load(client, questions, stream=False))
+            out["handle_streamed"] = asyncio.run(_handle_load(client, questions, stream=True))
     finally:
         serve.delete(name)
     return out
@@ -208,6 +212,7 @@ def run() -> dict:
                "max_tokens": MAX_TOKENS, "engine": cfg.rollout.engine.kind,
                "ratios": {b: r["service"]["tokens_per_s"] / raw["tokens_per_s"] for b, r in backends.items()},
                "handle_ratio": backends["serve_llm"]["handle"]["tokens_per_s"] / raw["tokens_per_s"],
+               "handle_streamed_ratio": backends["serve_llm"]["handle_streamed"]["tokens_per_s"] / raw["tokens_per_s"],
                "ttft_p50_s": default["ttft_p50_s"], "ttft_p99_s": default["ttft_p99_s"]}
     return {"name": "policy_service_overhead",
             "figure": f"completion tokens/s at c={CONCURRENCY}, policy service ({cfg.policy_service.backend}) / raw "
@@ -225,11 +230,12 @@ def plot(result: dict, path: Path) -> None:
     b = d["backends"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     bars = {"raw engine": d["raw"]["tokens_per_s"], "LLMServer handle": b["serve_llm"]["handle"]["tokens_per_s"],
+            "handle, streamed": b["serve_llm"]["handle_streamed"]["tokens_per_s"],
             "serve_llm HTTP": b["serve_llm"]["service"]["tokens_per_s"],
             "adapter HTTP": b["adapter"]["service"]["tokens_per_s"]}
-    axes[0].bar(list(bars), list(bars.values()), color=["#999", "#8c8cd9", "#4c72b0", "#dd8452"])
+    axes[0].bar(list(bars), list(bars.values()), color=["#999", "#8c8cd9", "#b3b3e6", "#4c72b0", "#dd8452"])
     axes[0].set_title(f"completion tokens/s, c={d['concurrency']}")
-    axes[0].tick_params(axis="x", labelsize=8)
+    axes[0].tick_params(axis="x", labelsize=8, labelrotation=20)
     for (name, r), color in zip(b.items(), ("#4c72b0", "#dd8452")):
         axes[1].hist(r["ttft_s"], bins=12, color=color, alpha=0.7,
                      label=f"{name}: p50 {r['ttft_p50_s']:.2f}, p99 {r['ttft_p99_s']:.2f}")

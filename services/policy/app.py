@@ -170,18 +170,19 @@ class PolicyIngress:
         log.warning("policy generation failed: %s", exc)
         return ClientError(503, "policy server unavailable", headers={"Retry-After": RETRY_AFTER})
 
-    async def _pieces(self, q: Prompt, sampling: Sampling, input_field: str) -> AsyncIterator[Piece]:
+    async def _pieces(self, q: Prompt, sampling: Sampling, input_field: str, stream: bool) -> AsyncIterator[Piece]:
         """The backend's pieces of the response, the first one awaited before this returns, so that
-        a failure to start is an HTTP error (:meth:`_failure`), not a stream that breaks after its 200."""
-        stream = self.backend.pieces(q, sampling)
+        a failure to start is an HTTP error (:meth:`_failure`), not a stream that breaks after its 200.
+        Not ``stream``: the backend may send the response whole, which costs less than its pieces."""
+        pieces = self.backend.pieces(q, sampling, stream)
         try:
-            first = await anext(stream)
+            first = await anext(pieces)
         except Exception as exc:
             raise self._failure(exc, input_field) from None
 
         async def rest() -> AsyncIterator[Piece]:
             yield first
-            async for piece in stream:
+            async for piece in pieces:
                 yield piece
 
         return rest()
@@ -190,7 +191,7 @@ class PolicyIngress:
         """The whole response of a request that is not streamed."""
         texts, last = [], Piece("")
         try:
-            async for last in await self._pieces(q, sampling, input_field):
+            async for last in await self._pieces(q, sampling, input_field, stream=False):
                 texts.append(last.text)
         except ClientError:
             raise
@@ -241,7 +242,7 @@ class PolicyIngress:
         request.state.items = 1
         sampling = self._sampling(req.temperature, req.top_p, req.token_limit(self.max_tokens))
         if req.stream:
-            pieces = await self._pieces(q, sampling, "messages")
+            pieces = await self._pieces(q, sampling, "messages", stream=True)
             return StreamingResponse(events(pieces, self.tags, self.model), media_type="text/event-stream")
         reply = await self._whole(q, sampling, "messages")
         answer = Answer.of(reply.text, self.tags, q.task)

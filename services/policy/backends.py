@@ -66,7 +66,7 @@ class ServeLLM:
     def __init__(self, handle, cfg: TagPRConfig):
         self.handle, self.cfg, self.tags = handle, cfg, TagSet(cfg.tags)
 
-    async def pieces(self, q: Prompt, sampling: Sampling) -> AsyncIterator[Piece]:
+    async def pieces(self, q: Prompt, sampling: Sampling, stream: bool) -> AsyncIterator[Piece]:
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
         from tagpr.prompts import messages
@@ -76,7 +76,7 @@ class ServeLLM:
             messages=messages(self.tags, q.task, q.input, q.profile, self.cfg.data.prompt_profile_items),
             max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop=list(sampling.stop), include_stop_str_in_output=sampling.include_stop, seed=sampling.seed,
-            stream=True, stream_options={"include_usage": True})
+            stream=stream, stream_options={"include_usage": True} if stream else None)
         finish, usage = None, {}
         async for batch in self.handle.options(stream=True).chat.remote(req):
             for event in batch if isinstance(batch, list) else [batch]:
@@ -86,7 +86,7 @@ class ServeLLM:
                 usage = body.get("usage") or usage
                 for choice in body.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
-                    text = (choice.get("delta") or {}).get("content")
+                    text = (choice.get("delta") or choice.get("message") or {}).get("content")
                     if text:
                         yield Piece(text)
         yield Piece("", finish or "stop", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
@@ -98,16 +98,15 @@ class ServeLLM:
 
 
 def event_body(event: Any) -> Optional[dict[str, Any]]:
-    """One server-sent event of the ``LLMServer``'s stream as JSON (``None`` for ``[DONE]``);
-    an error it sends instead raises :class:`BackendError`."""
-    if not isinstance(event, str):  # vLLM's ErrorResponse
-        error = getattr(event, "error", event)
-        code = getattr(error, "code", 500)
-        raise BackendError(code if isinstance(code, int) else 500, str(getattr(error, "message", error)))
-    payload = event.strip().removeprefix("data:").strip()
-    if not payload or payload == "[DONE]":
-        return None
-    body = json.loads(payload)
+    """One output of the ``LLMServer``'s chat as JSON: a server-sent event of a stream (``None`` for
+    ``[DONE]``) or a whole response; an error it sends instead raises :class:`BackendError`."""
+    if isinstance(event, str):
+        payload = event.strip().removeprefix("data:").strip()
+        if not payload or payload == "[DONE]":
+            return None
+        body = json.loads(payload)
+    else:  # the whole ChatCompletionResponse, or an ErrorResponse
+        body = event.model_dump()
     if "error" in body:
         error = body["error"]
         raise BackendError(int(error.get("code") or 500), str(error.get("message", error)))
@@ -121,7 +120,7 @@ class Adapter:
     def __init__(self, handle, cfg: TagPRConfig):
         self.handle = handle
 
-    async def pieces(self, q: Prompt, sampling: Sampling) -> AsyncIterator[Piece]:
+    async def pieces(self, q: Prompt, sampling: Sampling, stream: bool) -> AsyncIterator[Piece]:
         yield await self.handle.generate.remote(q, sampling)
 
     async def info(self) -> dict[str, Any]:

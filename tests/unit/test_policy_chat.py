@@ -112,12 +112,13 @@ def test_the_llm_servers_events_are_read_and_its_errors_raised():
         event_body('data: {"error": {"message": "prompt is longer than the context", "code": 400}}\n\n')
     assert refused.value.status == 400 and "context" in refused.value.message
 
-    class Info:  # the shape of vLLM's ErrorResponse.error, sent as an object instead of text
-        message, code = "engine dead", 503
+    from ray.serve.llm.openai_api_models import ChatCompletionResponse, ErrorResponse
 
-    class Error:
-        error = Info()
-
-    with pytest.raises(BackendError) as dead:
-        event_body(Error())
-    assert dead.value.status == 503
+    whole = ChatCompletionResponse(model="m", choices=[{"index": 0, "finish_reason": "stop",
+                                                        "message": {"role": "assistant", "content": "sci-fi"}}],
+                                   usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+    body = event_body(whole)  # a request not streamed: the response as one object
+    assert body["choices"][0]["message"]["content"] == "sci-fi" and body["usage"]["completion_tokens"] == 2
+    with pytest.raises(BackendError) as dead:  # an error sent as an object instead of text
+        event_body(ErrorResponse(error={"message": "engine dead", "type": "InternalServerError", "code": 503}))
+    assert dead.value.status == 503 and dead.value.message == "engine dead"
