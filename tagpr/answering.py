@@ -73,6 +73,11 @@ class ProfileStore:
         while len(self.sent) > self.capacity:
             self.sent.popitem(last=False)
 
+    def sent_profiles(self) -> list[tuple[str, UserProfile]]:
+        """The profiles requests sent, least recently used first: put in this order into another
+        store, they are evicted there in the same order."""
+        return list(self.sent.items())
+
 
 @dataclass(frozen=True)
 class Answer:

@@ -3,10 +3,10 @@
 ``PolicyIngress`` is the FastAPI app: OpenAI's ``/v1/chat/completions`` (whole or streamed as
 server-sent events) and ``/v1/models``, the typed ``/v1/answer``, health checks and metrics. It
 resolves whose profile a request means (:class:`tagpr.answering.ProfileStore`: LaMP files given at
-start, and profiles requests send), asks the backend (:mod:`services.policy.backends`: Ray Serve's
-``LLMServer``, or ``PolicyServer`` below) for the response, and splits it into the answer and its
-tagged reasoning, as it arrives when streaming. The HTTP edge (errors, limits, token, metrics) is
-:mod:`services.edge`.
+start, and profiles requests send, kept beyond the replica by :mod:`services.policy.profiles`),
+asks the backend (:mod:`services.policy.backends`: Ray Serve's ``LLMServer``, or ``PolicyServer``
+below) for the response, and splits it into the answer and its tagged reasoning, as it arrives
+when streaming. The HTTP edge (errors, limits, token, metrics) is :mod:`services.edge`.
 
 ``PolicyServer`` is the ``adapter`` backend: a generation engine over the policy folder through
 the project's engine adapter (:func:`tagpr.engines.make_engine`); concurrent requests are merged
@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Optional
 
 import ray
@@ -135,19 +135,42 @@ edge.install(app, "policy")
 @serve.deployment(name="PolicyIngress")
 @serve.ingress(app)
 class PolicyIngress:
-    def __init__(self, server, config: dict[str, Any], token_sha256: Optional[str] = None,
+    def __init__(self, server, config: dict[str, Any], sent_profiles: str, token_sha256: Optional[str] = None,
                  profiles: Optional[str] = None):
         self.cfg = TagPRConfig.model_validate(config)
         self.svc = self.cfg.policy_service
         self.backend = BACKENDS.get(self.svc.backend)(server, self.cfg)
         self.tags = TagSet(self.cfg.tags)
         self.store = ProfileStore.from_lamp(profiles, self.cfg.data.tasks) if profiles else ProfileStore()
+        self.sent = ray.get_actor(sent_profiles)  # services.policy.profiles.SentProfiles
+        for user, p in ray.get(self.sent.all.remote()):
+            self.store.put(user, p.task, p.profile)
         self.model = self.svc.model_name
         self.max_tokens = self.svc.max_tokens or self.cfg.rollout.max_tokens
         self.edge = edge.Edge(token_sha256, self.svc.limits.max_body_bytes, edge.IngressMetrics("policy"))
         edge.register("policy", self.edge)
 
     # ------------------------------------------------------------ answering
+
+    async def _question(self, user: Optional[str], sends_profile: bool, build: Callable[[], Prompt]) -> Prompt:
+        """The question ``build`` reads from the request (:func:`services.policy.chat.resolve`), with
+        the application's sent profiles behind this replica's store: a user this replica does not
+        hold is looked up there first, and a profile the request sends for a user is written there."""
+        if user and self.store.get(user) is None:
+            try:
+                found = await self.sent.get.remote(user)
+            except Exception:
+                log.exception("sent profiles unavailable; answering from this replica's")
+                found = None
+            if found is not None:
+                self.store.put(user, found.task, found.profile)
+        q = build()
+        if user and sends_profile:
+            try:
+                await self.sent.put.remote(user, q.task, list(q.profile))
+            except Exception:
+                log.exception("sent profiles unavailable; user %r is kept by this replica only", user)
+        return q
 
     def _check(self, q: Prompt, fields: tuple[str, str]) -> None:
         """413 for an input or profile over ``policy_service.limits`` (``fields``: input, profile)."""
@@ -237,7 +260,8 @@ class PolicyIngress:
         profile): the answer as ``content``, the tagged reasoning as ``reasoning_content``;
         ``stream: true`` sends them as server-sent events."""
         self._known_model(req.model)
-        q = question_of(req, self.store)  # RequestIssues: a 422 naming the field
+        sends = req.tagpr is not None and req.tagpr.profile is not None
+        q = await self._question(req.user, sends, lambda: question_of(req, self.store))  # 422 naming the field
         self._check(q, ("messages", "tagpr.profile"))
         request.state.items = 1
         sampling = self._sampling(req.temperature, req.top_p, req.token_limit(self.max_tokens))
@@ -252,7 +276,8 @@ class PolicyIngress:
     async def answer(self, req: AnswerRequest, request: Request) -> AnswerResponse:
         """The TagPR answer for a user: the answer, the tagged reasoning, its sections and whether
         the format holds."""
-        q = resolve(self.store, req.input, req.user_id, req.task, req.profile, fields=("user_id", "task", "profile"))
+        q = await self._question(req.user_id, req.profile is not None, lambda: resolve(
+            self.store, req.input, req.user_id, req.task, req.profile, fields=("user_id", "task", "profile")))
         self._check(q, ("input", "profile"))
         request.state.items = 1
         reply = await self._whole(q, self._sampling(req.temperature, 1.0, req.max_tokens), "input")

@@ -27,6 +27,7 @@ def build_app(cfg: TagPRConfig, policy: str, token_sha256: Optional[str] = None,
     """The application: the FastAPI ingress in front of the configured backend's engine
     deployment (:mod:`services.policy.backends`)."""
     from services.policy.app import PolicyIngress
+    from services.policy.profiles import open_profiles, profiles_name
     from tagpr.answering import ProfileStore
 
     check_policy(policy)
@@ -39,8 +40,9 @@ def build_app(cfg: TagPRConfig, policy: str, token_sha256: Optional[str] = None,
     policy = os.path.abspath(policy)
     config = cfg.model_dump(mode="json")
     server = _engine(cfg, policy, name, config)
+    open_profiles(name)
     return PolicyIngress.options(num_replicas=1, max_ongoing_requests=max(4 * s.max_batch_size, 64)).bind(
-        server, config, token_sha256, os.path.abspath(profiles) if profiles else None)
+        server, config, profiles_name(name), token_sha256, os.path.abspath(profiles) if profiles else None)
 
 
 def _engine(cfg: TagPRConfig, policy: str, name: str, config: dict):

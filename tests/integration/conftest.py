@@ -18,6 +18,14 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.5):
         time.sleep(interval)
 
 
+def serve_replicas(app: str, deployment: str) -> list[str]:
+    """The actor names (namespace ``serve``) of ``deployment``'s live replicas in application ``app``."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and f"{app}#{deployment}" in a["name"]]
+
+
 @pytest.fixture(scope="session")
 def prmu_job(ray_cluster, tmp_path_factory):
     """A PRMU trained by the real job (Ray Train, 2 workers) on small synthetic data; the service tests

@@ -87,11 +87,14 @@ def test_a_prompt_over_the_engines_context_is_a_client_error(llm_service):
 def test_a_redeploy_swaps_the_policy_under_traffic_without_a_failed_request(llm_service, preference_policy,
                                                                            answering_policy):
     """The ``LLMServer`` is replaced under three clients' answers, and every answer succeeds (those
-    sent while the new engine starts wait for it)."""
+    sent while the new engine starts wait for it); a user who sent a profile before is still known."""
     from services.policy.deploy import swap_policy
 
     cfg, url, _, profiles = llm_service
     body = {"input": preference.question(random.Random(3)), "user_id": "likes-comedy"}
+    sent = {"input": body["input"], "user_id": "sent-before-swap", "task": "LaMP_2",
+            "profile": preference.user_profile("action", 4, random.Random(4))}
+    assert httpx.post(f"{url}/v1/answer", json=sent, timeout=120).status_code == 200
     statuses, ready, policies, stop = [], [], [], threading.Event()
 
     def traffic():
@@ -112,5 +115,7 @@ def test_a_redeploy_swaps_the_policy_under_traffic_without_a_failed_request(llm_
     for t in threads:
         t.join()
     assert set(statuses) == {200}, sorted(set(statuses))
+    again = httpx.post(f"{url}/v1/answer", json={"input": body["input"], "user_id": "sent-before-swap"}, timeout=120)
+    assert again.status_code == 200, again.text
     # readiness is honest meanwhile: no engine replica is up while the new one starts
     assert set(ready) <= {200, 503} and str(preference_policy[1]) in policies

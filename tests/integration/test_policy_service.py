@@ -12,7 +12,7 @@ import pytest
 from tagpr.evaluation import predict
 from tagpr.lamp.io import load_split
 
-from .conftest import wait_for
+from .conftest import serve_replicas, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +94,26 @@ def test_an_inline_profile_is_remembered_for_the_user(policy_service):
     assert body["answer"] == first.choices[0].message.content and body["task"] == q.task
     assert isinstance(body["format_valid"], bool) and body["model"] == "tagpr-policy"
 
+
+def test_a_sent_profile_outlives_the_ingress_replica(policy_service):
+    """The ingress replica holding a sent profile is killed; the one Serve starts in its place
+    answers the user from the application's sent profiles, as it did before."""
+    import ray
+
+    cfg, url, _ = policy_service
+    q = dev_question(cfg, i=3)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    sent = httpx.post(f"{url}/v1/answer", json={"input": q.input, "user_id": "kept-user", "task": q.task,
+                                                "profile": [dict(p) for p in q.profile]}, headers=headers, timeout=60)
+    assert sent.status_code == 200, sent.text
+    [old] = serve_replicas("policy", "PolicyIngress")
+    ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+    assert wait_for(lambda: serve_replicas("policy", "PolicyIngress") not in ([], [old]), 60)
+    assert wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60)
+    again = httpx.post(f"{url}/v1/answer", json={"input": q.input, "user_id": "kept-user"}, headers=headers,
+                       timeout=60)
+    assert again.status_code == 200, again.text
+    assert again.json()["answer"] == sent.json()["answer"] and again.json()["task"] == q.task
 
 @pytest.mark.parametrize("path, payload, status, field", [
     ("/v1/chat/completions", {"model": "tagpr-policy", "user": "ghost", "messages": [{"role": "user", "content": "x"}]},

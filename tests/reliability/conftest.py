@@ -13,11 +13,3 @@ def deploy_untrained(name: str, overrides: list[str], folder, token_env: str):
     checkpoint.save(checkpoint.build_net(cfg.prmu, 384, 0), ckpt, cfg.prmu, "minilm", 384, {})
     deploy(cfg, str(ckpt), token_env=token_env, name=name, route_prefix=f"/{name}")
     return cfg
-
-
-def serve_replicas(app: str, deployment: str) -> list[str]:
-    """The actor names (namespace ``serve``) of ``deployment``'s live replicas in application ``app``."""
-    import ray
-
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == "serve" and f"{app}#{deployment}" in a["name"]]

@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 import pytest
 
 from actors.cluster import free_port
-from tests.reliability.conftest import deploy_untrained, serve_replicas
+from tests.integration.conftest import serve_replicas
+from tests.reliability.conftest import deploy_untrained
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.live import AtStep, assert_each_prompt_trained_once, kill_one, learner_log, run_dir_under
 

@@ -15,7 +15,8 @@ from actors.cluster import free_port
 from services.reward.client import RewardClient, RewardServiceError
 from tagpr.lamp.io import Prompt
 from tagpr.rewards import RewardInput
-from tests.reliability.conftest import deploy_untrained, serve_replicas
+from tests.integration.conftest import serve_replicas
+from tests.reliability.conftest import deploy_untrained
 from tests.reliability.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -68,6 +68,20 @@ def test_sent_profiles_are_kept_within_capacity_and_never_evict_the_files_users(
         store.put("e", "LaMP_9", [])
 
 
+def test_sent_profiles_replayed_into_a_new_store_keep_their_eviction_order():
+    """What a new ingress replica does with the profiles another one was sent."""
+    old = ProfileStore(capacity=3)
+    for u in ("a", "b", "c"):
+        old.put(u, "LaMP_2", [{"description": u, "tag": "sci-fi"}])
+    old.get("a")  # used: "b" is now the oldest
+    new = ProfileStore({"file-user": UserProfile("LaMP_2", ())}, capacity=3)
+    for user, p in old.sent_profiles():
+        new.put(user, p.task, p.profile)
+    assert [u for u, _ in new.sent_profiles()] == ["b", "c", "a"] and new.get("a") == old.get("a")
+    new.put("d", "LaMP_3", [])
+    assert new.get("b") is None and new.get("c") and new.get("file-user")
+
+
 RESPONSES = [
     "<examine_examples>Past films are sci-fi.</examine_examples>\n<answer> sci-fi </answer>",
     "<answer>comedy</answer>",
