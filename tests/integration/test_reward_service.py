@@ -49,6 +49,10 @@ def service_cfg(base):
 def service(prmu_job, serve_port, tmp_path_factory):
     cfg, result = prmu_job
     cfg = service_cfg(cfg)
+    # no policy tokenizer, wherever the tests run (a checkout that ran the demo has one at the default
+    # model.policy): OpenRLHF queries lose the common chat models' special tokens
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+        "policy": str(tmp_path_factory.mktemp("no-policy-tokenizer"))})})
     secret = tmp_path_factory.mktemp("secret") / "token"  # as a mounted secret: $<token_env>_FILE
     secret.write_text("s3cret-test-token\n")
     os.environ[f"{TOKEN_ENV}_FILE"] = str(secret)
