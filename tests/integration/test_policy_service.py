@@ -115,6 +115,7 @@ def test_a_sent_profile_outlives_the_ingress_replica(policy_service):
     assert again.status_code == 200, again.text
     assert again.json()["answer"] == sent.json()["answer"] and again.json()["task"] == q.task
 
+
 @pytest.mark.parametrize("path, payload, status, field", [
     ("/v1/chat/completions", {"model": "tagpr-policy", "user": "ghost", "messages": [{"role": "user", "content": "x"}]},
      422, "user"),
